@@ -1,0 +1,232 @@
+"""Shared storage layer: chunked zarr v3 movie stores (through xarray) and atomic outputs.
+
+Every movie calflow writes (raw.zarr, motion.zarr, ...) is a zarr v3 group holding an xarray
+Dataset with a ``movie`` variable of dims ``(time, y, x)``, chunked along time only (whole frames
+per chunk, which is what motion correction and summary images read), compressed with
+Blosc-zstd + bit-shuffle. A ``time`` coordinate in seconds is derived from ``fps``.
+
+Outputs are written into a hidden sibling directory and renamed into place only when complete,
+so a killed job never leaves a store that a rerun would trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.codecs import BloscCodec
+
+from calflow.errors import CalflowInputError
+
+MOVIE_VAR = "movie"
+DIMS = ("time", "y", "x")
+
+
+def blosc_zstd(clevel: int = 5) -> BloscCodec:
+    """Blosc with zstd and bit-shuffle: about 2-3x on uint16 two-photon data at >1 GB/s."""
+    return BloscCodec(cname="zstd", clevel=clevel, shuffle="bitshuffle")
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds.
+
+    Works for files and directories (zarr stores). On any exception the temporary output is
+    deleted and ``path`` is left as it was (or absent), so no half-written output survives.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    if not tmp.exists():
+        raise RuntimeError(f"{path}: the writer produced no output")
+    _remove(path)
+    os.replace(tmp, path)
+
+
+class MovieWriter:
+    """Write a (time, y, x) movie into a zarr v3 store frame-chunk by frame-chunk.
+
+    Create the store with :meth:`create`, then call :meth:`write` with consecutive blocks of
+    frames (any block length; blocks are buffered to whole chunks so every chunk is written
+    once). Peak memory is about one chunk plus the block being written.
+
+    Extra per-frame or static arrays (e.g. shifts, template) go into the same store with
+    :func:`write_array` after :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        store: str | Path,
+        shape: tuple[int, int, int],
+        dtype: np.dtype | str,
+        *,
+        fps: float,
+        chunk_frames: int = 100,
+        attrs: Mapping[str, Any] | None = None,
+        clevel: int = 5,
+    ):
+        if len(shape) != 3:
+            raise ValueError(f"movie shape must be (time, y, x), got {shape}")
+        self.store = Path(store)
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.chunk_frames = int(max(1, min(chunk_frames, self.shape[0])))
+        self.fps = float(fps)
+        n_t, n_y, n_x = self.shape
+        lazy = da.zeros(self.shape, dtype=self.dtype, chunks=(self.chunk_frames, n_y, n_x))
+        ds = xr.Dataset(
+            {MOVIE_VAR: (DIMS, lazy)},
+            coords={"time": ("time", np.arange(n_t, dtype=np.float64) / self.fps, {"units": "s"})},
+        )
+        ds.attrs.update({"fps": self.fps, **(dict(attrs) if attrs else {})})
+        encoding = {
+            MOVIE_VAR: {
+                "chunks": (self.chunk_frames, n_y, n_x),
+                "compressors": (blosc_zstd(clevel),),
+                "fill_value": None,
+            }
+        }
+        # compute=False writes metadata and coordinates only; the movie chunks follow below.
+        ds.to_zarr(self.store, mode="w", compute=False, zarr_format=3, consolidated=False, encoding=encoding)
+        self._array = zarr.open_array(self.store / MOVIE_VAR, mode="r+")
+        self._pos = 0
+        self._buf: list[np.ndarray] = []
+        self._buf_len = 0
+
+    def write(self, block: np.ndarray) -> None:
+        """Append ``block`` of shape (n, y, x) after the frames written so far."""
+        block = np.asarray(block)
+        if block.ndim == 2:
+            block = block[None]
+        if block.shape[1:] != self.shape[1:]:
+            raise ValueError(f"block frame shape {block.shape[1:]} != movie frame shape {self.shape[1:]}")
+        if self._pos + self._buf_len + block.shape[0] > self.shape[0]:
+            raise ValueError("more frames written than the movie holds")
+        self._buf.append(block.astype(self.dtype, copy=False))
+        self._buf_len += block.shape[0]
+        while self._buf_len >= self.chunk_frames:
+            self._flush(self.chunk_frames)
+
+    def _flush(self, n: int) -> None:
+        joined = np.concatenate(self._buf, axis=0) if len(self._buf) > 1 else self._buf[0]
+        self._array[self._pos : self._pos + n] = joined[:n]
+        self._pos += n
+        rest = joined[n:]
+        self._buf = [rest] if rest.shape[0] else []
+        self._buf_len = rest.shape[0]
+
+    def close(self) -> None:
+        if self._buf_len:
+            self._flush(self._buf_len)
+        if self._pos != self.shape[0]:
+            raise ValueError(f"{self.store}: wrote {self._pos} frames, expected {self.shape[0]}")
+
+    def __enter__(self) -> MovieWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+
+
+def write_array(
+    store: str | Path,
+    name: str,
+    data: np.ndarray,
+    dims: tuple[str, ...],
+    attrs: Mapping[str, Any] | None = None,
+) -> None:
+    """Add a small array ``name`` with xarray ``dims`` (and attrs) to an existing zarr v3 store."""
+    data = np.asarray(data)
+    if data.ndim != len(dims):
+        raise ValueError(f"{name}: {data.ndim}-d data for dims {dims}")
+    group = zarr.open_group(store, mode="a")
+    group.create_array(
+        name,
+        data=data,
+        dimension_names=dims,
+        attributes=dict(attrs) if attrs else {},
+        compressors=(blosc_zstd(),),
+        overwrite=True,
+    )
+
+
+class MovieReader:
+    """Read-only access to a calflow movie store, streamed in frame blocks.
+
+    ``reader.shape`` is (time, y, x); ``reader[a:b]`` returns frames as numpy;
+    :meth:`iter_blocks` yields ``(start, block)`` pairs for out-of-core loops.
+    """
+
+    def __init__(self, store: str | Path, var: str = MOVIE_VAR):
+        self.store = Path(store)
+        if not self.store.exists():
+            raise CalflowInputError("movie store does not exist", file=self.store, fix="run the stage that makes it")
+        try:
+            group = zarr.open_group(self.store, mode="r")
+            self._array = group[var]
+            self.attrs: dict[str, Any] = dict(group.attrs)
+        except Exception as err:  # noqa: BLE001 - zarr raises many types for broken stores
+            raise CalflowInputError(
+                f"not a readable calflow zarr store ({type(err).__name__}: {err})",
+                file=self.store,
+                fix="delete it and rerun the stage that writes it",
+            ) from err
+        if self._array.ndim != 3:
+            raise CalflowInputError(
+                f"'{var}' has shape {self._array.shape}, expected (time, y, x)", file=self.store
+            )
+        self.shape: tuple[int, int, int] = tuple(int(s) for s in self._array.shape)  # type: ignore[assignment]
+        self.dtype = self._array.dtype
+        self.chunk_frames = int(self._array.chunks[0])
+        self.fps = float(self.attrs.get("fps", np.nan))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self._array[key])
+        except Exception as err:  # noqa: BLE001
+            raise CalflowInputError(
+                f"cannot read frames {key} ({type(err).__name__}: {err}); a chunk is corrupt or missing",
+                file=self.store,
+                fix="delete the store and rerun the stage that writes it",
+            ) from err
+
+    def iter_blocks(self, block_frames: int | None = None, start: int = 0, stop: int | None = None):
+        """Yield ``(first_frame, frames)`` with ``frames`` of shape (<=block_frames, y, x)."""
+        block = int(block_frames or self.chunk_frames)
+        stop = self.shape[0] if stop is None else min(stop, self.shape[0])
+        for a in range(start, stop, block):
+            yield a, self[a : min(a + block, stop)]
+
+
+def open_dataset(store: str | Path) -> xr.Dataset:
+    """Open a calflow zarr store lazily as an xarray Dataset (dask-backed)."""
+    return xr.open_zarr(store, zarr_format=3, consolidated=False)
