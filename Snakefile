@@ -1,0 +1,19 @@
+# calflow: raw calcium-imaging movies -> motion-corrected stores -> ... -> report.
+# Every stage is one rule file under workflow/rules; tunables come from config/config.yaml.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/ingest.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        expand("results/{session}/raw.zarr", session=SESSION_NAMES),

@@ -1,0 +1,57 @@
+"""Glue used by ``workflow/scripts/*.py``: logging, threads, seeds and clean error reporting.
+
+A script calls :func:`run_script` with the ``snakemake`` object and its stage function. Bad input
+(:class:`~calflow.errors.CalflowInputError`) is reported as one line on stderr and in the rule's
+log, and the job fails without a traceback from deep inside numpy. The library itself never
+imports Snakemake; the object is only read duck-typed here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from calflow.errors import CalflowInputError
+
+
+def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> None:
+    """Log to stderr and, when given, to ``log_file`` (the rule's log)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s", handlers=handlers, force=True)
+
+
+def set_threads(n: int) -> None:
+    """Bound torch / BLAS threads to the cores the scheduler gave this job."""
+    n = max(1, int(n))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, str(n))
+    try:
+        import torch
+
+        torch.set_num_threads(n)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
+def run_script(smk: Any, stage: Callable[[Any], Any]) -> Any:
+    """Run ``stage(smk)`` for a Snakemake ``script:`` job with logging and clean errors."""
+    log_file = smk.log[0] if len(smk.log) else None
+    setup_logging(log_file)
+    set_threads(getattr(smk, "threads", 1))
+    log = logging.getLogger(f"calflow.{smk.rule}")
+    t0 = time.perf_counter()
+    try:
+        result = stage(smk)
+    except CalflowInputError as err:
+        log.error("%s", err)
+        print(f"calflow error: {err}", file=sys.stderr)
+        sys.exit(1)
+    log.info("rule %s finished in %.1f s", smk.rule, time.perf_counter() - t0)
+    return result

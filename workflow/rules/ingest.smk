@@ -1,0 +1,17 @@
+rule ingest:
+    """Any supported raw movie -> results/{session}/raw.zarr (zarr v3, time-chunked, Blosc-zstd)."""
+    input:
+        movie_files,
+    output:
+        directory("results/{session}/raw.zarr"),
+    params:
+        ingest=config["ingest"],
+        spec=lambda w: SESSIONS.loc[w.session, "movie"],
+        fps=lambda w: float(SESSIONS.loc[w.session, "fps"]),
+    log:
+        "results/logs/ingest/{session}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+    script:
+        "../scripts/ingest.py"
