@@ -1,0 +1,5 @@
+import sys
+
+from calflow.cli import main
+
+sys.exit(main())

@@ -1,0 +1,136 @@
+"""Config and sessions-sheet validation: defaults filled, bad values named by file, row and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from calflow.config import check_stim_log, check_targets, load_config, load_sessions
+from calflow.errors import CalflowInputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_config_and_sheet_are_valid(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    cfg = load_config(ROOT / "config" / "config.yaml")
+    assert cfg["ingest"]["chunk_frames"] >= 1
+    sessions = load_sessions(cfg["sessions"])
+    assert len(sessions) >= 2
+    assert len(set(sessions["condition"])) >= 2, "the demo must cover two conditions"
+
+
+def test_defaults_are_filled():
+    cfg = load_config("c.yaml", data={})
+    assert cfg["ingest"] == {"chunk_frames": 100, "read_frames": 200, "nan_policy": "error", "clevel": 5}
+    assert cfg["device"] == "auto" and cfg["seed"] == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "pattern"),
+    [
+        ({"ingest": {"chunk_frames": 0}}, r"c\.yaml: field 'ingest\.chunk_frames': 0 is less than the minimum"),
+        ({"ingest": {"chunkframes": 3}}, r"field 'ingest': unknown key.*allowed keys here: chunk_frames"),
+        ({"device": "gpu"}, r"field 'device': 'gpu' is not one of"),
+        ({"seed": "one"}, r"field 'seed': 'one' is not of type 'integer'"),
+        ({"nonsense": 1}, r"unknown key"),
+    ],
+)
+def test_bad_config_values(data, pattern):
+    with pytest.raises(CalflowInputError, match=pattern):
+        load_config("c.yaml", data=data)
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(CalflowInputError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ingest: [unclosed\n")
+    with pytest.raises(CalflowInputError, match=r"bad\.yaml: not valid YAML"):
+        load_config(bad)
+    bad.write_text(yaml.safe_dump({"ingest": {"nan_policy": "drop"}}))
+    with pytest.raises(CalflowInputError, match=r"bad\.yaml: field 'ingest\.nan_policy'"):
+        load_config(bad)
+
+
+def _sheet(tmp_path: Path, rows: list[str], header: str = "session\tmovie\tcondition\tfps") -> Path:
+    (tmp_path / "m.tif").write_bytes(b"")
+    path = tmp_path / "sessions.tsv"
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def test_sessions_ok_with_optional_columns(tmp_path):
+    (tmp_path / "log.csv").write_text("frame,targets\n0,\n1,3;5\n")
+    (tmp_path / "t.csv").write_text("id,y,x,radius\n3,10,12,5\n5,20,4.5,5\n")
+    path = _sheet(
+        tmp_path,
+        ["a\tm.tif\tPOD0\t30\tlog.csv\tt.csv", "b\tm.tif\tPOD3\t7.5\t\t"],
+        header="session\tmovie\tcondition\tfps\tstim_log\ttargets",
+    )
+    df = load_sessions(path, base_dir=tmp_path)
+    assert list(df.index) == ["a", "b"]
+    assert df.loc["a", "fps"] == 30.0 and df.loc["b", "fps"] == 7.5
+    assert df.loc["a", "stim_log"] == "log.csv"
+    assert df.loc["b", "stim_log"] is None or df.loc["b", "stim_log"] != df.loc["b", "stim_log"]  # None/NaN
+
+
+@pytest.mark.parametrize(
+    ("rows", "pattern"),
+    [
+        (["a\tm.tif\tPOD0\t-1"], r"sessions\.tsv: row 2, field 'fps': -1\.0 is less than or equal to the minimum"),
+        (["a\tm.tif\tPOD0\tfast"], r"row 2, field 'fps': 'fast' is not of type 'number'"),
+        (["a\tm.tif\tPOD0\t30", "a\tm.tif\tPOD3\t30"], r"row 3, field 'session': 'a' repeats row 2"),
+        (["a b\tm.tif\tPOD0\t30"], r"row 2, field 'session': 'a b' does not match"),
+        (["a\tmissing.tif\tPOD0\t30"], r"row 2, field 'movie': file 'missing\.tif' does not exist"),
+        (["a\tm.tif\t\t30"], r"row 2, field '\(top level\)': 'condition' is a required property"),
+        (["models\tm.tif\tPOD0\t30"], r"'models' is reserved"),
+    ],
+)
+def test_bad_sessions_rows(tmp_path, rows, pattern):
+    with pytest.raises(CalflowInputError, match=pattern):
+        load_sessions(_sheet(tmp_path, rows), base_dir=tmp_path)
+
+
+def test_sessions_missing_column_and_empty(tmp_path):
+    with pytest.raises(CalflowInputError, match=r"missing column\(s\) fps"):
+        load_sessions(_sheet(tmp_path, ["a\tm.tif\tPOD0"], header="session\tmovie\tcondition"), base_dir=tmp_path)
+    with pytest.raises(CalflowInputError, match="no rows"):
+        load_sessions(_sheet(tmp_path, []), base_dir=tmp_path)
+
+
+def test_demo_paths_need_not_exist_yet(tmp_path):
+    path = _sheet(tmp_path, ["a\tresults/demo/a/movie.tif\tPOD0\t30"])
+    assert list(load_sessions(path, base_dir=tmp_path).index) == ["a"]
+
+
+def test_stim_log_and_targets_checks(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("frame,targets\n0,\n1,3;x\n")
+    with pytest.raises(CalflowInputError, match=r"log\.csv: row 3, field 'targets': '3;x'"):
+        check_stim_log(log)
+    log.write_text("frame,target\n0,\n")
+    with pytest.raises(CalflowInputError, match=r"missing column\(s\) targets"):
+        check_stim_log(log)
+    log.write_text("frame,targets\n-1,2\n")
+    with pytest.raises(CalflowInputError, match=r"row 2, field 'frame'"):
+        check_stim_log(log)
+    tg = tmp_path / "t.csv"
+    tg.write_text("id,y,x\n0,1,2\n1,abc,3\n")
+    with pytest.raises(CalflowInputError, match=r"t\.csv: row 3, field 'y': 'abc'"):
+        check_targets(tg)
+    tg.write_text("id,y,x\n0,1,2\n0,4,3\n")
+    with pytest.raises(CalflowInputError, match="target ids repeat"):
+        check_targets(tg)
+    tg.write_text("id,y\n0,1\n")
+    with pytest.raises(CalflowInputError, match=r"missing column\(s\) x"):
+        check_targets(tg)
+
+
+def test_bad_stim_log_in_sheet_stops_early(tmp_path):
+    (tmp_path / "log.csv").write_text("frame;targets\n0;1\n")
+    path = _sheet(tmp_path, ["a\tm.tif\tPOD0\t30\tlog.csv"], header="session\tmovie\tcondition\tfps\tstim_log")
+    with pytest.raises(CalflowInputError, match=r"log\.csv: missing column"):
+        load_sessions(path, base_dir=tmp_path)
