@@ -1,0 +1,497 @@
+"""Tests of the ground-truth simulator (tiny movies: <= 200 frames of 48x48)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from scipy import ndimage, signal
+
+from calflow import simulate as sim
+from calflow.errors import CalflowInputError
+from calflow.simulate import (
+    SimParams,
+    dense_displacement,
+    load_ground_truth,
+    render_frames,
+    simulate,
+    true_displacement,
+    write_session,
+)
+
+SMALL = dict(
+    n_frames=120,
+    height=48,
+    width=48,
+    n_cells=8,
+    radius_min=3.5,
+    radius_max=4.5,
+    n_targets=3,
+    n_pairs=1,
+    trial_frames=6,
+    iti_frames=6,
+    iti_jitter_frames=2,
+    stim_start_frame=5,
+    nonrigid_grid=(3, 3),
+)
+
+
+def small(**kw) -> SimParams:
+    return SimParams(**{**SMALL, **kw})
+
+
+STATIC = dict(motion=False)
+CELLS_ONLY = dict(neuropil_level=0.0, neuropil_coupling=0.0, bg_rank=0, baseline=0.0)
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory) -> tuple[Path, dict[str, Path], SimParams]:
+    out = tmp_path_factory.mktemp("sim") / "session"
+    params = small()
+    return out, write_session(out, params, seed=3, block_frames=16), params
+
+
+# ----------------------------------------------------------------------------- determinism
+
+
+def test_deterministic_from_seed():
+    p = small(n_frames=60)
+    a, b, c = simulate(p, 5), simulate(p, 5), simulate(p, 6)
+    for name in ("centers", "spikes", "calcium", "rigid_shifts", "nonrigid_grid", "W", "stim", "bg_traces"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    np.testing.assert_array_equal(a.footprints, b.footprints)
+    np.testing.assert_array_equal(render_frames(a, 0, 20), render_frames(b, 0, 20))
+    assert not np.array_equal(a.centers, c.centers)
+    assert not np.array_equal(render_frames(a, 0, 5), render_frames(c, 0, 5))
+
+
+def test_render_independent_of_block_size_and_threads():
+    truth = simulate(small(n_frames=100), 1)
+    m7 = render_frames(truth, block_frames=7, threads=1)
+    m100 = render_frames(truth, block_frames=100, threads=2)
+    assert m7.dtype == np.uint16 and m7.shape == (100, 48, 48)
+    np.testing.assert_array_equal(m7, m100)
+    # a frame range renders the same frames as the full movie
+    np.testing.assert_array_equal(render_frames(truth, 33, 41, block_frames=3), m100[33:41])
+    n7 = render_frames(truth, 0, 30, noise=False, block_frames=7)
+    n100 = render_frames(truth, 0, 30, noise=False, block_frames=100)
+    assert n7.dtype == np.float32
+    np.testing.assert_array_equal(n7, n100)
+
+
+def test_changing_w_gain_or_motion_leaves_other_components_unchanged():
+    p = small(n_frames=80)
+    a = simulate(p, 2)
+    b = simulate(dataclasses.replace(p, w_gain=2.0, motion=False), 2)
+    for name in ("centers", "W", "stim", "target_cells", "g", "bg_traces", "neuropil_trace",
+                 "neuropil_spatial", "background_spatial"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert not np.any(b.rigid_shifts) and not np.any(b.nonrigid_grid)
+    assert np.any(a.rigid_shifts) and np.any(a.nonrigid_grid)
+
+
+# ----------------------------------------------------------------------------- session files
+
+
+def test_session_files_shapes_and_dtypes(session):
+    out, paths, p = session
+    T, Y, X = p.n_frames, p.height, p.width
+    assert set(paths) == set(sim.SESSION_FILES) and all(v.exists() for v in paths.values())
+    assert sorted(e.name for e in out.iterdir()) == sorted(sim.SESSION_FILES.values())
+    assert not list(out.parent.glob(".session.tmp-*"))
+    movie = tifffile.imread(paths["movie"])
+    assert movie.shape == (T, Y, X) and movie.dtype == np.uint16
+    with tifffile.TiffFile(paths["movie"]) as tf:
+        assert len(tf.pages) == T
+    masks = tifffile.imread(paths["masks"])
+    assert masks.shape == (Y, X) and masks.dtype == np.uint16
+    with np.load(paths["ground_truth"]) as z:
+        K = z["centers"].shape[0]
+        gy, gx = p.nonrigid_grid
+        expected = {
+            "footprints": ((K, Y, X), np.float32),
+            "centers": ((K, 2), np.float64),
+            "radii": ((K,), np.float64),
+            "calcium": ((K, T), np.float32),
+            "spikes": ((K, T), np.float32),
+            "g": ((K, 2), np.float64),
+            "rigid_shifts": ((T, 2), np.float64),
+            "nonrigid_grid": ((T, gy, gx, 2), np.float64),
+            "control_points_yx": ((gy, gx, 2), np.float64),
+            "W": ((K, K), np.float64),
+            "target_cells": ((p.n_targets,), np.int64),
+            "background_spatial": ((p.bg_rank, Y, X), np.float32),
+            "background_temporal": ((p.bg_rank, T), np.float32),
+            "neuropil_spatial": ((Y, X), np.float32),
+            "neuropil_trace": ((T,), np.float32),
+            "stim": ((T, p.n_targets), np.bool_),
+        }
+        for name, (shape, dtype) in expected.items():
+            assert z[name].shape == shape, name
+            assert z[name].dtype == dtype, name
+        assert float(z["w_gain"]) == p.w_gain and float(z["fps"]) == p.fps
+        np.testing.assert_allclose(z["footprints"].max(axis=(1, 2)), 1.0)
+        np.testing.assert_array_equal(z["control_points_yx"][-1, -1], [Y - 1, X - 1])
+    meta = json.loads(paths["params"].read_text())
+    assert meta["seed"] == 3 and meta["calflow_version"] and meta["generator"] == "calflow.simulate"
+    assert SimParams.from_dict(meta["params"]) == p
+
+
+def test_movie_equals_rendering_of_reloaded_ground_truth(session):
+    _, paths, _ = session
+    truth = load_ground_truth(paths["ground_truth"])
+    movie = tifffile.imread(paths["movie"])
+    np.testing.assert_array_equal(render_frames(truth, block_frames=50), movie)
+    np.testing.assert_array_equal(truth.masks(), tifffile.imread(paths["masks"]))
+
+
+def test_stim_log_and_targets_csv(session):
+    _, paths, p = session
+    truth = load_ground_truth(paths["ground_truth"])
+    lines = paths["stim_log"].read_text().splitlines()
+    assert lines[0] == "frame,targets"
+    rows = list(csv.DictReader(lines))
+    assert [int(r["frame"]) for r in rows] == list(range(p.n_frames))
+    stimulated = np.zeros((p.n_frames, p.n_targets), bool)
+    for r in rows:
+        if r["targets"]:
+            ids = [int(i) for i in r["targets"].split(";")]
+            assert all(0 <= i < p.n_targets for i in ids) and ids == sorted(set(ids))
+            stimulated[int(r["frame"]), ids] = True
+    np.testing.assert_array_equal(stimulated, truth.stim)
+    assert 0 < stimulated.any(axis=1).sum() < p.n_frames  # stimulated and "none" frames both occur
+    assert stimulated.sum(axis=1).max() == 2  # the pair pattern
+    # each trial stimulates its pattern for trial_frames frames and nothing else runs then
+    for s, e, pat in zip(truth.trial_start, truth.trial_stop, truth.trial_pattern, strict=True):
+        ids = [j for j in truth.patterns[pat] if j >= 0]
+        assert e - s == p.trial_frames
+        assert stimulated[s:e].sum(axis=0).tolist() == [p.trial_frames if j in ids else 0 for j in range(3)]
+    assert not stimulated[: p.stim_start_frame].any()
+
+    # defaults: 8 single targets + 8 distinct pairs, every pattern once per block
+    full = simulate(SimParams(n_frames=1000), 0)
+    assert full.patterns.shape == (16, 2) and len({tuple(r) for r in full.patterns}) == 16
+    assert np.all(full.patterns[:8, 1] == -1) and np.all(full.patterns[8:, 0] < full.patterns[8:, 1])
+    first = full.trial_block == 0
+    assert sorted(full.trial_pattern[first]) == list(range(16))
+    assert np.all(np.diff(full.trial_block) >= 0)
+
+    t_lines = paths["targets"].read_text().splitlines()
+    assert t_lines[0] == "id,y,x,radius"
+    tgt = list(csv.DictReader(t_lines))
+    assert [int(r["id"]) for r in tgt] == list(range(p.n_targets))
+    for r in tgt:
+        k = truth.target_cells[int(r["id"])]
+        np.testing.assert_allclose([float(r["y"]), float(r["x"])], truth.centers[k], atol=1e-3)
+        assert float(r["radius"]) == pytest.approx(truth.radii[k], abs=1e-3)
+
+
+def test_footprints_and_masks_consistent():
+    truth = simulate(small(n_cells=10, overlap_fraction=0.3), 4)
+    fp, masks = truth.footprints, truth.masks()
+    assert fp.dtype == np.float32 and fp.min() >= 0
+    np.testing.assert_allclose(fp.max(axis=(1, 2)), 1.0)
+    assert (truth.overlap_partner >= 0).sum() >= 2  # some cells really overlap
+    for k in range(truth.n_cells):
+        core = ndimage.binary_fill_holes(fp[k] >= 0.5)
+        # every labelled pixel belongs to the cell's thresholded (hole-filled) footprint
+        assert core[masks == k + 1].all()
+        # a non-overlapping cell gets its whole region; an overlapping one most of it
+        share = (masks[core] == k + 1).mean()
+        assert share == 1.0 if truth.overlap_partner[k] < 0 else share > 0.3
+        # the footprint is centred on the recorded centre
+        yy, xx = np.mgrid[: fp.shape[1], : fp.shape[2]]
+        cy, cx = (fp[k] * yy).sum() / fp[k].sum(), (fp[k] * xx).sum() / fp[k].sum()
+        np.testing.assert_allclose([cy, cx], truth.centers[k], atol=0.05)
+    # where two footprints pass 0.5, the brighter (f0 * footprint) wins
+    both = (fp >= 0.5).sum(axis=0) >= 2
+    assert both.any()
+    bright = np.argmax(fp * truth.f0[:, None, None] * (fp >= 0.5), axis=0) + 1
+    np.testing.assert_array_equal(masks[both], bright[both])
+    # overlap partners really overlap, others are at least 1 px apart (semi-major axes)
+    for k, j in enumerate(truth.overlap_partner):
+        if j >= 0:
+            assert np.linalg.norm(truth.centers[k] - truth.centers[j]) < truth.radii[k] + truth.radii[j]
+
+
+# ----------------------------------------------------------------------------- activity
+
+
+def test_calcium_follows_ar2_from_spikes():
+    truth = simulate(small(n_frames=200), 0)
+    c = truth.calcium.astype(np.float64)
+    for k in range(truth.n_cells):
+        g1, g2 = truth.g[k]
+        resid = c[k, 2:] - g1 * c[k, 1:-1] - g2 * c[k, :-2] - truth.spike_weight[k] * truth.spikes[k, 2:]
+        assert np.abs(resid).max() < 1e-4
+        # an isolated spike peaks at spike_amplitude[k]
+        h = signal.lfilter([truth.spike_weight[k]], [1, -g1, -g2], np.eye(1, 60)[0])
+        assert h.max() == pytest.approx(truth.spike_amplitude[k], rel=1e-9)
+        # g from the time constants: roots exp(-dt/tau)
+        roots = np.sort(np.roots([1, -g1, -g2]).real)
+        dt = 1 / truth.fps
+        np.testing.assert_allclose(roots, np.sort(np.exp(-dt / np.array([truth.tau_rise_s[k], truth.tau_decay_s[k]]))))
+    assert truth.spikes.sum() > 0 and np.all(truth.spikes == np.round(truth.spikes))
+
+
+def test_spikes_visible_at_footprint_pixels_without_motion():
+    p = small(n_frames=200, spike_rate_hz=2.0, **STATIC)
+    truth = simulate(p, 7)
+    movie = render_frames(truth, noise=False)
+    masks = truth.masks()
+    checked = 0
+    for k in range(truth.n_cells):
+        if truth.overlap_partner[k] >= 0 or truth.calcium[k].std() < 0.05:
+            continue
+        trace = movie[:, masks == k + 1].mean(axis=1)
+        assert np.corrcoef(trace, truth.calcium[k])[0, 1] > 0.95, k
+        checked += 1
+    assert checked >= 4
+    # and without the cells' calcium the same pixels do not follow it
+    flat = dataclasses.replace(truth, calcium=np.zeros_like(truth.calcium))
+    still = render_frames(flat, 0, 200, noise=False)
+    k = int(np.argmax(truth.calcium.std(axis=1) * (truth.overlap_partner < 0)))
+    assert np.corrcoef(still[:, masks == k + 1].mean(axis=1), truth.calcium[k])[0, 1] < 0.9
+
+
+def test_poisson_gaussian_noise_model():
+    p = small(n_frames=60, gain=3.0, read_noise=5.0, **STATIC)
+    truth = simulate(p, 8)
+    noisy = render_frames(truth).astype(np.float64)
+    mean = render_frames(truth, noise=False).astype(np.float64)
+    resid = noisy - mean
+    assert abs(resid.mean()) < 0.2
+    # photon transfer: var = gain * (E - offset) + read_noise^2 (+ 1/12 rounding)
+    e = (mean - p.offset).ravel()
+    var_pred = p.gain * e + p.read_noise**2 + 1 / 12
+    ratio = (resid.ravel() ** 2).mean() / var_pred.mean()
+    assert ratio == pytest.approx(1.0, abs=0.05)
+    slope = np.polyfit(e, resid.ravel() ** 2, 1)[0]
+    assert slope == pytest.approx(p.gain, rel=0.15)
+
+
+def _coupled_response(truth) -> float:
+    """Mean extra spikes/frame of cells driven by a target, during that target's trials."""
+    resp = []
+    d = truth.delay_frames
+    for j, i in enumerate(truth.target_cells):
+        driven = np.flatnonzero(truth.W[i] > 0)
+        on = np.zeros(truth.n_frames, bool)
+        on[d:] = truth.stim[: truth.n_frames - d, j]
+        off = ~truth.stim.any(axis=1)
+        off[:d] = False
+        off[d:] &= ~truth.stim[: truth.n_frames - d].any(axis=1)
+        resp.append(truth.spikes[driven][:, on].mean() - truth.spikes[driven][:, off].mean())
+    return float(np.mean(resp))
+
+
+def test_w_gain_strengthens_evoked_coupling():
+    p = SimParams(n_frames=3000, height=96, width=96, n_cells=30, n_targets=6, n_pairs=0, motion=False)
+    r0, r1, r2 = (_coupled_response(simulate(dataclasses.replace(p, w_gain=w), 11)) for w in (0.0, 1.0, 2.0))
+    assert abs(r0) < 0.02  # no coupling: driven cells fire as off-trial
+    assert r1 > 0.05
+    assert r2 > 1.5 * r1
+    # the strengthening only adds spikes, and only where W drives a cell during a trial
+    s1, s2 = simulate(dataclasses.replace(p, w_gain=1.0), 11), simulate(dataclasses.replace(p, w_gain=2.0), 11)
+    assert np.all(s2.spikes >= s1.spikes)
+    quiet = ~s1.stim.any(axis=1)
+    quiet[s1.delay_frames :] &= ~s1.stim[: p.n_frames - s1.delay_frames].any(axis=1)
+    np.testing.assert_array_equal(s1.spikes[:, quiet], s2.spikes[:, quiet])
+    # stimulated targets themselves fire much more during their trials
+    for j, i in enumerate(s1.target_cells):
+        assert s1.spikes[i, s1.stim[:, j]].mean() > 5 * s1.spikes[i, quiet].mean()
+
+
+def test_connectivity_and_evoked_rates_follow_w_with_delay():
+    p = small(n_frames=200, n_cells=10, connection_prob=0.2, w_delay_s=0.1, **STATIC)
+    t0, t1 = (simulate(dataclasses.replace(p, w_gain=w), 6) for w in (0.0, 1.0))
+    W, K = t1.W, t1.n_cells
+    assert W.shape == (K, K) and np.all(W >= 0) and not np.any(np.diag(W))
+    nz = W[W > 0]
+    assert np.all((nz >= p.w_min) & (nz <= p.w_max)) and nz.size < K * K / 2
+    assert all(W[i].any() for i in t1.target_cells)  # every target drives someone
+    assert t1.delay_frames == 3
+    expected = np.zeros((K, p.n_frames))
+    for s, e, pat in zip(t1.trial_start, t1.trial_stop, t1.trial_pattern, strict=True):
+        for j in t1.patterns[pat][t1.patterns[pat] >= 0]:
+            # W[source, target]: row of the stimulated cell, shifted by the delay
+            expected[:, s + 3 : e + 3] += p.stim_gain * W[t1.target_cells[j]][:, None]
+    np.testing.assert_allclose(t1.rate_hz - t0.rate_hz, expected, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- motion
+
+
+def test_rigid_motion_matches_true_shift():
+    p = small(n_frames=40, nonrigid=False, max_shift=3.0, rigid_std=2.0)
+    truth = simulate(p, 5)
+    assert not np.any(truth.nonrigid_grid)
+    assert np.abs(truth.rigid_shifts).max() <= 3.0
+    assert np.abs(truth.rigid_shifts).max() > 0.5
+    moved = render_frames(truth, noise=False)
+    world = render_frames(truth, noise=False, motion=False)
+    Y, X = p.height, p.width
+    grid = np.mgrid[0:Y, 0:X].astype(np.float64)
+    inner = (slice(6, Y - 6), slice(6, X - 6))
+    errs, wrong = [], []
+    for t in range(0, 40, 3):
+        s = truth.rigid_shifts[t]
+        d = true_displacement(truth, t, [[10.0, 30.0], [40.0, 5.0]])
+        np.testing.assert_allclose(d[0], np.tile(s, (2, 1)), atol=1e-12)  # rigid: same everywhere
+        back = ndimage.map_coordinates(moved[t], grid + s[:, None, None], order=3, mode="nearest")
+        bad = ndimage.map_coordinates(moved[t], grid - s[:, None, None], order=3, mode="nearest")
+        scale = world[t][inner].std()
+        errs.append(np.abs(back - world[t])[inner].mean() / scale)
+        if np.abs(s).max() > 0.5:
+            wrong.append(np.abs(bad - world[t])[inner].mean() / scale)
+    assert max(errs) < 0.05
+    assert wrong and min(wrong) > 3 * max(errs)
+
+
+def test_nonrigid_displacement_matches_cell_positions():
+    """Each isolated cell's centroid in a moved frame is where the world displacement puts it."""
+    p = small(n_frames=30, height=96, width=96, nonrigid_grid=(4, 4), max_shift=2.0, nonrigid_amplitude=1.5,
+              **CELLS_ONLY)
+    truth = simulate(p, 9)
+    assert np.abs(truth.nonrigid_grid).max() > 1.0
+    np.testing.assert_allclose(truth.nonrigid_grid.mean(axis=(1, 2)), 0, atol=1e-12)
+    frames = render_frames(truth, noise=False) - p.offset
+    yy, xx = np.mgrid[0 : p.height, 0 : p.width]
+    iso = []
+    for k in range(truth.n_cells):
+        dist = np.linalg.norm(np.delete(truth.centers, k, axis=0) - truth.centers[k], axis=1)
+        if truth.overlap_partner[k] < 0 and dist.min() >= 20:  # no other cell in the window
+            iso.append(k)
+    assert len(iso) >= 2
+    errs, rigid_errs = [], []
+    for t in range(0, 30, 5):
+        D = dense_displacement(truth, t)  # world coords: pixel q appears at q + D[q]
+        # world area element -> frame area element (det of the Jacobian of q -> q + D(q))
+        dy, dx = np.gradient(D, axis=0), np.gradient(D, axis=1)
+        det = (1 + dy[..., 0]) * (1 + dx[..., 1]) - dx[..., 0] * dy[..., 1]
+        for k in iso:
+            w = truth.footprint(k) * det
+            expect = np.array([((yy + D[..., 0]) * w).sum(), ((xx + D[..., 1]) * w).sum()]) / w.sum()
+            win = (np.abs(yy - expect[0]) <= 9) & (np.abs(xx - expect[1]) <= 9)
+            f = np.where(win, frames[t], 0)
+            centroid = np.array([(f * yy).sum(), (f * xx).sum()]) / f.sum()
+            errs.append(np.abs(centroid - expect).max())
+            rigid_errs.append(np.abs(centroid - truth.centers[k] - truth.rigid_shifts[t]).max())
+    assert max(errs) < 0.03
+    assert max(rigid_errs) > 0.3  # the non-rigid part is visible beyond the rigid shift
+
+
+def test_world_and_frame_displacements_are_inverse():
+    truth = simulate(small(n_frames=10, nonrigid_amplitude=2.0, n_targets=0, n_pairs=None), 2)
+    assert truth.stim.shape == (10, 0) and truth.trial_start.size == 0
+    t = 7
+    q = np.random.default_rng(0).uniform(0, 47, (50, 2))
+    d_world = true_displacement(truth, [t], q)[0]
+    p_frame = q + d_world
+    d_frame = true_displacement(truth, t, p_frame, coords="frame")[0]
+    np.testing.assert_allclose(p_frame - d_frame, q, atol=1e-8)  # frame(p) = world(p - D(p))
+    assert np.abs(d_world - true_displacement(truth, t, q, coords="frame")[0]).max() > 1e-4
+    dense = dense_displacement(truth, t)
+    assert dense.shape == (48, 48, 2)
+    np.testing.assert_allclose(dense[20, 31], true_displacement(truth, t, [[20, 31]])[0, 0], atol=1e-9)
+    dense_f = dense_displacement(truth, t, coords="frame")
+    np.testing.assert_allclose(dense_f[5, 40], true_displacement(truth, t, [[5, 40]], coords="frame")[0, 0])
+    # control points carry exactly their stored displacement (interpolating spline)
+    cp = np.stack(np.meshgrid(truth.control_y, truth.control_x, indexing="ij"), -1).reshape(-1, 2)
+    np.testing.assert_allclose(
+        true_displacement(truth, t, cp, coords="frame")[0],
+        truth.nonrigid_grid[t].reshape(-1, 2) + truth.rigid_shifts[t],
+        atol=1e-9,
+    )
+    assert true_displacement(truth, slice(0, 4), q).shape == (4, 50, 2)
+
+
+def test_motion_off_renders_the_world():
+    truth = simulate(small(n_frames=20, **STATIC), 1)
+    assert not truth.has_motion
+    np.testing.assert_array_equal(render_frames(truth, noise=False), render_frames(truth, noise=False, motion=False))
+    np.testing.assert_array_equal(dense_displacement(truth, 3), 0)
+
+
+# ----------------------------------------------------------------------------- validation, io, cli
+
+
+@pytest.mark.parametrize(
+    ("override", "name"),
+    [
+        ({"height": -5}, "height"),
+        ({"n_frames": 0}, "n_frames"),
+        ({"n_targets": 20}, "n_targets"),
+        ({"n_pairs": 4}, "n_pairs"),
+        ({"fps": 0.0}, "fps"),
+        ({"radius_max": 3.0}, "radius_max"),
+        ({"tau_rise_s": 1.0}, "tau_rise_s"),
+        ({"nonrigid_amplitude": 10.0}, "nonrigid_amplitude"),
+        ({"nonrigid_grid": (1, 3)}, "nonrigid_grid"),
+        ({"n_blocks": 50}, "n_blocks"),
+        ({"n_frames": 8}, "n_frames"),
+        ({"spike_rate_hz": -1.0}, "spike_rate_hz"),
+        ({"n_cells": 2.5}, "n_cells"),
+        ({"motion": "yes"}, "motion"),
+        ({"connection_prob": 1.5}, "connection_prob"),
+    ],
+)
+def test_invalid_params_name_the_parameter(override, name):
+    with pytest.raises(CalflowInputError, match=rf"{name}=.*Fix: "):
+        simulate(small(**override), 0)
+
+
+def test_other_input_errors(tmp_path):
+    with pytest.raises(CalflowInputError, match="unknown simulation parameter.*'n_cels'"):
+        SimParams.from_dict({"n_cels": 3})
+    with pytest.raises(CalflowInputError, match="could not place"):
+        simulate(small(n_cells=60), 0)
+    with pytest.raises(CalflowInputError, match="seed"):
+        simulate(small(), -1)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(CalflowInputError, match="did not write"):
+        write_session(foreign, small(n_frames=20), 0)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    with pytest.raises(CalflowInputError, match="not a readable"):
+        load_ground_truth(foreign / "notes.txt")
+
+
+def test_killed_write_leaves_nothing(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sim, "save_ground_truth", boom)
+    with pytest.raises(KeyboardInterrupt):
+        write_session(tmp_path / "s", small(n_frames=20), 0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_arguments(tmp_path):
+    parser = argparse.ArgumentParser()
+    sim.add_arguments(parser)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({**SMALL, "n_frames": 50, "nonrigid_grid": [3, 3]}))
+    args = parser.parse_args(
+        [str(tmp_path / "s"), "--seed", "4", "--config", str(cfg), "--no-motion", "--w-gain", "1.5",
+         "--n-frames", "30", "--block-frames", "8"]
+    )
+    params = sim.params_from_args(args)
+    assert params.motion is False and params.w_gain == 1.5 and params.n_frames == 30 and params.n_cells == 8
+    out = sim.run_from_args(args)
+    assert out == tmp_path / "s"
+    meta = json.loads((out / "params.json").read_text())
+    assert meta["seed"] == 4 and meta["params"]["w_gain"] == 1.5 and meta["params"]["motion"] is False
+    assert tifffile.imread(out / "movie.tif").shape == (30, 48, 48)
+    # rerunning into the same session directory replaces it
+    assert sim.main_simulate([str(out), "--config", str(cfg), "--n-frames", "20"]) == 0
+    assert tifffile.imread(out / "movie.tif").shape == (20, 48, 48)
+    assert sim.main_simulate([str(tmp_path / "t"), "--config", str(cfg), "--n-targets", "99"]) == 2
+    assert not (tmp_path / "t").exists()
