@@ -96,6 +96,23 @@ def test_changing_w_gain_or_motion_leaves_other_components_unchanged():
     assert np.any(a.rigid_shifts) and np.any(a.nonrigid_grid)
 
 
+def test_anatomy_seed_shares_cells_and_w_across_sessions():
+    p = small(n_frames=150)
+    pod0 = simulate(p, 10, anatomy_seed=1)
+    pod3 = simulate(dataclasses.replace(p, w_gain=1.8), 20, anatomy_seed=1)
+    for name in ("centers", "radii", "f0", "g", "spike_amplitude", "W", "target_cells", "patterns",
+                 "neuropil_spatial", "background_spatial"):
+        np.testing.assert_array_equal(getattr(pod0, name), getattr(pod3, name), err_msg=name)
+    np.testing.assert_array_equal(pod0.footprints, pod3.footprints)
+    for name in ("spikes", "rigid_shifts", "trial_pattern", "bg_traces"):
+        assert not np.array_equal(getattr(pod0, name), getattr(pod3, name)), name
+    # default anatomy_seed is the seed itself
+    a, b = simulate(p, 10), simulate(p, 10, anatomy_seed=10)
+    np.testing.assert_array_equal(a.centers, b.centers)
+    np.testing.assert_array_equal(a.spikes, b.spikes)
+    assert not np.array_equal(a.centers, pod0.centers)
+
+
 # ----------------------------------------------------------------------------- session files
 
 
@@ -480,7 +497,8 @@ def test_cli_arguments(tmp_path):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({**SMALL, "n_frames": 50, "nonrigid_grid": [3, 3]}))
     args = parser.parse_args(
-        [str(tmp_path / "s"), "--seed", "4", "--config", str(cfg), "--no-motion", "--w-gain", "1.5",
+        [str(tmp_path / "s"), "--seed", "4", "--anatomy-seed", "2", "--config", str(cfg), "--no-motion",
+         "--w-gain", "1.5",
          "--n-frames", "30", "--block-frames", "8"]
     )
     params = sim.params_from_args(args)
@@ -488,7 +506,10 @@ def test_cli_arguments(tmp_path):
     out = sim.run_from_args(args)
     assert out == tmp_path / "s"
     meta = json.loads((out / "params.json").read_text())
-    assert meta["seed"] == 4 and meta["params"]["w_gain"] == 1.5 and meta["params"]["motion"] is False
+    assert meta["seed"] == 4 and meta["anatomy_seed"] == 2
+    assert meta["params"]["w_gain"] == 1.5 and meta["params"]["motion"] is False
+    truth = load_ground_truth(out / "ground_truth.npz")
+    np.testing.assert_array_equal(truth.centers, simulate(params, 99, anatomy_seed=2).centers)
     assert tifffile.imread(out / "movie.tif").shape == (30, 48, 48)
     # rerunning into the same session directory replaces it
     assert sim.main_simulate([str(out), "--config", str(cfg), "--n-frames", "20"]) == 0

@@ -397,6 +397,7 @@ class GroundTruth:
     trial_block: np.ndarray  # (n_trials,) int64 block number
     stim: np.ndarray  # (T, N) bool, stim[t, j] = target j stimulated in frame t
     delay_frames: int = 0
+    anatomy_seed: int | None = None  # seed of cells, targets, pairs, W and maps (None = seed)
 
     # -- derived -------------------------------------------------------------------------
 
@@ -653,8 +654,12 @@ def _poisson_inverse(u: np.ndarray, lam: np.ndarray) -> np.ndarray:
     return k
 
 
-def _stim_schedule(p: SimParams, rng: np.random.Generator):
-    """Patterns (P, 2), trial arrays and the per-frame (T, N) stimulation matrix."""
+def _stim_schedule(p: SimParams, rng: np.random.Generator, rng_order: np.random.Generator):
+    """Patterns (P, 2), trial arrays and the per-frame (T, N) stimulation matrix.
+
+    The pair patterns come from ``rng`` (the experimental design, shared by an animal's
+    sessions); the trial order and inter-trial intervals from ``rng_order`` (per session).
+    """
     T, N = p.n_frames, p.n_targets
     stim = np.zeros((T, N), bool)
     singles = [(j, -1) for j in range(N)]
@@ -668,8 +673,8 @@ def _stim_schedule(p: SimParams, rng: np.random.Generator):
         t = p.stim_start_frame
         block = 0
         while p.n_blocks is None or block < p.n_blocks:
-            order = rng.permutation(len(patterns))
-            gaps = p.iti_frames + rng.integers(0, p.iti_jitter_frames + 1, len(patterns))
+            order = rng_order.permutation(len(patterns))
+            gaps = p.iti_frames + rng_order.integers(0, p.iti_jitter_frames + 1, len(patterns))
             for i, pat in enumerate(order):
                 if t + p.trial_frames > T:
                     break
@@ -707,31 +712,43 @@ def _connectivity(p: SimParams, rng: np.random.Generator, target_cells: np.ndarr
     return W
 
 
-def simulate(params: SimParams | None = None, seed: int = 0) -> GroundTruth:
-    """Draw a session's ground truth (no movie). Deterministic in (params, seed)."""
+def _check_seed(name: str, seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise CalflowInputError(f"{name}={seed!r} is not a non-negative integer", fix=f"pass e.g. {name}=0")
+    return int(seed)
+
+
+def simulate(params: SimParams | None = None, seed: int = 0, *, anatomy_seed: int | None = None) -> GroundTruth:
+    """Draw a session's ground truth (no movie). Deterministic in (params, seed, anatomy_seed).
+
+    ``anatomy_seed`` (default: ``seed``) draws what belongs to the animal/FOV rather than the
+    recording: cells (positions, shapes, brightness, kinetics, spike amplitudes, spontaneous
+    rates), targets and the stimulated pairs, W, and the neuropil/background maps. Sessions of one animal in two
+    conditions share ``anatomy_seed`` and differ in ``seed`` (activity, motion, trial order,
+    noise) and ``w_gain``.
+    """
     p = params or SimParams()
     p.validate()
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise CalflowInputError(f"seed={seed!r} is not a non-negative integer", fix="pass e.g. seed=0")
-    seed = int(seed)
+    seed = _check_seed("seed", seed)
+    aseed = seed if anatomy_seed is None else _check_seed("anatomy_seed", anatomy_seed)
     K, T, Y, X = p.n_cells, p.n_frames, p.height, p.width
     dt = 1.0 / p.fps
 
     # cells
-    centers, radii, axes, angles, partner = _place_cells(p, _rng(seed, "layout"))
+    centers, radii, axes, angles, partner = _place_cells(p, _rng(aseed, "layout"))
     boxes = [_footprint_box(p, centers[k], radii[k], axes[k], angles[k]) for k in range(K)]
-    f0 = _lognormal(_rng(seed, "brightness"), p.cell_brightness, p.brightness_cv, K).astype(np.float32)
+    f0 = _lognormal(_rng(aseed, "brightness"), p.cell_brightness, p.brightness_cv, K).astype(np.float32)
 
     # targets, stimulation schedule, connectivity
-    rng_stim = _rng(seed, "stim")
+    rng_stim = _rng(aseed, "stim")
     isolated = np.flatnonzero(partner < 0)
     pool = np.concatenate([rng_stim.permutation(isolated), rng_stim.permutation(np.flatnonzero(partner >= 0))])
     target_cells = np.sort(pool[: p.n_targets]).astype(np.int64)
-    patterns, t_start, t_stop, t_pat, t_block, stim = _stim_schedule(p, rng_stim)
-    W = _connectivity(p, _rng(seed, "connectivity"), target_cells)
+    patterns, t_start, t_stop, t_pat, t_block, stim = _stim_schedule(p, rng_stim, _rng(seed, "stim", 1))
+    W = _connectivity(p, _rng(aseed, "connectivity"), target_cells)
 
     # firing rates: spontaneous (log-normal across cells, shared slow modulation) + stimulation
-    base = _lognormal(_rng(seed, "rates"), p.spike_rate_hz, p.rate_cv, K)
+    base = _lognormal(_rng(aseed, "rates"), p.spike_rate_hz, p.rate_cv, K)
     c = p.population_coupling
     pop = np.exp(c * _smooth_process(_rng(seed, "population"), 1, T, p.population_tau_s * p.fps)[0] - c * c / 2)
     delay = int(round(p.w_delay_s * p.fps))
@@ -752,8 +769,8 @@ def simulate(params: SimParams | None = None, seed: int = 0) -> GroundTruth:
         spikes[:, a:b] = _poisson_inverse(rng_spikes.random((K, b - a)), r_ab * dt)
 
     # calcium: AR(2) per cell, one isolated spike peaks at spike_amplitude[k]
-    tau_r, tau_d, g, peaks = _ar2(p, _rng(seed, "kinetics"), K)
-    amp = _lognormal(_rng(seed, "kinetics", 1), p.spike_amplitude, p.amplitude_cv, K)
+    tau_r, tau_d, g, peaks = _ar2(p, _rng(aseed, "kinetics"), K)
+    amp = _lognormal(_rng(aseed, "kinetics", 1), p.spike_amplitude, p.amplitude_cv, K)
     weight = amp / peaks
     calcium = np.empty((K, T), np.float32)
     for k in range(K):
@@ -788,15 +805,14 @@ def simulate(params: SimParams | None = None, seed: int = 0) -> GroundTruth:
     Yp, Xp = Y + 2 * pad, X + 2 * pad
     fov = (slice(pad, pad + Y), slice(pad, pad + X))
     fshape = (Y + 2 * fpad, X + 2 * fpad)
-    rng_np = _rng(seed, "neuropil")
-    neuropil_map = _smooth_field(rng_np, fshape, p.neuropil_scale_px, ffov, contrast=0.4)[crop].copy()
+    neuropil_map = _smooth_field(_rng(aseed, "neuropil"), fshape, p.neuropil_scale_px, ffov, contrast=0.4)[crop].copy()
     # population calcium: the shared rate modulation (mean 1) through the mean calcium kernel
     # (unit DC gain, started in steady state), i.e. the activity of the unobserved neurites
     g1, g2 = g.mean(axis=0)
     b_ca, a_ca = [1.0 - g1 - g2], [1.0, -g1, -g2]
     pop_ca, _ = signal.lfilter(b_ca, a_ca, pop, zi=signal.lfilter_zi(b_ca, a_ca) * pop[0])
     s = p.neuropil_noise
-    fluct = np.exp(s * _smooth_process(rng_np, 1, T, p.neuropil_tau_s * p.fps)[0] - s * s / 2)
+    fluct = np.exp(s * _smooth_process(_rng(seed, "neuropil", 1), 1, T, p.neuropil_tau_s * p.fps)[0] - s * s / 2)
     neuropil_trace = p.neuropil_level * fluct * np.maximum(0.0, 1.0 + p.neuropil_coupling * (pop_ca - 1.0))
     neuropil_trace = neuropil_trace.astype(np.float32)
     R = p.bg_rank
@@ -808,13 +824,13 @@ def simulate(params: SimParams | None = None, seed: int = 0) -> GroundTruth:
             vig = np.exp(-(((yy - (Y - 1) / 2) / (0.8 * Y)) ** 2 + ((xx - (X - 1) / 2) / (0.8 * X)) ** 2))
             bg_maps[0] = vig / vig[fov].mean()
         else:
-            bg_maps[r] = _smooth_field(_rng(seed, "background", r), fshape, sigma, ffov, contrast=0.5)[crop]
+            bg_maps[r] = _smooth_field(_rng(aseed, "background", r), fshape, sigma, ffov, contrast=0.5)[crop]
     s = p.bg_fluct
     proc = _smooth_process(_rng(seed, "background", 1000), R, T, p.bg_tau_s * p.fps)
     bg_traces = (p.bg_level * np.exp(s * proc - s * s / 2)).astype(np.float32)
 
     return GroundTruth(
-        params=p, seed=seed, centers=centers, radii=radii, semi_axes=axes, angles=angles,
+        params=p, seed=seed, anatomy_seed=aseed, centers=centers, radii=radii, semi_axes=axes, angles=angles,
         overlap_partner=partner, f0=f0, boxes=boxes, rate_hz=rate, spikes=spikes,
         calcium=calcium, g=g, tau_rise_s=tau_r, tau_decay_s=tau_d, spike_amplitude=amp, spike_weight=weight,
         population=pop.astype(np.float32), pad=pad, neuropil_map=neuropil_map, neuropil_trace=neuropil_trace,
@@ -1091,6 +1107,7 @@ def _gt_arrays(truth: GroundTruth) -> dict[str, np.ndarray]:
         "delay_frames": np.int64(truth.delay_frames),
         "fps": np.float64(p.fps),
         "seed": np.int64(truth.seed),
+        "anatomy_seed": np.int64(truth.seed if truth.anatomy_seed is None else truth.anatomy_seed),
         "shape": np.array(truth.shape, np.int64),
         "photons_per_unit": np.float64(p.photons_per_unit),
         "gain": np.float64(p.gain),
@@ -1168,6 +1185,7 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
         target_cells=a["target_cells"], patterns=a["patterns"], trial_start=a["trial_start"],
         trial_stop=a["trial_stop"], trial_pattern=a["trial_pattern"], trial_block=a["trial_block"],
         stim=a["stim"], delay_frames=int(a["delay_frames"]),
+        anatomy_seed=int(a["anatomy_seed"]) if "anatomy_seed" in a else None,
     )
 
 
@@ -1221,6 +1239,7 @@ def write_session(
     params: SimParams | None = None,
     seed: int = 0,
     *,
+    anatomy_seed: int | None = None,
     block_frames: int | None = None,
     threads: int | None = None,
 ) -> dict[str, Path]:
@@ -1234,7 +1253,7 @@ def write_session(
     p = params or SimParams()
     _check_out_dir(out_dir)
     t0 = time.perf_counter()
-    truth = simulate(p, seed)
+    truth = simulate(p, seed, anatomy_seed=anatomy_seed)
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
         movie_s = _write_movie(truth, tmp / SESSION_FILES["movie"], block_frames, threads)
@@ -1251,6 +1270,7 @@ def write_session(
             "generator": GENERATOR,
             "calflow_version": __version__,
             "seed": truth.seed,
+            "anatomy_seed": truth.anatomy_seed,
             "params": p.to_dict(),
             "movie": {"file": SESSION_FILES["movie"], "shape": list(truth.shape), "dtype": "uint16",
                       "axes": "TYX", "fps": truth.fps},
@@ -1287,7 +1307,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``out_dir``, ``--seed``, ``--config``, ``--block-frames``, ``--threads`` and one
     ``--<param>`` option per :class:`SimParams` field (defaults come from SimParams)."""
     parser.add_argument("out_dir", type=Path, help="session directory to write (created or replaced)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the recording (default 0)")
+    parser.add_argument("--anatomy-seed", type=int, default=None,
+                        help="seed of cells, targets, W and maps (default: --seed); share it across an "
+                        "animal's sessions")
     parser.add_argument("--config", type=Path, default=None,
                         help="JSON or YAML file of SimParams fields; command-line options override it")
     parser.add_argument("--block-frames", type=int, default=None,
@@ -1347,7 +1370,8 @@ def params_from_args(args: argparse.Namespace) -> SimParams:
 def run_from_args(args: argparse.Namespace) -> Path:
     """Run :func:`write_session` from parsed arguments; returns the session directory."""
     params = params_from_args(args)
-    write_session(args.out_dir, params, args.seed, block_frames=args.block_frames, threads=args.threads)
+    write_session(args.out_dir, params, args.seed, anatomy_seed=getattr(args, "anatomy_seed", None),
+                  block_frames=args.block_frames, threads=args.threads)
     return Path(args.out_dir)
 
 
