@@ -467,7 +467,7 @@ def test_invalid_params_name_the_parameter(override, name):
 def test_other_input_errors(tmp_path):
     with pytest.raises(CalflowInputError, match="unknown simulation parameter.*'n_cels'"):
         SimParams.from_dict({"n_cels": 3})
-    with pytest.raises(CalflowInputError, match="could not place"):
+    with pytest.raises(CalflowInputError, match="could not place.*cells of this size fit"):
         simulate(small(n_cells=60), 0)
     with pytest.raises(CalflowInputError, match="seed"):
         simulate(small(), -1)

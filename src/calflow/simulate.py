@@ -545,17 +545,30 @@ def _place_cells(p: SimParams, rng: np.random.Generator):
     centers = np.full((K, 2), np.nan)
     partner = np.full(K, -1, np.int64)
 
+    cos, sin = np.cos(angles), np.sin(angles)
+
+    def extent(e: np.ndarray, i: np.ndarray | int) -> np.ndarray:
+        """Distance from the centre of ellipse(s) ``i`` to their half-max contour along unit ``e``."""
+        eu = e[..., 0] * cos[i] + e[..., 1] * sin[i]
+        ev = -e[..., 0] * sin[i] + e[..., 1] * cos[i]
+        return 1.0 / np.sqrt((eu / major[i]) ** 2 + (ev / minor[i]) ** 2)
+
     def clear_of(c: np.ndarray, k: int, placed: np.ndarray, skip: int = -1) -> np.ndarray:
-        """(n,) True where candidates ``c`` (n, 2) keep a 1 px gap to every placed cell."""
+        """(n,) True where candidates ``c`` (n, 2) keep a 1 px gap to every placed cell's contour."""
         idx = placed[placed != skip]
         if idx.size == 0:
             return np.ones(len(c), bool)
-        d = np.linalg.norm(c[:, None, :] - centers[idx][None], axis=-1)
-        return np.all(d >= major[k] + major[idx][None] + 1.0, axis=1)
+        diff = c[:, None, :] - centers[idx][None]
+        d = np.linalg.norm(diff, axis=-1)
+        e = diff / np.maximum(d, 1e-9)[..., None]
+        return np.all(d >= extent(e, k) + extent(e, idx[None, :]) + 1.0, axis=1)
 
     def too_dense(what: str) -> CalflowInputError:
+        r = (p.radius_min + p.radius_max) / 2 + 0.5
+        fit = int(0.5 * (Y - 2 * margin.mean()) * (X - 2 * margin.mean()) / (np.pi * r * r) * 1.3)
         return CalflowInputError(
-            f"could not place {what} cells of radius {p.radius_min}-{p.radius_max} px in a {Y}x{X} FOV",
+            f"could not place {what} cells of radius {p.radius_min}-{p.radius_max} px in a {Y}x{X} FOV "
+            f"(about {max(fit, 1)} non-overlapping cells of this size fit)",
             fix="reduce n_cells or overlap_fraction, use smaller radii, or enlarge height/width",
         )
 
