@@ -374,10 +374,12 @@ def test_rigid_motion_matches_true_shift():
 def test_nonrigid_displacement_matches_cell_positions():
     """Each isolated cell's centroid in a moved frame is where the world displacement puts it."""
     p = small(n_frames=30, height=96, width=96, nonrigid_grid=(4, 4), max_shift=2.0, nonrigid_amplitude=1.5,
-              **CELLS_ONLY)
+              nonrigid_tau_s=0.2, rigid_tau_s=0.3, **CELLS_ONLY)
     truth = simulate(p, 9)
     assert np.abs(truth.nonrigid_grid).max() > 1.0
-    np.testing.assert_allclose(truth.nonrigid_grid.mean(axis=(1, 2)), 0, atol=1e-12)
+    np.testing.assert_allclose(truth.nonrigid_grid.mean(axis=(1, 2)), 0, atol=1e-12)  # per frame
+    np.testing.assert_allclose(truth.nonrigid_grid.mean(axis=0), 0, atol=1e-12)  # per control point
+    np.testing.assert_allclose(truth.rigid_shifts.mean(axis=0), 0, atol=1e-12)  # world = mean position
     frames = render_frames(truth, noise=False) - p.offset
     yy, xx = np.mgrid[0 : p.height, 0 : p.width]
     iso = []

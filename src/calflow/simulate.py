@@ -796,13 +796,20 @@ def simulate(params: SimParams | None = None, seed: int = 0, *, anatomy_seed: in
     rigid = np.zeros((T, 2))
     grid = np.zeros((T, gy, gx, 2))
     if p.motion:
+        # Zero temporal mean: the world frame is the average position, which is where a
+        # mean-image template sits, so estimated shifts and the truth share their origin.
         if p.rigid_std > 0:
             walk = p.rigid_std * _smooth_process(_rng(seed, "rigid"), 2, T, p.rigid_tau_s * p.fps).T
-            rigid = p.max_shift * np.tanh(walk / p.max_shift)
+            rigid = p.max_shift * np.tanh((walk - walk.mean(axis=0)) / p.max_shift)
+            rigid -= rigid.mean(axis=0)
+            peak = np.abs(rigid).max()
+            if peak > p.max_shift:
+                rigid *= p.max_shift / peak
         if p.nonrigid and p.nonrigid_amplitude > 0:
             proc = _smooth_process(_rng(seed, "nonrigid"), gy * gx * 2, T, p.nonrigid_tau_s * p.fps)
             grid = p.nonrigid_amplitude * proc.T.reshape(T, gy, gx, 2)
-            grid -= grid.mean(axis=(1, 2), keepdims=True)  # pure deformation: rigid part is separate
+            grid -= grid.mean(axis=0, keepdims=True)  # each control point: zero mean over time
+            grid -= grid.mean(axis=(1, 2), keepdims=True)  # each frame: pure deformation, rigid is separate
     # world canvas padding: bounds |D| <= |rigid| + Lebesgue(y) * Lebesgue(x) * max|grid|
     leb = 1.0
     for knots, n in ((control_y, Y), (control_x, X)):
