@@ -1,0 +1,264 @@
+"""Motion-correction benchmark: calflow vs Suite2p registration, frames/s and peak RSS.
+
+Runs every case in its own subprocess and reads the child's peak RSS from ``os.wait4``
+(ru_maxrss), so the numbers are per run and include imports. Cases, on
+../shared/data/optinist-mouse2p/movie.tiff (2000 x 128 x 128 uint16):
+
+* calflow rigid / piecewise on a raw.zarr ingested with MovieWriter (timed: template + registration
+  + reading raw.zarr + writing motion.zarr, i.e. the whole ``correct_motion`` call);
+* Suite2p 1.x ``registration_wrapper`` (rigid only, and nonrigid) on Suite2p's own int16 binary
+  files (timed: reference image + registration + writing the registered binary), run with the
+  Python of a separate venv that has suite2p (see docs/motion.md);
+* calflow rigid / piecewise on the movie tiled to 10x the length (20000 frames) for RSS flatness.
+
+Usage::
+
+    python benchmarks/motion.py [--s2p-python /tmp/s2p-venv/bin/python] [--long-factor 10]
+
+Prints a side-by-side table and writes benchmarks/out/motion.json. Heavy: several minutes on
+2 cores. Nothing here is asserted by tests; the figures are measured, never hard-coded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MOVIE = ROOT / ".." / "shared" / "data" / "optinist-mouse2p" / "movie.tiff"
+PATCH = 64  # calflow patch_size and Suite2p block_size (same 3 x 3 grid on 128 x 128 frames)
+MAX_DEV = 5  # calflow max_deviation and Suite2p maxregshiftNR
+
+
+# ---------------------------------------------------------------------------------------------
+# workers (run in a child process)
+# ---------------------------------------------------------------------------------------------
+
+
+def worker_calflow(args: argparse.Namespace) -> dict:
+    from calflow.motion import correct_motion
+
+    params = {"piecewise": bool(args.piecewise), "patch_size": PATCH, "overlap": PATCH // 2,
+              "max_deviation": MAX_DEV, "device": "cpu"}
+    t0 = time.perf_counter()
+    stats = correct_motion(args.input, args.output, params=params, progress=False)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "n_frames": stats["n_frames"], "crispness_after": stats["crispness_after"]}
+
+
+def worker_suite2p(args: argparse.Namespace) -> dict:
+    # cellpose (imported by suite2p.registration) imports torchvision, which we never import:
+    # registration does not use it, so stand-in modules satisfy the import.
+    import types
+
+    tv = types.ModuleType("torchvision")
+    tr = types.ModuleType("torchvision.transforms")
+    tr.functional = types.ModuleType("torchvision.transforms.functional")
+    tr._functional_tensor = types.ModuleType("torchvision.transforms._functional_tensor")
+    tv.transforms = tr
+    sys.modules.update({"torchvision": tv, "torchvision.transforms": tr,
+                        "torchvision.transforms.functional": tr.functional,
+                        "torchvision.transforms._functional_tensor": tr._functional_tensor})
+    import logging
+
+    import torch
+    from suite2p.io import BinaryFile
+    from suite2p.parameters import default_settings
+    from suite2p.registration.register import registration_wrapper
+
+    logging.disable(logging.INFO)
+    n_t, h, w = args.shape
+    settings = default_settings()["registration"]
+    settings.update({"nonrigid": bool(args.piecewise), "block_size": (PATCH, PATCH), "maxregshiftNR": MAX_DEV})
+    t0 = time.perf_counter()
+    with BinaryFile(Ly=h, Lx=w, filename=args.input, n_frames=n_t, write=False) as f_raw, \
+            BinaryFile(Ly=h, Lx=w, filename=args.output, n_frames=n_t, write=True) as f_reg:
+        out = registration_wrapper(f_reg, f_raw=f_raw, settings=settings, device=torch.device("cpu"))
+    seconds = time.perf_counter() - t0
+    np.save(Path(args.output).with_suffix(".mean.npy"), np.asarray(out["meanImg"], dtype=np.float32))
+    from importlib.metadata import version
+
+    return {"seconds": seconds, "n_frames": n_t, "suite2p_version": version("suite2p"),
+            "torch_version": torch.__version__}
+
+
+# ---------------------------------------------------------------------------------------------
+# orchestration
+# ---------------------------------------------------------------------------------------------
+
+
+def peak_rss_self_mib() -> float:
+    """VmHWM of this process's address space (MiB).
+
+    ru_maxrss of a child is not used: on Linux it starts from the parent's RSS at fork time, so
+    it would charge the orchestrator's memory to every child.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(cmd: list[str], result: Path) -> dict:
+    """Run ``cmd`` as a child; return its JSON result plus peak RSS (MiB) and CPU seconds."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen(cmd, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"benchmark child failed: {' '.join(cmd)}")
+    out = json.loads(result.read_text())
+    out["peak_rss_mib"] = out.pop("vm_hwm_mib")
+    out["cpu_s"] = usage.ru_utime + usage.ru_stime
+    return out
+
+
+def ingest(movie: np.ndarray, store: Path, repeat: int = 1) -> None:
+    from calflow.io import MovieWriter
+
+    n_t = movie.shape[0]
+    with MovieWriter(store, (n_t * repeat,) + movie.shape[1:], movie.dtype, fps=30.0, chunk_frames=100) as w:
+        for _ in range(repeat):
+            for a in range(0, n_t, 500):
+                w.write(movie[a : a + 500])
+
+
+def crisp(img: np.ndarray, margin: int = 8) -> float:
+    from calflow.motion import crispness
+
+    return crispness(img, margin)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--movie", type=Path, default=DEFAULT_MOVIE)
+    ap.add_argument("--s2p-python", default="/tmp/s2p-venv/bin/python",
+                    help="python of a venv with suite2p installed ('' to skip Suite2p)")
+    ap.add_argument("--long-factor", type=int, default=10, help="tile the movie this many times for RSS flatness")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "motion.json")
+    ap.add_argument("--worker", choices=["calflow", "suite2p"], help=argparse.SUPPRESS)
+    ap.add_argument("--input", help=argparse.SUPPRESS)
+    ap.add_argument("--output", help=argparse.SUPPRESS)
+    ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--piecewise", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--shape", type=int, nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.worker:
+        fn = worker_calflow if args.worker == "calflow" else worker_suite2p
+        res = fn(args)
+        res["vm_hwm_mib"] = peak_rss_self_mib()
+        args.result.write_text(json.dumps(res))
+        return
+
+    import tifffile
+    import torch
+    import zarr
+
+    if not args.movie.exists():
+        sys.exit(f"{args.movie}: movie not found (the benchmark needs ../shared/data)")
+    movie = tifffile.imread(args.movie)
+    n_t, h, w = movie.shape
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="calflow-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        raw = tmp / "raw.zarr"
+        ingest(movie, raw)
+        raw_mean = movie.astype(np.float64).mean(axis=0)
+        me = [sys.executable, str(Path(__file__).resolve())]
+
+        def calflow_case(name: str, store: Path, piecewise: bool, frames: int) -> None:
+            res = tmp / f"{name}.json"
+            out_store = tmp / f"{name}.zarr"
+            r = run_child(me + ["--worker", "calflow", "--input", str(store), "--output", str(out_store),
+                                "--result", str(res), "--piecewise", str(int(piecewise))], res)
+            mean_after = np.asarray(zarr.open_group(out_store, mode="r")["mean_after"])
+            rows.append({"tool": "calflow", "mode": "piecewise" if piecewise else "rigid", "frames": frames,
+                         "frames_per_s": frames / r["seconds"], "seconds": r["seconds"],
+                         "peak_rss_mib": r["peak_rss_mib"], "cpu_s": r["cpu_s"],
+                         "crispness_mean_img": crisp(mean_after) if frames == n_t else None})
+            import shutil
+
+            shutil.rmtree(out_store, ignore_errors=True)
+
+        calflow_case("calflow_rigid", raw, False, n_t)
+        calflow_case("calflow_pw", raw, True, n_t)
+
+        if args.s2p_python and Path(args.s2p_python).exists():
+            s2p_in = tmp / "data_raw.bin"
+            # what Suite2p's own TIFF conversion does: uint16 -> int16 by halving
+            s2p_movie = (movie // 2).astype(np.int16) if movie.dtype == np.uint16 else movie.astype(np.int16)
+            s2p_movie.tofile(s2p_in)
+            del s2p_movie
+            for piecewise in (False, True):
+                name = "suite2p_nonrigid" if piecewise else "suite2p_rigid"
+                res = tmp / f"{name}.json"
+                s2p_out = tmp / f"{name}.bin"
+                r = run_child([args.s2p_python, str(Path(__file__).resolve()), "--worker", "suite2p",
+                               "--input", str(s2p_in), "--output", str(s2p_out), "--result", str(res),
+                               "--piecewise", str(int(piecewise)), "--shape", str(n_t), str(h), str(w)], res)
+                mean_img = np.load(s2p_out.with_suffix(".mean.npy"))
+                if movie.dtype == np.uint16:
+                    mean_img = mean_img * 2.0  # undo the halving, so crispness compares
+                rows.append({"tool": f"suite2p {r.get('suite2p_version', '')}".strip(),
+                             "mode": "piecewise" if piecewise else "rigid", "frames": n_t,
+                             "frames_per_s": n_t / r["seconds"], "seconds": r["seconds"],
+                             "peak_rss_mib": r["peak_rss_mib"], "cpu_s": r["cpu_s"],
+                             "crispness_mean_img": crisp(mean_img)})
+                s2p_out.unlink(missing_ok=True)
+        else:
+            print(f"Suite2p skipped: {args.s2p_python!r} not found", file=sys.stderr)
+
+        if args.long_factor > 1:
+            long_raw = tmp / "raw_long.zarr"
+            ingest(movie, long_raw, repeat=args.long_factor)
+            calflow_case("calflow_rigid_long", long_raw, False, n_t * args.long_factor)
+            calflow_case("calflow_pw_long", long_raw, True, n_t * args.long_factor)
+
+    def pick(tool: str, mode: str, frames: int) -> dict | None:
+        return next((r for r in rows if r["tool"].startswith(tool) and r["mode"] == mode
+                     and r["frames"] == frames), None)
+
+    comparison = {}
+    for mode in ("rigid", "piecewise"):
+        c, s = pick("calflow", mode, n_t), pick("suite2p", mode, n_t)
+        cl = pick("calflow", mode, n_t * args.long_factor)
+        comparison[mode] = {
+            "speedup_vs_suite2p": c["frames_per_s"] / s["frames_per_s"] if c and s else None,
+            "rss_ratio_vs_suite2p": c["peak_rss_mib"] / s["peak_rss_mib"] if c and s else None,
+            "rss_growth_10x_movie_mib": cl["peak_rss_mib"] - c["peak_rss_mib"] if c and cl else None,
+        }
+    report = {
+        "movie": str(args.movie.resolve()), "shape": [n_t, h, w], "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "patch_size": PATCH, "max_deviation": MAX_DEV,
+        "raw_crispness_mean_img": crisp(raw_mean), "rows": rows, "comparison": comparison,
+        "targets": "rigid and piecewise >= 2x Suite2p frames/s; peak RSS below Suite2p and flat at 10x length",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+
+    print(f"\nmovie {args.movie.name} {n_t}x{h}x{w}; raw mean-image crispness {report['raw_crispness_mean_img']:.0f}")
+    head = f"{'tool':<16}{'mode':<11}{'frames':>7}{'frames/s':>10}{'peak RSS MiB':>14}{'CPU s':>8}{'crispness':>11}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        cr = f"{r['crispness_mean_img']:.0f}" if r["crispness_mean_img"] is not None else "-"
+        print(f"{r['tool']:<16}{r['mode']:<11}{r['frames']:>7}{r['frames_per_s']:>10.1f}"
+              f"{r['peak_rss_mib']:>14.1f}{r['cpu_s']:>8.1f}{cr:>11}")
+    for mode, c in comparison.items():
+        parts = [f"{k}={v:.2f}" for k, v in c.items() if v is not None]
+        print(f"{mode}: " + ", ".join(parts))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
