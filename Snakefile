@@ -11,9 +11,15 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
+include: "workflow/rules/motion.smk"
 
 
 rule all:
     default_target: True
     input:
-        expand("results/{session}/raw.zarr", session=SESSION_NAMES),
+        expand("results/{session}/summary.zarr", session=SESSION_NAMES),
+        expand("results/{session}/plots/motion", session=SESSION_NAMES),
+
+
+onsuccess:
+    print(f"calflow: done. Results for {len(SESSION_NAMES)} session(s) are in {Path('results').resolve()}/")

@@ -25,7 +25,7 @@ def test_shipped_config_and_sheet_are_valid(monkeypatch):
 def test_defaults_are_filled():
     cfg = load_config("c.yaml", data={})
     assert cfg["ingest"] == {"chunk_frames": 100, "read_frames": 200, "nan_policy": "error", "clevel": 5}
-    assert cfg["device"] == "auto" and cfg["seed"] == 0
+    assert cfg["seed"] == 0 and cfg["motion"]["device"] == "auto"
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,7 @@ def test_defaults_are_filled():
     [
         ({"ingest": {"chunk_frames": 0}}, r"c\.yaml: field 'ingest\.chunk_frames': 0 is less than the minimum"),
         ({"ingest": {"chunkframes": 3}}, r"field 'ingest': unknown key.*allowed keys here: chunk_frames"),
-        ({"device": "gpu"}, r"field 'device': 'gpu' is not one of"),
+        ({"motion": {"device": "gpu"}}, r"field 'motion.device': 'gpu' is not one of"),
         ({"seed": "one"}, r"field 'seed': 'one' is not of type 'integer'"),
         ({"nonsense": 1}, r"unknown key"),
     ],

@@ -15,6 +15,7 @@ import contextlib
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,15 @@ from zarr.codecs import BloscCodec
 from calflow.errors import CalflowInputError
 
 MOVIE_VAR = "movie"
+# Snakemake drops a ``.snakemake_timestamp`` file into directory outputs; zarr warns about it.
+_SNAKEMAKE_STAMP = r"Object at \.snakemake_timestamp is not recognized"
+
+
+def open_group(store: str | Path, mode: str = "r") -> zarr.Group:
+    """``zarr.open_group`` without the warning about Snakemake's timestamp file."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_SNAKEMAKE_STAMP)
+        return zarr.open_group(store, mode=mode)
 DIMS = ("time", "y", "x")
 
 
@@ -188,7 +198,7 @@ class MovieReader:
         if not self.store.exists():
             raise CalflowInputError("movie store does not exist", file=self.store, fix="run the stage that makes it")
         try:
-            group = zarr.open_group(self.store, mode="r")
+            group = open_group(self.store, mode="r")
             self._array = group[var]
             self.attrs: dict[str, Any] = dict(group.attrs)
         except Exception as err:  # noqa: BLE001 - zarr raises many types for broken stores
@@ -229,4 +239,6 @@ class MovieReader:
 
 def open_dataset(store: str | Path) -> xr.Dataset:
     """Open a calflow zarr store lazily as an xarray Dataset (dask-backed)."""
-    return xr.open_zarr(store, zarr_format=3, consolidated=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_SNAKEMAKE_STAMP)
+        return xr.open_zarr(store, zarr_format=3, consolidated=False)

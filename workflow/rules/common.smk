@@ -1,13 +1,21 @@
 # Load and validate config/config.yaml and the sessions sheet before any job is scheduled.
 import glob
+import os
 import re
 import sys
+import zlib
 from pathlib import Path
 
 from calflow.config import load_config, load_sessions
 from calflow.errors import CalflowInputError
 
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
+
+# Jobs import calflow from this checkout, also inside per-rule conda envs (--sdm conda),
+# which hold the dependencies but not calflow itself.
+_SRC = str(Path(workflow.basedir) / "src")
+_ENV = os.environ
+_ENV.update(PYTHONPATH=os.pathsep.join(p for p in (_SRC, _ENV.get("PYTHONPATH")) if p))
 CONFIG_FILE = ", ".join(map(str, workflow.configfiles)) or "config"
 
 try:
@@ -37,3 +45,12 @@ def movie_files(wildcards):
         matches = sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
         files.extend(matches)
     return files
+
+
+def _stable_seed(text):
+    """A seed from a name that does not change between Python runs (unlike hash())."""
+    return zlib.crc32(text.encode()) % (2**31)
+
+
+def demo_animal(session):
+    return session.split(config["demo"]["animal_separator"], 1)[0]

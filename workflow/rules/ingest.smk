@@ -8,6 +8,8 @@ rule ingest:
         ingest=config["ingest"],
         spec=lambda w: SESSIONS.loc[w.session, "movie"],
         fps=lambda w: float(SESSIONS.loc[w.session, "fps"]),
+    conda:
+        "../../envs/io.yaml"
     log:
         "results/logs/ingest/{session}.log",
     threads: 1

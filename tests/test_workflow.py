@@ -1,0 +1,122 @@
+"""End-to-end: snakemake on a tiny config in a temporary directory (slow, still run in CI)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+
+from calflow.io import MovieReader, open_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+TINY_CONFIG = {
+    "sessions": "config/sessions.tsv",
+    "seed": 3,
+    "demo": {
+        "sim": {"n_frames": 120, "height": 64, "width": 64, "n_cells": 10, "n_targets": 4, "n_pairs": 2},
+        "w_gain": {"A": 1.0, "B": 2.0},
+    },
+    "ingest": {"chunk_frames": 50},
+    "motion": {"patch_size": 32, "overlap": 16, "max_shift": 8, "template_frames": 60, "batch_size": 50},
+}
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def write_workdir(tmp: Path, config: dict, rows: list[str]) -> None:
+    (tmp / "config").mkdir(parents=True, exist_ok=True)
+    (tmp / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    header = "session\tmovie\tcondition\tfps\tstim_log\ttargets\tmasks"
+    (tmp / "config" / "sessions.tsv").write_text("\n".join([header, *rows]) + "\n")
+
+
+def demo_row(name: str, condition: str) -> str:
+    d = f"results/demo/{name}"
+    return f"{name}\t{d}/movie.tif\t{condition}\t30\t{d}/stim_log.csv\t{d}/targets.csv\t{d}/masks.tif"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("wf")
+    rng = np.random.default_rng(0)
+    user_movie = (rng.poisson(200, size=(80, 48, 40))).astype(np.uint16)
+    tifffile.imwrite(tmp / "user.tif", user_movie)
+    rows = [demo_row("a1_A", "A"), demo_row("a1_B", "B"), "user1\tuser.tif\tA\t15\t\t\t"]
+    write_workdir(tmp, TINY_CONFIG, rows)
+    proc = snakemake(tmp)
+    return tmp, proc, user_movie
+
+
+def test_demo_and_user_sessions_produce_every_output(finished_run):
+    tmp, proc, user_movie = finished_run
+    assert "calflow: done" in proc.stdout + proc.stderr
+    for s in ("a1_A", "a1_B", "user1"):
+        raw = MovieReader(tmp / "results" / s / "raw.zarr")
+        mot = open_dataset(tmp / "results" / s / "motion.zarr")
+        summ = open_dataset(tmp / "results" / s / "summary.zarr")
+        assert mot["movie"].shape == raw.shape
+        assert mot["rigid_shifts"].shape == (raw.shape[0], 2)
+        assert summ["mean"].shape == raw.shape[1:]
+        assert sorted(p.name for p in (tmp / "results" / s / "plots" / "motion").glob("*.png")) == [
+            "motion_correlation.png", "motion_mean_images.png", "motion_shifts.png"]
+        assert (tmp / "results" / "logs" / "ingest" / f"{s}.log").exists()
+    assert MovieReader(tmp / "results" / "a1_A" / "raw.zarr").shape == (120, 64, 64)
+    user = MovieReader(tmp / "results" / "user1" / "raw.zarr")
+    np.testing.assert_array_equal(user[:], user_movie)
+    assert user.attrs["fps"] == 15.0
+
+
+def test_demo_conditions_share_anatomy_but_not_activity(finished_run):
+    tmp, _, _ = finished_run
+    a = np.load(tmp / "results/demo/a1_A/ground_truth.npz")
+    b = np.load(tmp / "results/demo/a1_B/ground_truth.npz")
+    np.testing.assert_array_equal(a["centers"], b["centers"])
+    np.testing.assert_array_equal(b["W"], a["W"])
+    assert float(a["w_gain"]) == 1.0 and float(b["w_gain"]) == 2.0
+    assert not np.array_equal(a["spikes"], b["spikes"])
+
+
+def test_second_run_has_nothing_to_do(finished_run):
+    tmp, _, _ = finished_run
+    proc = snakemake(tmp, "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_bad_sheet_stops_before_any_job(tmp_path):
+    write_workdir(tmp_path, TINY_CONFIG, [demo_row("a1_A", "A"), "bad\tuser.tif\tA\tfast\t\t\t"])
+    proc = snakemake(tmp_path, check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "config/sessions.tsv: row 3, field 'fps': 'fast' is not of type 'number'" in out
+    assert not (tmp_path / "results").exists()
+
+
+def test_bad_config_value_stops_before_any_job(tmp_path):
+    cfg = {**TINY_CONFIG, "motion": {**TINY_CONFIG["motion"], "overlap": -1}}
+    write_workdir(tmp_path, cfg, [demo_row("a1_A", "A")])
+    proc = snakemake(tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "field 'motion.overlap': -1 is less than the minimum of 0" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_lint_is_clean():
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint", "-s", str(ROOT / "Snakefile"), "-d", str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr

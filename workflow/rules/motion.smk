@@ -1,0 +1,52 @@
+rule motion:
+    """Rigid + piecewise-rigid motion correction (torch; GPU when present) -> motion.zarr + figures."""
+    input:
+        "results/{session}/raw.zarr",
+    output:
+        store=directory("results/{session}/motion.zarr"),
+        plots=report(
+            directory("results/{session}/plots/motion"),
+            patterns=["{name}.png"],
+            caption="../report/motion.rst",
+            category="Motion",
+            subcategory="{session}",
+            labels={"session": "{session}", "figure": "{name}"},
+        ),
+    params:
+        motion=config["motion"],
+    conda:
+        "../../envs/torch.yaml"
+    log:
+        "results/logs/motion/{session}.log",
+    threads: 2
+    resources:
+        mem_mb=2000,
+    script:
+        "../scripts/motion.py"
+
+
+rule summary:
+    """Streaming mean, max, std, local-correlation and PNR images of the corrected movie."""
+    input:
+        "results/{session}/motion.zarr",
+    output:
+        store=directory("results/{session}/summary.zarr"),
+        plots=report(
+            directory("results/{session}/plots/summary"),
+            patterns=["{name}.png"],
+            caption="../report/summary.rst",
+            category="Summary images",
+            subcategory="{session}",
+            labels={"session": "{session}", "figure": "{name}"},
+        ),
+    params:
+        summary=config["summary"],
+    conda:
+        "../../envs/torch.yaml"
+    log:
+        "results/logs/summary/{session}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+    script:
+        "../scripts/summary.py"

@@ -1,0 +1,12 @@
+"""Thin wrapper: snakemake rule `summary` -> calflow.summary.compute_summary + figures."""
+from calflow.plots_motion import plot_summary
+from calflow.runner import run_script
+from calflow.summary import compute_summary
+
+
+def main(smk):
+    compute_summary(smk.input[0], smk.output.store, params=smk.params.summary)
+    plot_summary(smk.output.store, smk.output.plots)
+
+
+run_script(snakemake, main)  # noqa: F821 - injected by snakemake
