@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +93,7 @@ def test_nwb_two_photon_series(tmp_path, movie):
     from pynwb import NWBHDF5IO, NWBFile
     from pynwb.ophys import OpticalChannel, TwoPhotonSeries
 
-    nwb = NWBFile("test", "id", datetime(2026, 1, 1, tzinfo=timezone.utc))
+    nwb = NWBFile("test", "id", datetime(2026, 1, 1, tzinfo=UTC))
     dev = nwb.create_device("scope")
     plane = nwb.create_imaging_plane(
         name="plane",

@@ -517,4 +517,7 @@ def test_cli_arguments(tmp_path):
     assert sim.main_simulate([str(out), "--config", str(cfg), "--n-frames", "20"]) == 0
     assert tifffile.imread(out / "movie.tif").shape == (20, 48, 48)
     assert sim.main_simulate([str(tmp_path / "t"), "--config", str(cfg), "--n-targets", "99"]) == 2
+    assert sim.main_simulate(["--config", str(cfg)]) == 2  # no output directory
+    assert sim.main_simulate(["--out", str(tmp_path / "u"), "--config", str(cfg), "--n-frames", "12"]) == 0
+    assert tifffile.imread(tmp_path / "u" / "movie.tif").shape == (12, 48, 48)
     assert not (tmp_path / "t").exists()

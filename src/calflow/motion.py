@@ -42,8 +42,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import queue
+import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,11 +205,6 @@ def _gauss_spectrum(h: int, w: int, sigma: float, device: torch.device) -> torch
     return torch.exp(-2 * math.pi**2 * sigma**2 * (fy**2 + fx**2)).to(torch.float32)
 
 
-def _frame_fft(x: torch.Tensor) -> torch.Tensor:
-    """rfft2 over the last two dims of mean-subtracted frames or patches."""
-    return torch.fft.rfft2(x - x.mean(dim=(-2, -1), keepdim=True))
-
-
 def _reference_spectrum(t: torch.Tensor, window: torch.Tensor, sigma: float, highpass: float) -> torch.Tensor:
     """conj(FFT(windowed template)) times the band-pass weight (Gaussian smoothing ``sigma`` px,
     optional high-pass removing structure larger than ``highpass`` px). Shape (..., h, w//2+1)."""
@@ -236,17 +234,17 @@ def _subpixel(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor
 
 def _window_of(cc: torch.Tensor, radius: int) -> torch.Tensor:
     """Correlation values at shifts -radius-1 .. radius+1 (circular indexing): (..., n, n), n = 2r+3."""
-    h, w = cc.shape[-2:]
-    iy = torch.arange(-radius - 1, radius + 2, device=cc.device) % h
-    ix = torch.arange(-radius - 1, radius + 2, device=cc.device) % w
-    return cc.index_select(-2, iy).index_select(-1, ix)
+    k = radius + 1  # slicing + cat copies only the window (index_select on big maps is slow on CPU)
+    rows = torch.cat((cc[..., -k:, :], cc[..., : k + 1, :]), dim=-2)
+    return torch.cat((rows[..., -k:], rows[..., : k + 1]), dim=-1)
 
 
-def _peak_in_window(win: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _peak_in_window(win: torch.Tensor, distinctness: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Sub-pixel peak of windows from :func:`_window_of`.
 
     Returns (shift (..., 2) float32 (dy, dx), peak value (...), distinctness (...)): the peak
-    over the largest value more than 2 px away from it (Suite2p's SNR; ~1 = ambiguous).
+    over the largest value more than 2 px away from it (Suite2p's SNR; ~1 = ambiguous), or None
+    when not ``distinctness``.
     """
     n = win.shape[-1]
     r = (n - 3) // 2
@@ -263,6 +261,8 @@ def _peak_in_window(win: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     sy = _subpixel(at(-1, 0), c0, at(1, 0))
     sx = _subpixel(at(0, -1), c0, at(0, 1))
     shift = torch.stack(((py - r).to(torch.float32) + sy, (px - r).to(torch.float32) + sx), dim=-1)
+    if not distinctness:
+        return shift, c0, None
     grid = torch.arange(2 * r + 1, device=win.device)
     far = ((grid[:, None] - py[..., None, None]).abs() > 2) | ((grid[None, :] - px[..., None, None]).abs() > 2)
     other = torch.where(far.flatten(-2), inner, torch.full_like(inner, -torch.inf)).amax(dim=-1)
@@ -275,7 +275,7 @@ def _find_peak(cc: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tenso
 
     Returns (shift (..., 2) float32 as (dy, dx), peak value (...)).
     """
-    shift, peak, _ = _peak_in_window(_window_of(cc, int(radius)))
+    shift, peak, _ = _peak_in_window(_window_of(cc, int(radius)), distinctness=False)
     return shift, peak
 
 
@@ -422,10 +422,10 @@ class Registration:
 
     def rigid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, w = self.shape
-        cc = torch.fft.irfft2(_frame_fft(x) * self.ref_spec, s=(h, w))
+        xc = x - x.mean(dim=(-2, -1), keepdim=True)
+        cc = torch.fft.irfft2(torch.fft.rfft2(xc) * self.ref_spec, s=(h, w))
         shift, peak = _find_peak(cc, self.max_shift)
         # peak / frame norm ranks frames by similarity to the template
-        xc = x - x.mean(dim=(-2, -1), keepdim=True)
         return shift, peak / (xc.flatten(-2).norm(dim=-1) + _EPS)
 
     def piecewise(self, x: torch.Tensor, rigid: torch.Tensor) -> torch.Tensor:
@@ -436,12 +436,12 @@ class Registration:
 
     def _patch_residual(self, xs: torch.Tensor) -> torch.Tensor:
         """Residual shifts (B, n_y, n_x, 2) of the patches of pre-aligned frames xs (B, h, w)."""
-        patches = self.grid.unfold(xs)  # (B, n_y, n_x, s, s)
         s = self.grid.size
         # masked normalised cross-correlation: numerator / (template norm * local std of the
         # frame patch under the shifted window), so a bright cell sliding into the window cannot
-        # win over the true alignment.
-        f = patches - patches.mean(dim=(-2, -1), keepdim=True)
+        # win over the true alignment. The windowed template has zero mean, so the numerator
+        # ignores constant offsets; subtracting the frame mean keeps the float32 sums precise.
+        f = self.grid.unfold(xs - xs.mean(dim=(-2, -1), keepdim=True))  # (B, n_y, n_x, s, s) view
         num = torch.fft.irfft2(torch.fft.rfft2(f) * self.patch_ref_spec, s=(s, s))
         num = _window_of(num, self.max_dev)  # (B, n_y, n_x, n, n)
         # local sums of f and f^2 under the shifted (separable) window, only at the searched
@@ -593,6 +593,42 @@ def _corr_with(x: torch.Tensor, tz: torch.Tensor, margin: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
+def _prefetch(blocks, depth: int = 2):
+    """Iterate ``blocks`` in a background thread, ``depth`` items ahead (zarr decoding releases
+    the GIL, so reading overlaps registration). Exceptions are re-raised in the caller."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in blocks:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            q.put(err)
+
+    thread = threading.Thread(target=run, name="calflow-motion-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
 def _cast_out(x: torch.Tensor, dtype: np.dtype) -> np.ndarray:
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
@@ -656,6 +692,8 @@ def correct_motion(
         attrs = {k: v for k, v in reader.attrs.items() if k != "fps"}
         attrs.update({"stage": "motion", "motion_source": str(raw_store), "shift_convention": SHIFT_CONVENTION})
         blocks = reader.iter_blocks(p.batch_size)
+        if __import__("os").environ.get("CF_PIPE", "1") == "1":
+            blocks = _prefetch(blocks)
         if progress:
             from tqdm import tqdm
 
@@ -663,17 +701,31 @@ def correct_motion(
         with atomic_output(out_store) as tmp:
             writer = MovieWriter(tmp, (n_t, h, w), out_dtype, fps=reader.fps,
                                  chunk_frames=reader.chunk_frames, attrs=attrs)
-            for a, block in blocks:
-                x = torch.from_numpy(np.asarray(block, dtype=np.float32)).to(device)
-                rigid, patch, _, corrected = reg.register(x)
-                b = a + x.shape[0]
-                rigid_all[a:b] = rigid.cpu().numpy()
-                patch_all[a:b] = (patch if patch is not None else rigid[:, None, None, :]).cpu().numpy()
-                corr_before[a:b] = _corr_with(x, tz, margin).cpu().numpy()
-                corr_after[a:b] = _corr_with(corrected, tz, margin).cpu().numpy()
-                sum_before += x.sum(dim=0, dtype=torch.float64)
-                sum_after += corrected.sum(dim=0, dtype=torch.float64)
-                writer.write(_cast_out(corrected, out_dtype))
+            # compression + writing of batch k overlaps the registration of batch k+1
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calflow-motion-write")
+            pending: Future | None = None
+            try:
+                for a, block in blocks:
+                    x = torch.from_numpy(np.asarray(block, dtype=np.float32)).to(device)
+                    rigid, patch, _, corrected = reg.register(x)
+                    b = a + x.shape[0]
+                    rigid_all[a:b] = rigid.cpu().numpy()
+                    patch_all[a:b] = (patch if patch is not None else rigid[:, None, None, :]).cpu().numpy()
+                    corr_before[a:b] = _corr_with(x, tz, margin).cpu().numpy()
+                    corr_after[a:b] = _corr_with(corrected, tz, margin).cpu().numpy()
+                    sum_before += x.sum(dim=0, dtype=torch.float64)
+                    sum_after += corrected.sum(dim=0, dtype=torch.float64)
+                    out_block = _cast_out(corrected, out_dtype)
+                    if pending is not None:
+                        pending.result()
+                    if __import__("os").environ.get("CF_PIPE", "1") == "1":
+                        pending = pool.submit(writer.write, out_block)
+                    else:
+                        writer.write(out_block)
+                if pending is not None:
+                    pending.result()
+            finally:
+                pool.shutdown(wait=True)
             writer.close()
 
             mean_before = (sum_before / n_t).to(torch.float32).cpu().numpy()

@@ -1326,7 +1326,9 @@ def _cli_flag(name: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``out_dir``, ``--seed``, ``--config``, ``--block-frames``, ``--threads`` and one
     ``--<param>`` option per :class:`SimParams` field (defaults come from SimParams)."""
-    parser.add_argument("out_dir", type=Path, help="session directory to write (created or replaced)")
+    parser.add_argument("out_dir", type=Path, nargs="?", default=None,
+                        help="session directory to write (created or replaced); or give --out")
+    parser.add_argument("--out", type=Path, default=None, help="session directory to write (same as OUT_DIR)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the recording (default 0)")
     parser.add_argument("--anatomy-seed", type=int, default=None,
                         help="seed of cells, targets, W and maps (default: --seed); share it across an "
@@ -1389,6 +1391,10 @@ def params_from_args(args: argparse.Namespace) -> SimParams:
 
 def run_from_args(args: argparse.Namespace) -> Path:
     """Run :func:`write_session` from parsed arguments; returns the session directory."""
+    out_dir = getattr(args, "out", None) or args.out_dir
+    if out_dir is None:
+        raise CalflowInputError("no output directory given", fix="pass --out DIR (or DIR as the first argument)")
+    args.out_dir = Path(out_dir)
     params = params_from_args(args)
     write_session(args.out_dir, params, args.seed, anatomy_seed=getattr(args, "anatomy_seed", None),
                   block_frames=args.block_frames, threads=args.threads)
