@@ -1216,7 +1216,8 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterator[Sequence[Any]] 
         w.writerows(rows)
 
 
-def _write_movie(truth: GroundTruth, path: Path, block_frames: int | None, threads: int | None) -> float:
+def _write_movie(truth: GroundTruth, path: Path, block_frames: int | None, threads: int | None,
+                 progress: bool = False) -> float:
     """Stream the movie into a (T, Y, X) uint16 TIFF; returns the seconds it took."""
     T, Y, X = truth.shape
     nbytes = T * Y * X * 2
@@ -1226,11 +1227,20 @@ def _write_movie(truth: GroundTruth, path: Path, block_frames: int | None, threa
 
     def pages() -> Iterator[np.ndarray]:
         next_log = log_every
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=T, desc="simulate", unit="frame")
         for a, block in iter_movie(truth, block_frames=block_frames, threads=threads):
             yield from block
+            if bar is not None:
+                bar.update(len(block))
             if a + len(block) >= next_log:
                 log.info("simulate: rendered %d/%d frames (%.1f s)", a + len(block), T, time.perf_counter() - t0)
                 next_log += log_every
+        if bar is not None:
+            bar.close()
 
     with tifffile.TiffWriter(path, bigtiff=bigtiff) as tw:
         tw.write(pages(), shape=(T, Y, X), dtype=np.uint16, photometric="minisblack",
@@ -1262,8 +1272,11 @@ def write_session(
     anatomy_seed: int | None = None,
     block_frames: int | None = None,
     threads: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Path]:
     """Simulate and write one session directory; returns {key: path} for :data:`SESSION_FILES`.
+
+    ``progress`` shows a tqdm bar while the movie is rendered.
 
     The directory is built next to ``out_dir`` and renamed into place when complete, so a
     killed run leaves no partial session. An existing ``out_dir`` is replaced only if it holds
@@ -1276,7 +1289,7 @@ def write_session(
     truth = simulate(p, seed, anatomy_seed=anatomy_seed)
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        movie_s = _write_movie(truth, tmp / SESSION_FILES["movie"], block_frames, threads)
+        movie_s = _write_movie(truth, tmp / SESSION_FILES["movie"], block_frames, threads, progress)
         save_ground_truth(truth, tmp / SESSION_FILES["ground_truth"])
         _write_csv(tmp / SESSION_FILES["stim_log"], ("frame", "targets"), enumerate(truth.stim_log()))
         _write_csv(

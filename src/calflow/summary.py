@@ -142,11 +142,12 @@ _DESCRIPTIONS = {
 
 
 def compute_summary(movie_store: str | Path, out_store: str | Path, *,
-                    params: SummaryParams | Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    params: SummaryParams | Mapping[str, Any] | None = None,
+                    progress: bool = False) -> dict[str, Any]:
     """Stream the ``movie`` of ``movie_store`` once and write summary.zarr atomically.
 
     Arrays (y, x) float32: mean, max, std, local_corr, pnr, noise, baseline. Attrs: n_frames,
-    fps, source. Returns a small dict of scalar statistics.
+    fps, source. Returns a small dict of scalar statistics. ``progress`` shows a tqdm bar.
     """
     p = SummaryParams.from_config(params)
     reader = MovieReader(movie_store)
@@ -155,7 +156,12 @@ def compute_summary(movie_store: str | Path, out_store: str | Path, *,
         raise CalflowInputError(f"movie has {n_t} frame(s); summary images need at least 2",
                                 file=movie_store, fix="check the upstream stage's input movie")
     acc = SummaryAccumulator((h, w))
-    for _, block in reader.iter_blocks(p.batch_size):
+    blocks = reader.iter_blocks(p.batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        blocks = tqdm(blocks, total=-(-n_t // p.batch_size), desc="summary", unit="block")
+    for _, block in blocks:
         acc.update(block)
     images = acc.result()
     with atomic_output(out_store) as tmp:

@@ -13,6 +13,7 @@ def main(smk):
         smk.params.seed,
         anatomy_seed=smk.params.anatomy_seed,
         threads=smk.threads,
+        progress=True,
     )
 
 

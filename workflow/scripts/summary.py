@@ -5,7 +5,7 @@ from calflow.summary import compute_summary
 
 
 def main(smk):
-    compute_summary(smk.input[0], smk.output.store, params=smk.params.summary)
+    compute_summary(smk.input[0], smk.output.store, params=smk.params.summary, progress=True)
     plot_summary(smk.output.store, smk.output.plots)
 
 
