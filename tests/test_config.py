@@ -24,7 +24,7 @@ def test_shipped_config_and_sheet_are_valid(monkeypatch):
 
 def test_defaults_are_filled():
     cfg = load_config("c.yaml", data={})
-    assert cfg["ingest"] == {"chunk_frames": 100, "read_frames": 200, "nan_policy": "error", "clevel": 5}
+    assert cfg["ingest"] == {"chunk_frames": 100, "read_frames": 100, "nan_policy": "error", "clevel": 5}
     assert cfg["seed"] == 0 and cfg["motion"]["device"] == "auto"
 
 

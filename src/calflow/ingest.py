@@ -91,6 +91,27 @@ class _TiffWarnings(logging.Handler):
         logging.getLogger("tifffile").removeHandler(self)
 
 
+class _ContiguousFrames:
+    """Frames stored contiguously and uncompressed, read with plain file reads.
+
+    Not a memory map on purpose: mapped pages of a multi-GB file count towards the process's
+    resident memory (and a cluster job's memory limit) until the kernel reclaims them.
+    """
+
+    def __init__(self, path: Path, offset: int, dtype: np.dtype, shape: tuple[int, int, int]):
+        self.path, self.offset, self.dtype, self.shape = path, offset, np.dtype(dtype), shape
+        self.frame_bytes = int(np.prod(shape[1:])) * self.dtype.itemsize
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        a, b, _ = key.indices(self.shape[0])
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset + a * self.frame_bytes)
+            data = np.fromfile(fh, dtype=self.dtype, count=(b - a) * self.frame_bytes // self.dtype.itemsize)
+        if data.size * self.dtype.itemsize != (b - a) * self.frame_bytes:
+            raise OSError(f"short read: frames {a}-{b - 1} run past the end of the file")
+        return data.reshape((b - a, *self.shape[1:]))
+
+
 class TiffSource:
     """One or more TIFF files (classic or BigTIFF) read frame-range by frame-range with tifffile.
 
@@ -106,7 +127,7 @@ class TiffSource:
         self.paths = paths
         self.fps = None
         self._files: list[Any] = []
-        self._memmaps: list[np.ndarray | None] = []
+        self._memmaps: list[_ContiguousFrames | None] = []
         self._offsets: list[int] = []
         n_total = 0
         frame_shape = None
@@ -154,8 +175,8 @@ class TiffSource:
         self.dtype = np.dtype(dtype)
 
     @staticmethod
-    def _check_complete(tif: Any, series: Any, shape: tuple[int, int, int], path: Path) -> np.ndarray | None:
-        """Raise if the file is truncated; return a memmap for contiguous uncompressed data."""
+    def _check_complete(tif: Any, series: Any, shape: tuple[int, int, int], path: Path) -> _ContiguousFrames | None:
+        """Raise if the file is truncated; return a direct reader for contiguous uncompressed data."""
         truncated = CalflowInputError(
             "TIFF is truncated or corrupt: the metadata announce more frames than the file holds",
             file=path,
@@ -173,8 +194,7 @@ class TiffSource:
         if offset is not None:  # contiguous, uncompressed
             if offset + series.nbytes > size:
                 raise truncated
-            dt = series.dtype.newbyteorder(tif.byteorder)
-            return np.memmap(path, dtype=dt, mode="r", offset=offset, shape=shape)
+            return _ContiguousFrames(path, offset, series.dtype.newbyteorder(tif.byteorder), shape)
         pages = series.pages
         if len(pages) < shape[0]:
             raise truncated
@@ -458,7 +478,7 @@ class IngestParams:
     """Tunables of the ingest stage (config section ``ingest``)."""
 
     chunk_frames: int = 100  # frames per zarr chunk (whole frames)
-    read_frames: int = 200  # frames read from the source per step
+    read_frames: int = 100  # frames read from the source per step
     nan_policy: str = "error"  # "error" or "fill_previous"
     clevel: int = 5  # zstd level
 

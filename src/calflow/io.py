@@ -137,18 +137,28 @@ class MovieWriter:
             raise ValueError(f"block frame shape {block.shape[1:]} != movie frame shape {self.shape[1:]}")
         if self._pos + self._buf_len + block.shape[0] > self.shape[0]:
             raise ValueError("more frames written than the movie holds")
-        self._buf.append(block.astype(self.dtype, copy=False))
-        self._buf_len += block.shape[0]
-        while self._buf_len >= self.chunk_frames:
-            self._flush(self.chunk_frames)
+        block = block.astype(self.dtype, copy=False)
+        if self._buf_len:  # complete the pending chunk first
+            need = self.chunk_frames - self._buf_len
+            self._buf.append(block[:need])
+            self._buf_len += min(need, block.shape[0])
+            block = block[need:]
+            if self._buf_len < self.chunk_frames:
+                return
+            self._flush(self._buf_len)
+        n_whole = (block.shape[0] // self.chunk_frames) * self.chunk_frames
+        for a in range(0, n_whole, self.chunk_frames):  # whole chunks straight from the block: no copy
+            self._array[self._pos : self._pos + self.chunk_frames] = block[a : a + self.chunk_frames]
+            self._pos += self.chunk_frames
+        if n_whole < block.shape[0]:
+            self._buf = [block[n_whole:].copy()]
+            self._buf_len = block.shape[0] - n_whole
 
     def _flush(self, n: int) -> None:
         joined = np.concatenate(self._buf, axis=0) if len(self._buf) > 1 else self._buf[0]
         self._array[self._pos : self._pos + n] = joined[:n]
         self._pos += n
-        rest = joined[n:]
-        self._buf = [rest] if rest.shape[0] else []
-        self._buf_len = rest.shape[0]
+        self._buf, self._buf_len = [], 0
 
     def close(self) -> None:
         if self._buf_len:
