@@ -46,6 +46,9 @@ def run_script(smk: Any, stage: Callable[[Any], Any]) -> Any:
     setup_logging(log_file)
     set_threads(getattr(smk, "threads", 1))
     log = logging.getLogger(f"calflow.{smk.rule}")
+    if os.environ.get("SLURM_JOB_ID"):  # where a cluster job ran and which GPU it was given
+        log.info("SLURM job %s on %s, CUDA_VISIBLE_DEVICES=%s", os.environ["SLURM_JOB_ID"],
+                 os.environ.get("SLURMD_NODENAME", "?"), os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
     t0 = time.perf_counter()
     try:
         result = stage(smk)

@@ -1,5 +1,6 @@
 # Load and validate config/config.yaml and the sessions sheet before any job is scheduled.
 import glob
+import json
 import os
 import re
 import sys
@@ -54,3 +55,67 @@ def _stable_seed(text):
 
 def demo_animal(session):
     return session.split(config["demo"]["animal_separator"], 1)[0]
+
+
+# ---- Resources scaled to the input (any executor; profiles/slurm adds GPUs and partitions) ----
+# Each estimate is raised by `attempt`, so a job retried after an out-of-memory or time-limit
+# kill (profiles/slurm sets retries: 1) asks for more. Constants come from the 2-core
+# benchmarks in docs/motion.md and benchmarks/out/ingest.json, with a 3x runtime margin.
+
+
+def _missing(path):
+    # Snakemake treats a FileNotFoundError for an input as "not known yet" and re-evaluates the
+    # resource when the job is ready to run (the input then exists).
+    return FileNotFoundError(2, "not made yet", str(path))
+
+
+def input_mb(input):
+    """Total size of a job's inputs in MB, zarr stores (directories) included."""
+    total = 0
+    for f in input:
+        p = Path(f)
+        if not p.exists():
+            raise _missing(f)
+        total += p.stat().st_size if p.is_file() else sum(x.stat().st_size for x in p.rglob("*") if x.is_file())
+    return total / 1e6
+
+
+def store_shape(store, var="movie"):
+    """(time, y, x) of a calflow movie store, read from its zarr metadata (no data read)."""
+    meta = Path(store) / var / "zarr.json"
+    if not meta.exists():
+        raise _missing(store)
+    return tuple(json.loads(meta.read_text())["shape"])
+
+
+def _runtime_min(seconds, attempt):
+    return int(attempt * (10 + 3 * seconds / 60))
+
+
+def ingest_mem_mb(wildcards, input, attempt):
+    # measured peak RSS ~ 300 MB + the source size (memory-mapped TIFF pages stay resident)
+    return int(attempt * min(1000 + 1.2 * input_mb(input), 32000))
+
+
+def ingest_runtime(wildcards, input, attempt):
+    return _runtime_min(input_mb(input) / 100, attempt)          # ~150 MB/s measured
+
+
+def motion_mem_mb(wildcards, input, attempt):
+    t, h, w = store_shape(input[0])                               # ~30 x batch x float32 frames
+    return int(attempt * (1000 + 30 * config["motion"]["batch_size"] * h * w * 4 / 1e6))
+
+
+def motion_runtime(wildcards, input, attempt):
+    t, h, w = store_shape(input[0])
+    return _runtime_min(t * h * w / 2.5e6, attempt)               # ~2.5 Mpx/s piecewise, 2 cores
+
+
+def summary_mem_mb(wildcards, input, attempt):
+    t, h, w = store_shape(input[0])                      # ~8 x batch x float64 frames
+    return int(attempt * (1000 + 8 * config["summary"]["batch_size"] * h * w * 8 / 1e6))
+
+
+def summary_runtime(wildcards, input, attempt):
+    t, h, w = store_shape(input[0])
+    return _runtime_min(t * h * w / 2e7, attempt)

@@ -14,6 +14,7 @@ rule ingest:
         "results/logs/ingest/{session}.log",
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=ingest_mem_mb,
+        runtime=ingest_runtime,
     script:
         "../scripts/ingest.py"

@@ -20,7 +20,8 @@ rule motion:
         "results/logs/motion/{session}.log",
     threads: 2
     resources:
-        mem_mb=2000,
+        mem_mb=motion_mem_mb,
+        runtime=motion_runtime,
     script:
         "../scripts/motion.py"
 
@@ -47,6 +48,7 @@ rule summary:
         "results/logs/summary/{session}.log",
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=summary_mem_mb,
+        runtime=summary_runtime,
     script:
         "../scripts/summary.py"
