@@ -1,0 +1,143 @@
+"""Inference: network outputs -> probability and cue maps -> instances (watershed) -> footprints.
+
+:func:`predict` runs a model on one (C, H, W) image (reflect-padded to a multiple of
+``2**depth``; optionally averaged over the 8 dihedral transforms, ``tta``).
+:func:`instances_from_maps` turns the cell probability and the distance cue into a label image:
+markers are the connected components of ``cue > cue_threshold`` inside ``prob > prob_threshold``,
+flooded by :func:`skimage.segmentation.watershed` on ``-cue`` within the foreground; instances
+smaller than ``min_size`` px are dropped.
+:func:`segment_session` writes ``footprints.zarr`` (see docs/segment.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import zarr
+from scipy import ndimage
+
+from calflow.io import atomic_output, write_array
+from calflow.segment.data import dihedral, dihedral_inverse, load_inputs
+from calflow.segment.model import build_model
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, image: np.ndarray, *, depth: int, device: torch.device | str = "cpu",
+            tta: bool = False) -> np.ndarray:
+    """(C_out, H, W) sigmoid outputs of ``model`` on a (C, H, W) image."""
+    model.eval()
+    c, h, w = image.shape
+    m = 2**depth
+    ph, pw = (-h) % m, (-w) % m
+    x = np.pad(image, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="reflect")
+    ks = range(8) if tta else [0]
+    acc = None
+    for k in ks:
+        xt = torch.from_numpy(dihedral(x, k)[None]).to(device)
+        y = torch.sigmoid(model(xt))[0].cpu().numpy()
+        y = dihedral_inverse(y, k)
+        acc = y if acc is None else acc + y
+    out = acc / len(ks)
+    return out[:, ph // 2: ph // 2 + h, pw // 2: pw // 2 + w]
+
+
+def instances_from_maps(prob: np.ndarray, cue: np.ndarray | None, *, prob_threshold: float = 0.5,
+                        cue_threshold: float = 0.5, min_size: int = 10) -> np.ndarray:
+    """(H, W) int32 label image from the probability map and the distance cue (watershed)."""
+    from skimage.segmentation import watershed
+
+    fg = prob > prob_threshold
+    if cue is None:
+        labels, _ = ndimage.label(fg)
+    else:
+        markers, _ = ndimage.label((cue > cue_threshold) & fg)
+        labels = watershed(-cue, markers, mask=fg)
+    sizes = np.bincount(labels.ravel())
+    small = sizes < min_size
+    small[0] = False
+    labels[small[labels]] = 0
+    from skimage.segmentation import relabel_sequential
+
+    return relabel_sequential(labels)[0].astype(np.int32)
+
+
+def footprints_from_labels(labels: np.ndarray, weights: np.ndarray) -> sp.csr_matrix:
+    """CSR (K, H*W) float32: ``weights`` (e.g. the probability) on each instance's pixels."""
+    flat = labels.ravel()
+    pix = np.flatnonzero(flat)
+    order = np.argsort(flat[pix], kind="stable")
+    pix = pix[order]
+    k = int(flat.max()) if flat.size else 0
+    return sp.csr_matrix((weights.ravel()[pix].astype(np.float32), (flat[pix] - 1, pix)), shape=(k, flat.size))
+
+
+def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Load a calflow segmenter file ({"state_dict", "arch", "meta"}) with ``weights_only=True``."""
+    blob = torch.load(path, map_location=device, weights_only=True)
+    model = build_model(blob["arch"])
+    model.load_state_dict(blob["state_dict"])
+    model.to(device).eval()
+    return model, {"arch": blob["arch"], "meta": blob.get("meta", {})}
+
+
+def segment_image(model: torch.nn.Module, arch: Mapping[str, Any], image: np.ndarray,
+                  post: Mapping[str, Any], device: torch.device | str = "cpu", tta: bool = False) -> dict:
+    """Probability, cue and instance labels of one (C, H, W) image."""
+    out = predict(model, image, depth=int(arch.get("depth", 3)), device=device, tta=tta)
+    prob = out[0]
+    cue = out[1] if out.shape[0] > 1 else None
+    labels = instances_from_maps(prob, cue, **post)
+    return {"probability": prob, "cue": cue, "labels": labels}
+
+
+def segment_session(summary_store: str | Path, keyframes_store: str | Path, model_path: str | Path,
+                    out_store: str | Path, *, device: str = "auto", tta: bool = True,
+                    post: Mapping[str, Any] | None = None) -> dict:
+    """Segment one session and write ``footprints.zarr``; return a summary dict."""
+    dev = resolve_device(device)
+    model, info = load_segmenter(model_path, dev)
+    arch, meta = info["arch"], info["meta"]
+    image = load_inputs(summary_store, keyframes_store, meta.get("channels"))
+    post = dict(meta.get("post", {}), **(post or {}))
+    res = segment_image(model, arch, image, post, dev, tta)
+    h, w = res["labels"].shape
+    fp = footprints_from_labels(res["labels"], res["probability"])
+    from calflow.metrics import centroids
+
+    cents = centroids(fp > 0, (h, w)) if fp.shape[0] else np.zeros((0, 2))
+    with atomic_output(out_store) as tmp:
+        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        group.attrs.update({"format": "csr", "shape": [int(fp.shape[0]), h * w], "frame_shape": [h, w],
+                            "n_components": int(fp.shape[0]), "pixel_order": "C (row-major: pixel = y * width + x)",
+                            "model": str(model_path), "arch": dict(arch), "post": post, "tta": bool(tta)})
+        write_array(tmp, "data", fp.data.astype(np.float32), ("nnz",))
+        write_array(tmp, "indices", fp.indices.astype(np.int64), ("nnz",))
+        write_array(tmp, "indptr", fp.indptr.astype(np.int64), ("component_ptr",))
+        write_array(tmp, "labels", res["labels"], ("y", "x"))
+        write_array(tmp, "centroids", cents.astype(np.float64), ("component", "axis"))
+        write_array(tmp, "probability", res["probability"].astype(np.float32), ("y", "x"))
+        if res["cue"] is not None:
+            write_array(tmp, "cue", res["cue"].astype(np.float32), ("y", "x"))
+    return {"n_components": int(fp.shape[0]), "device": str(dev)}
+
+
+def read_footprints(store: str | Path) -> tuple[sp.csr_matrix, dict]:
+    """footprints.zarr -> (CSR (K, H*W) float32, attrs)."""
+    from calflow.io import open_group
+
+    g = open_group(store)
+    attrs = dict(g.attrs)
+    mat = sp.csr_matrix((np.asarray(g["data"][:]), np.asarray(g["indices"][:]), np.asarray(g["indptr"][:])),
+                        shape=tuple(attrs["shape"]))
+    return mat, attrs

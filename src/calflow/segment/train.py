@@ -1,0 +1,235 @@
+"""Training loop: random crops, 8-fold dihedral + brightness/contrast augmentation, validation by
+F1 (instances) or foreground IoU (semantic), best-by-score checkpoint, resumable, deterministic.
+
+Determinism: the model is initialised from ``torch.manual_seed(seed)``; every iteration draws its
+crops and augmentations from its own generator ``numpy.random.default_rng([seed, iteration])``, so
+an interrupted run resumed from ``last.pt`` (model + optimiser state + iteration + history)
+continues exactly as the uninterrupted run would (bit-for-bit on CPU with the same thread count).
+
+Checkpoint directory (``checkpoint_dir``):
+
+* ``last.pt``: {"model", "optimizer", "iteration", "best_score", "best_iteration", "history",
+  "fingerprint"}, written after every validation; resumed from when its fingerprint (a hash of the
+  training parameters and the training/validation data) matches.
+* ``best.pt``: the segmenter file of the best validation score so far.
+
+The segmenter file (:func:`save_segmenter`) is ``{"state_dict", "arch", "meta"}``: tensors plus
+plain dicts/lists/str/numbers only, so it loads with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from calflow.errors import CalflowInputError
+from calflow.metrics import match_iou, pixel_iou
+from calflow.segment.data import Sample, dihedral
+from calflow.segment.infer import instances_from_maps, predict, resolve_device
+from calflow.segment.model import build_model
+
+log = logging.getLogger("calflow.segment")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Network and training settings (the ``segment`` config section's training keys)."""
+
+    network: str = "unet"  # unet | dcn
+    base_channels: int = 16
+    depth: int = 3
+    deconv_kernels: tuple[int, ...] = ()  # dcn only; () = 2 x stride per scale
+    task: str = "instance"  # instance (fg + distance cue) | semantic (fg only)
+    iterations: int = 300
+    batch_size: int = 8
+    patch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    val_every: int = 50
+    cue_weight: float = 1.0
+    brightness: float = 0.2  # additive jitter, in units of the normalised image
+    contrast: float = 0.2  # multiplicative jitter: x * U[1 - c, 1 + c]
+    seed: int = 0
+    device: str = "auto"
+    post: dict = field(default_factory=lambda: {"prob_threshold": 0.5, "cue_threshold": 0.5, "min_size": 10})
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | TrainParams | None) -> TrainParams:
+        if isinstance(config, TrainParams):
+            return config
+        config = dict(config or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise CalflowInputError(f"unknown training key(s): {', '.join(unknown)}", fix=f"use {', '.join(sorted(known))}")
+        if "deconv_kernels" in config:
+            config["deconv_kernels"] = tuple(config["deconv_kernels"] or ())
+        p = cls(**config)
+        if p.network not in ("unet", "dcn"):
+            raise CalflowInputError(f"segment.network = {p.network!r}", fix="use 'unet' or 'dcn'")
+        if p.task not in ("instance", "semantic"):
+            raise CalflowInputError(f"segment task = {p.task!r}", fix="use 'instance' or 'semantic'")
+        if p.patch_size % 2**p.depth:
+            raise CalflowInputError(f"segment.patch_size = {p.patch_size} must be a multiple of 2**depth = {2**p.depth}")
+        return p
+
+    def arch(self, in_channels: int) -> dict:
+        a = {"kind": self.network, "in_channels": int(in_channels), "out_channels": 2 if self.task == "instance" else 1,
+             "base": self.base_channels, "depth": self.depth}
+        if self.network == "dcn":
+            a["deconv_kernels"] = list(self.deconv_kernels) or [2 * 2**s for s in range(1, self.depth + 1)]
+        return a
+
+
+def save_segmenter(path: str | Path, model: nn.Module, arch: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+    """Write a weights-only segmenter file atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "arch": dict(arch), "meta": json.loads(json.dumps(meta))}, tmp)
+    os.replace(tmp, path)
+
+
+def _fingerprint(p: TrainParams, train: Sequence[Sample], val: Sequence[Sample]) -> str:
+    h = hashlib.sha256(json.dumps({k: v for k, v in dataclasses.asdict(p).items() if k != "device"},
+                                  sort_keys=True, default=list).encode())
+    for s in [*train, *val]:
+        for a in (s.image, s.fg, s.cue):
+            if a is not None:
+                h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _batch(samples: Sequence[Sample], p: TrainParams, it: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    rng = np.random.default_rng([p.seed, it])
+    sizes = np.array([s.fg.size for s in samples], dtype=float)
+    xs, fgs, cues = [], [], []
+    for _ in range(p.batch_size):
+        s = samples[int(rng.choice(len(samples), p=sizes / sizes.sum()))]
+        _, h, w = s.image.shape
+        ps = p.patch_size
+        y0 = int(rng.integers(0, max(h - ps, 0) + 1))
+        x0 = int(rng.integers(0, max(w - ps, 0) + 1))
+        sl = (slice(y0, y0 + ps), slice(x0, x0 + ps))
+        img, fg = s.image[:, sl[0], sl[1]], s.fg[sl]
+        cue = s.cue[sl] if s.cue is not None else None
+        if img.shape[1] < ps or img.shape[2] < ps:  # image smaller than a patch: reflect-pad
+            pad = ((0, ps - img.shape[1]), (0, ps - img.shape[2]))
+            img = np.pad(img, ((0, 0), *pad), mode="reflect")
+            fg = np.pad(fg, pad, mode="reflect")
+            cue = np.pad(cue, pad, mode="reflect") if cue is not None else None
+        k = int(rng.integers(0, 8))
+        gain = rng.uniform(1 - p.contrast, 1 + p.contrast, size=(img.shape[0], 1, 1))
+        offset = rng.uniform(-p.brightness, p.brightness, size=(img.shape[0], 1, 1))
+        xs.append(dihedral(img, k) * gain.astype(np.float32) + offset.astype(np.float32))
+        fgs.append(dihedral(fg, k))
+        if cue is not None:
+            cues.append(dihedral(cue, k))
+    x = torch.from_numpy(np.stack(xs).astype(np.float32))
+    fg_t = torch.from_numpy(np.stack(fgs)[:, None].astype(np.float32))
+    cue_t = torch.from_numpy(np.stack(cues)[:, None].astype(np.float32)) if cues else None
+    return x, fg_t, cue_t
+
+
+def evaluate(model: nn.Module, samples: Sequence[Sample], p: TrainParams, device: torch.device, tta: bool = False) -> dict:
+    """Validation score: mean F1 at IoU >= 0.5 (instance task) or mean foreground IoU (semantic)."""
+    scores = []
+    for s in samples:
+        out = predict(model, s.image, depth=p.depth, device=device, tta=tta)
+        if p.task == "instance":
+            labels = instances_from_maps(out[0], out[1], **p.post)
+            scores.append(match_iou(s.labels, labels)["f1"])
+        else:
+            scores.append(pixel_iou(s.fg, out[0] > 0.5))
+    model.train()
+    return {"score": float(np.mean(scores)) if scores else 0.0, "per_image": [float(v) for v in scores]}
+
+
+def train(train_samples: Sequence[Sample], val_samples: Sequence[Sample], params: Mapping[str, Any] | TrainParams,
+          checkpoint_dir: str | Path, *, out_path: str | Path | None = None, meta: Mapping[str, Any] | None = None,
+          stop_at: int | None = None, resume: bool = True) -> dict:
+    """Train a segmenter; return a metrics dict. ``stop_at`` stops early (to test resuming).
+
+    Writes ``checkpoint_dir/last.pt`` and ``best.pt``; copies ``best.pt`` to ``out_path`` when the
+    run completes.
+    """
+    p = TrainParams.from_config(params)
+    if not train_samples:
+        raise CalflowInputError("no training images", fix="give at least one session with masks for training")
+    ckdir = Path(checkpoint_dir)
+    ckdir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(p.device)
+    in_ch = train_samples[0].image.shape[0]
+    arch = p.arch(in_ch)
+    torch.manual_seed(p.seed)
+    model = build_model(arch).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    sched_lr = lambda it: p.lr * 0.5 * (1 + np.cos(np.pi * min(it, p.iterations) / p.iterations))  # noqa: E731
+    fp = _fingerprint(p, train_samples, val_samples)
+    meta = {**dict(meta or {}), "post": p.post, "task": p.task, "train_params": dataclasses.asdict(p), "fingerprint": fp}
+    state = {"iteration": 0, "best_score": -1.0, "best_iteration": -1, "history": []}
+    last = ckdir / "last.pt"
+    resumed_from = None
+    if resume and last.exists():
+        ck = torch.load(last, map_location=device, weights_only=True)
+        if ck.get("fingerprint") == fp:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            state = {k: ck[k] for k in state}
+            resumed_from = int(state["iteration"])
+            log.info("resuming from %s at iteration %d", last, resumed_from)
+        else:
+            log.info("ignoring %s: it belongs to other data or settings", last)
+    bce = nn.BCEWithLogitsLoss()
+    model.train()
+    t0 = time.perf_counter()
+    it = int(state["iteration"])
+    end = p.iterations if stop_at is None else min(stop_at, p.iterations)
+    while it < end:
+        for g in opt.param_groups:
+            g["lr"] = float(sched_lr(it))
+        x, fg, cue = _batch(train_samples, p, it)
+        x, fg = x.to(device), fg.to(device)
+        out = model(x)
+        loss = bce(out[:, :1], fg)
+        if cue is not None and p.task == "instance":
+            loss = loss + p.cue_weight * bce(out[:, 1:2], cue.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        it += 1
+        if it % p.val_every == 0 or it == p.iterations:
+            ev = evaluate(model, val_samples, p, device) if val_samples else {"score": -float(loss.item())}
+            state["history"].append({"iteration": it, "loss": float(loss.item()), "val_score": ev["score"]})
+            log.info("iteration %d loss %.4f validation %.4f", it, loss.item(), ev["score"])
+            if ev["score"] > state["best_score"]:
+                state["best_score"], state["best_iteration"] = float(ev["score"]), it
+                save_segmenter(ckdir / "best.pt", model, arch, {**meta, "iteration": it, "val_score": ev["score"]})
+            state["iteration"] = it
+            tmp = ckdir / ".last.pt.tmp"
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "fingerprint": fp, **state}, tmp)
+            os.replace(tmp, last)
+    seconds = time.perf_counter() - t0
+    result = {"iterations": it, "completed": it >= p.iterations, "best_score": state["best_score"],
+              "best_iteration": state["best_iteration"], "history": state["history"], "resumed_from": resumed_from,
+              "seconds": seconds, "device": str(device), "arch": arch,
+              "score_name": "f1_iou0.5" if p.task == "instance" else "foreground_iou"}
+    if out_path is not None and result["completed"]:
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ckdir / "best.pt", Path(out_path).with_name(f".{Path(out_path).name}.tmp"))
+        os.replace(Path(out_path).with_name(f".{Path(out_path).name}.tmp"), out_path)
+    return result
