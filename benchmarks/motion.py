@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MOVIE = ROOT / ".." / "shared" / "data" / "optinist-mouse2p" / "movie.tiff"
 PATCH = 64  # calflow patch_size and Suite2p block_size (same 3 x 3 grid on 128 x 128 frames)
 MAX_DEV = 5  # calflow max_deviation and Suite2p maxregshiftNR
+THREADS = (1, 2)  # torch threads; each tool is compared at its faster setting
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,7 +48,7 @@ def worker_calflow(args: argparse.Namespace) -> dict:
     from calflow.motion import correct_motion
 
     params = {"piecewise": bool(args.piecewise), "patch_size": PATCH, "overlap": PATCH // 2,
-              "max_deviation": MAX_DEV, "device": "cpu"}
+              "max_deviation": MAX_DEV, "device": "cpu", "num_threads": args.threads}
     t0 = time.perf_counter()
     stats = correct_motion(args.input, args.output, params=params, progress=False)
     seconds = time.perf_counter() - t0
@@ -75,6 +76,8 @@ def worker_suite2p(args: argparse.Namespace) -> dict:
     from suite2p.registration.register import registration_wrapper
 
     logging.disable(logging.INFO)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     n_t, h, w = args.shape
     settings = default_settings()["registration"]
     settings.update({"nonrigid": bool(args.piecewise), "block_size": (PATCH, PATCH), "maxregshiftNR": MAX_DEV})
@@ -109,17 +112,8 @@ def peak_rss_self_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_child(cmd: list[str], result: Path, repeat: int = 1) -> dict:
-    """Run ``cmd`` ``repeat`` times as a child; the fastest run's JSON result plus CPU seconds,
-    and the largest peak RSS (MiB) of all runs (the machine is shared: best-of-N time)."""
-    runs = [_run_child_once(cmd, result) for _ in range(max(1, repeat))]
-    best = min(runs, key=lambda r: r["seconds"])
-    best["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
-    best["runs_seconds"] = [round(r["seconds"], 3) for r in runs]
-    return best
-
-
-def _run_child_once(cmd: list[str], result: Path) -> dict:
+def run_child(cmd: list[str], result: Path) -> dict:
+    """Run ``cmd`` as a child; its JSON result plus its peak RSS (MiB) and CPU seconds."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     proc = subprocess.Popen(cmd, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -161,6 +155,7 @@ def main() -> None:
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--piecewise", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--shape", type=int, nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.worker:
@@ -186,24 +181,17 @@ def main() -> None:
         raw_mean = movie.astype(np.float64).mean(axis=0)
         me = [sys.executable, str(Path(__file__).resolve())]
 
-        def calflow_case(name: str, store: Path, piecewise: bool, frames: int) -> None:
-            res = tmp / f"{name}.json"
-            out_store = tmp / f"{name}.zarr"
-            r = run_child(me + ["--worker", "calflow", "--input", str(store), "--output", str(out_store),
-                                "--result", str(res), "--piecewise", str(int(piecewise))], res,
-                          args.repeat if frames == n_t else 1)
-            mean_after = np.asarray(zarr.open_group(out_store, mode="r")["mean_after"])
-            rows.append({"tool": "calflow", "mode": "piecewise" if piecewise else "rigid", "frames": frames,
-                         "frames_per_s": frames / r["seconds"], "seconds": r["seconds"],
-                         "peak_rss_mib": r["peak_rss_mib"], "cpu_s": r["cpu_s"], "runs_seconds": r["runs_seconds"],
-                         "crispness_mean_img": crisp(mean_after) if frames == n_t else None})
-            import shutil
+        import shutil
 
-            shutil.rmtree(out_store, ignore_errors=True)
-
-        calflow_case("calflow_rigid", raw, False, n_t)
-        calflow_case("calflow_pw", raw, True, n_t)
-
+        auto_threads = max(1, len(os.sched_getaffinity(0)) - 1)  # calflow's num_threads: 0 on this machine
+        cases: dict[str, dict] = {}  # name -> {"cmd", "result", "output", "tool", "mode", "frames"}
+        for piecewise in (False, True):
+            for threads in THREADS:
+                mode = "piecewise" if piecewise else "rigid"
+                name = f"calflow_{mode}_t{threads}"
+                cases[name] = {"tool": "calflow", "mode": mode, "frames": n_t, "output": tmp / f"{name}.zarr",
+                               "result": tmp / f"{name}.json", "store": raw, "piecewise": piecewise,
+                               "threads": threads}
         if args.s2p_python and Path(args.s2p_python).exists():
             s2p_in = tmp / "data_raw.bin"
             # what Suite2p's own TIFF conversion does: uint16 -> int16 by halving
@@ -211,43 +199,79 @@ def main() -> None:
             s2p_movie.tofile(s2p_in)
             del s2p_movie
             for piecewise in (False, True):
-                name = "suite2p_nonrigid" if piecewise else "suite2p_rigid"
-                res = tmp / f"{name}.json"
-                s2p_out = tmp / f"{name}.bin"
-                r = run_child([args.s2p_python, str(Path(__file__).resolve()), "--worker", "suite2p",
-                               "--input", str(s2p_in), "--output", str(s2p_out), "--result", str(res),
-                               "--piecewise", str(int(piecewise)), "--shape", str(n_t), str(h), str(w)], res,
-                              args.repeat)
-                mean_img = np.load(s2p_out.with_suffix(".mean.npy"))
-                if movie.dtype == np.uint16:
-                    mean_img = mean_img * 2.0  # undo the halving, so crispness compares
-                rows.append({"tool": f"suite2p {r.get('suite2p_version', '')}".strip(),
-                             "mode": "piecewise" if piecewise else "rigid", "frames": n_t,
-                             "frames_per_s": n_t / r["seconds"], "seconds": r["seconds"],
-                             "peak_rss_mib": r["peak_rss_mib"], "cpu_s": r["cpu_s"],
-                             "runs_seconds": r["runs_seconds"], "crispness_mean_img": crisp(mean_img)})
-                s2p_out.unlink(missing_ok=True)
+                for threads in THREADS:
+                    mode = "piecewise" if piecewise else "rigid"
+                    name = f"suite2p_{mode}_t{threads}"
+                    cases[name] = {"tool": "suite2p", "mode": mode, "frames": n_t, "output": tmp / f"{name}.bin",
+                                   "result": tmp / f"{name}.json", "store": s2p_in, "piecewise": piecewise,
+                                   "threads": threads}
         else:
             print(f"Suite2p skipped: {args.s2p_python!r} not found", file=sys.stderr)
-
         if args.long_factor > 1:
             long_raw = tmp / "raw_long.zarr"
             ingest(movie, long_raw, repeat=args.long_factor)
-            calflow_case("calflow_rigid_long", long_raw, False, n_t * args.long_factor)
-            calflow_case("calflow_pw_long", long_raw, True, n_t * args.long_factor)
+            for piecewise in (False, True):
+                mode = "piecewise" if piecewise else "rigid"
+                name = f"calflow_{mode}_long"
+                cases[name] = {"tool": "calflow", "mode": mode, "frames": n_t * args.long_factor,
+                               "output": tmp / f"{name}.zarr", "result": tmp / f"{name}.json",
+                               "store": long_raw, "piecewise": piecewise, "threads": auto_threads}
+
+        def run_case(c: dict) -> dict:
+            if c["tool"] == "calflow":
+                cmd = me + ["--worker", "calflow"]
+            else:
+                cmd = [args.s2p_python, str(Path(__file__).resolve()), "--worker", "suite2p",
+                       "--shape", str(n_t), str(h), str(w)]
+            cmd += ["--input", str(c["store"]), "--output", str(c["output"]), "--result", str(c["result"]),
+                    "--piecewise", str(int(c["piecewise"])), "--threads", str(c["threads"])]
+            r = run_child(cmd, c["result"])
+            if c["tool"] == "calflow":
+                mean_img = np.asarray(zarr.open_group(c["output"], mode="r")["mean_after"])
+                shutil.rmtree(c["output"], ignore_errors=True)
+            else:
+                mean_img = np.load(Path(c["output"]).with_suffix(".mean.npy"))
+                if movie.dtype == np.uint16:
+                    mean_img = mean_img * 2.0  # undo the halving, so crispness compares
+                c["tool_label"] = f"suite2p {r.get('suite2p_version', '')}".strip()
+                Path(c["output"]).unlink(missing_ok=True)
+            r["crispness"] = crisp(mean_img)
+            return r
+
+        # runs interleaved across tools (the machine may be shared), fastest of N kept per case;
+        # the 10x-long cases run once
+        runs: dict[str, list[dict]] = {k: [] for k in cases}
+        for _ in range(max(1, args.repeat)):
+            for name, c in cases.items():
+                if runs[name] and c["frames"] != n_t:
+                    continue
+                runs[name].append(run_case(c))
+        for name, c in cases.items():
+            rs = runs[name]
+            best = min(rs, key=lambda r: r["seconds"])
+            rows.append({"tool": c.get("tool_label", c["tool"]), "mode": c["mode"], "frames": c["frames"],
+                         "threads": c["threads"] or "auto",
+                         "frames_per_s": c["frames"] / best["seconds"], "seconds": best["seconds"],
+                         "median_frames_per_s": c["frames"] / float(np.median([r["seconds"] for r in rs])),
+                         "peak_rss_mib": max(r["peak_rss_mib"] for r in rs), "cpu_s": best["cpu_s"],
+                         "runs_seconds": [round(r["seconds"], 3) for r in rs],
+                         "crispness_mean_img": best["crispness"] if c["frames"] == n_t else None})
 
     def pick(tool: str, mode: str, frames: int) -> dict | None:
-        return next((r for r in rows if r["tool"].startswith(tool) and r["mode"] == mode
-                     and r["frames"] == frames), None)
+        """The tool's fastest thread setting for this case."""
+        found = [r for r in rows if r["tool"].startswith(tool) and r["mode"] == mode and r["frames"] == frames]
+        return max(found, key=lambda r: r["frames_per_s"]) if found else None
 
     comparison = {}
     for mode in ("rigid", "piecewise"):
         c, s = pick("calflow", mode, n_t), pick("suite2p", mode, n_t)
         cl = pick("calflow", mode, n_t * args.long_factor)
+        same = [r for r in rows if r["tool"] == "calflow" and r["mode"] == mode and r["frames"] == n_t
+                and cl is not None and r["threads"] == cl["threads"]]
         comparison[mode] = {
             "speedup_vs_suite2p": c["frames_per_s"] / s["frames_per_s"] if c and s else None,
             "rss_ratio_vs_suite2p": c["peak_rss_mib"] / s["peak_rss_mib"] if c and s else None,
-            "rss_growth_10x_movie_mib": cl["peak_rss_mib"] - c["peak_rss_mib"] if c and cl else None,
+            "rss_growth_10x_movie_mib": cl["peak_rss_mib"] - same[0]["peak_rss_mib"] if same else None,
         }
     report = {
         "movie": str(args.movie.resolve()), "shape": [n_t, h, w], "torch_threads": torch.get_num_threads(),
@@ -259,13 +283,14 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2))
 
     print(f"\nmovie {args.movie.name} {n_t}x{h}x{w}; raw mean-image crispness {report['raw_crispness_mean_img']:.0f}")
-    head = f"{'tool':<16}{'mode':<11}{'frames':>7}{'frames/s':>10}{'peak RSS MiB':>14}{'CPU s':>8}{'crispness':>11}"
+    head = (f"{'tool':<16}{'mode':<11}{'thr':>5}{'frames':>7}{'frames/s':>10}{'median f/s':>12}{'peak RSS MiB':>14}"
+            f"{'CPU s':>8}{'crispness':>11}")
     print(head)
     print("-" * len(head))
     for r in rows:
         cr = f"{r['crispness_mean_img']:.0f}" if r["crispness_mean_img"] is not None else "-"
-        print(f"{r['tool']:<16}{r['mode']:<11}{r['frames']:>7}{r['frames_per_s']:>10.1f}"
-              f"{r['peak_rss_mib']:>14.1f}{r['cpu_s']:>8.1f}{cr:>11}")
+        print(f"{r['tool']:<16}{r['mode']:<11}{r['threads']!s:>5}{r['frames']:>7}{r['frames_per_s']:>10.1f}"
+              f"{r['median_frames_per_s']:>12.1f}{r['peak_rss_mib']:>14.1f}{r['cpu_s']:>8.1f}{cr:>11}")
     for mode, c in comparison.items():
         parts = [f"{k}={v:.2f}" for k, v in c.items() if v is not None]
         print(f"{mode}: " + ", ".join(parts))

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import queue
 import threading
 import time
@@ -89,7 +90,8 @@ class MotionParams:
     iterations: rigid template-refinement rounds. batch_size: frames per batch (memory ~ 30 x
     batch x frame bytes). device: auto | cpu | cuda. interpolation: bicubic | bilinear (final warp).
     field_interpolation: cubic | linear (patch grid -> dense field). output_dtype: input | float32.
-    num_threads: torch CPU threads (0 = torch default). seed: fixes any randomness (ties, GPU).
+    num_threads: torch CPU threads (0 = auto: usable cores - 1, the last core runs the overlapped
+    zarr reading/compression). seed: fixes any randomness (ties, GPU).
     """
 
     max_shift: int = 15
@@ -666,8 +668,29 @@ def correct_motion(
         raise CalflowInputError(f"frames are {h} x {w} px, too small to register", file=raw_store,
                                 fix="motion correction needs frames of at least 16 x 16 px")
     device = p.torch_device()
-    if p.num_threads > 0:
-        torch.set_num_threads(p.num_threads)
+    threads_before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(p.num_threads or _auto_threads())
+    try:
+        return _correct_motion(reader, raw_store, out_store, p, device, progress, t_start)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _auto_threads() -> int:
+    """CPU threads for torch: the cores this process may use, minus one for the reading and
+    compressing threads that overlap with it. On small shared machines, more torch threads than
+    free cores make OpenMP barriers wait for descheduled threads (measured 5-10x slower)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
+def _correct_motion(reader: MovieReader, raw_store: Path, out_store: Path, p: MotionParams,
+                    device: torch.device, progress: bool, t_start: float) -> dict[str, Any]:
+    n_t, h, w = reader.shape
     torch.manual_seed(p.seed)
     out_dtype = np.dtype(np.float32) if p.output_dtype == "float32" else np.dtype(reader.dtype)
 
@@ -691,9 +714,7 @@ def correct_motion(
 
         attrs = {k: v for k, v in reader.attrs.items() if k != "fps"}
         attrs.update({"stage": "motion", "motion_source": str(raw_store), "shift_convention": SHIFT_CONVENTION})
-        blocks = reader.iter_blocks(p.batch_size)
-        if __import__("os").environ.get("CF_PIPE", "1") == "1":
-            blocks = _prefetch(blocks)
+        blocks = _prefetch(reader.iter_blocks(p.batch_size))
         if progress:
             from tqdm import tqdm
 
@@ -718,10 +739,7 @@ def correct_motion(
                     out_block = _cast_out(corrected, out_dtype)
                     if pending is not None:
                         pending.result()
-                    if __import__("os").environ.get("CF_PIPE", "1") == "1":
-                        pending = pool.submit(writer.write, out_block)
-                    else:
-                        writer.write(out_block)
+                    pending = pool.submit(writer.write, out_block)
                 if pending is not None:
                     pending.result()
             finally:
