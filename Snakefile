@@ -8,10 +8,14 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/motion.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -19,7 +23,10 @@ rule all:
     input:
         expand("results/{session}/summary.zarr", session=SESSION_NAMES),
         expand("results/{session}/plots/motion", session=SESSION_NAMES),
+        "results/report/index.html",
 
 
 onsuccess:
     print(f"calflow: done. Results for {len(SESSION_NAMES)} session(s) are in {Path('results').resolve()}/")
+    if Path("results/report/index.html").exists():
+        print(f"calflow: report: {Path('results/report/index.html').resolve()}")

@@ -1,0 +1,277 @@
+"""The HTML report: sections from a tiny results tree, self-containedness, and a headless-Chromium check."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calflow import report as rp
+from calflow.ingest import ingest
+from calflow.io import MovieWriter, write_array
+from calflow.motion import correct_motion
+from calflow.plots_motion import plot_motion, plot_summary
+from calflow.simulate import SimParams, load_ground_truth, true_displacement, write_session
+from calflow.summary import compute_summary
+
+ROOT = Path(__file__).resolve().parents[1]
+MOTION = {"patch_size": 32, "overlap": 16, "max_shift": 8, "template_frames": 40, "batch_size": 40}
+
+
+class _Page(HTMLParser):
+    """Ids, URL attributes, images and inline scripts of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: list[str] = []
+        self.urls: list[tuple[str, str, str]] = []
+        self.img_src: list[str] = []
+        self.classes: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "id" in a:
+            self.ids.append(a["id"])
+        if "class" in a:
+            self.classes.extend((a["class"] or "").split())
+        for key in ("src", "href", "action", "data", "poster", "srcset"):
+            if key in a:
+                self.urls.append((tag, key, a[key] or ""))
+        if tag == "img":
+            self.img_src.append(a.get("src", ""))
+
+
+def parse(html: str) -> _Page:
+    page = _Page()
+    page.feed(html)
+    return page
+
+
+def _pipeline(results: Path, name: str, movie: Path | str, fps: float = 30.0) -> None:
+    d = results / name
+    ingest(str(movie), d / "raw.zarr", fps=fps, params={"chunk_frames": 40}, session=name)
+    correct_motion(d / "raw.zarr", d / "motion.zarr", params=MOTION, progress=False)
+    plot_motion(d / "motion.zarr", d / "plots" / "motion")
+    compute_summary(d / "motion.zarr", d / "summary.zarr")
+    plot_summary(d / "summary.zarr", d / "plots" / "summary")
+
+
+SESSIONS = [
+    # simulated (ground truth next to the movie), condition A
+    {"session": "a1_A", "movie": "results/demo/a1_A/movie.tif", "condition": "A", "fps": 30.0,
+     "stim_log": "results/demo/a1_A/stim_log.csv", "targets": "", "masks": ""},
+    # a user's movie without ground truth, condition B
+    {"session": "user1", "movie": "user.npy", "condition": "B", "fps": 15.0, "stim_log": "", "targets": "",
+     "masks": ""},
+    # listed in the sheet, nothing computed yet
+    {"session": "later1", "movie": "later.tif", "condition": "B", "fps": 20.0, "stim_log": "", "targets": "",
+     "masks": ""},
+]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """results/ with two processed sessions (one simulated), one unprocessed, and job logs."""
+    root = tmp_path_factory.mktemp("report")
+    results = root / "results"
+    params = SimParams.from_dict({"n_frames": 80, "height": 64, "width": 64, "n_cells": 8, "n_targets": 2,
+                                  "n_pairs": 1})
+    write_session(results / "demo" / "a1_A", params, 5)
+    rng = np.random.default_rng(0)
+    np.save(root / "user.npy", rng.poisson(200, size=(60, 48, 40)).astype(np.uint16))
+    _pipeline(results, "a1_A", results / "demo" / "a1_A" / "movie.tif")
+    _pipeline(results, "user1", root / "user.npy", fps=15.0)
+    logs = results / "logs"
+    for rule, secs in (("ingest", 0.3), ("motion", 2.5), ("summary", 1.0)):
+        for s in ("a1_A", "user1"):
+            (logs / rule).mkdir(parents=True, exist_ok=True)
+            (logs / rule / f"{s}.log").write_text(
+                f"2026-01-02 03:04:05,678 calflow.{rule} INFO: started\n"
+                f"2026-01-02 03:04:09,000 calflow.{rule} INFO: rule {rule} finished in {secs} s\n")
+    (logs / "ingest" / "later1.log").write_text(
+        "2026-01-02 03:05:00,000 calflow.ingest ERROR: later.tif: does not exist. Fix: check the path\n")
+    out = rp.build_report(results, results / "report" / "index.html", sessions=SESSIONS,
+                          config={"seed": 3, "motion": MOTION}, workflow_dir=ROOT)
+    return results, out
+
+
+@pytest.fixture(scope="module")
+def html(tree):
+    return tree[1].read_text(encoding="utf-8")
+
+
+EXPECTED_IDS = [
+    "overview", "provenance", "conditions", "sessions", "c-A", "c-B", "c-A-condition_overview",
+    "s-a1_A", "s-a1_A-motion", "s-a1_A-summary", "s-a1_A-truth",
+    "s-user1", "s-user1-motion", "s-user1-summary", "s-later1",
+]
+
+
+def test_every_section_with_outputs_is_present(html):
+    page = parse(html)
+    missing = [i for i in EXPECTED_IDS if i not in page.ids]
+    assert not missing, missing
+    assert len(page.ids) == len(set(page.ids)), "duplicate ids"
+    # 3 motion figures + 1 summary figure per processed session, 2 ground-truth figures, 1 overview
+    assert len(page.img_src) == 4 + 4 + 2 + 1
+    assert "Against the simulation" in html and "Run provenance" in html
+
+
+def test_absent_outputs_leave_no_empty_section(html):
+    page = parse(html)
+    assert "s-user1-truth" not in page.ids  # no ground truth for a user's movie
+    assert not [i for i in page.ids if i.startswith("s-later1-")]  # nothing computed: no sections at all
+    assert "No stage has written results for this session yet." in html
+    assert "could not be drawn" not in html
+
+
+def test_page_is_self_contained(html):
+    page = parse(html)
+    for tag, key, url in page.urls:
+        assert url.startswith(("#", "data:")), f"<{tag} {key}={url[:80]!r}> points outside the page"
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//)""", html, re.I)
+    assert "<link rel=\"stylesheet\"" not in html and "<script src" not in html
+    assert "@import" not in html and "url(" not in html  # CSS pulls nothing in either
+    for src in page.img_src:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_overview_and_provenance_content(html, tree):
+    assert "a1_A" in html and "user1" in html and "later1" in html
+    # timings parsed from the job logs: 2 jobs per rule, the failed ingest of later1 is named
+    assert "later1 (failed)" in html
+    versions = rp.package_versions()
+    assert versions["numpy"] != "not installed" and "python" in versions
+    assert "max_shift: 8" in html  # the config dump
+    commit = rp.git_commit(ROOT)
+    if (ROOT / ".git").exists() and shutil.which("git"):
+        assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", commit) and commit in html
+
+
+def test_git_commit_outside_a_repository(tmp_path):
+    assert rp.git_commit(tmp_path) == "unknown"
+    assert rp.git_commit(None) == "unknown"
+
+
+def test_rule_timings_statuses(tree):
+    rows = rp.rule_timings(tree[0] / "logs")
+    by = {(r["rule"], r["job"]): r for r in rows}
+    assert by[("motion", "a1_A")]["seconds"] == 2.5 and by[("motion", "a1_A")]["status"] == "ok"
+    assert by[("ingest", "later1")]["status"] == "failed" and by[("ingest", "later1")]["seconds"] is None
+    assert by[("ingest", "a1_A")]["started"] == "2026-01-02 03:04:05"
+
+
+def test_truth_comparison_is_zero_for_exact_shifts_and_catches_a_sign_error(tree, tmp_path):
+    """A motion store holding the true displacement (+ a constant offset) scores ~0 px error."""
+    results = tree[0]
+    truth = load_ground_truth(results / "demo" / "a1_A" / "ground_truth.npz")
+    cy, cx = np.array([16.0, 32.0, 48.0]), np.array([16.0, 48.0])
+    centres = np.stack(np.meshgrid(cy, cx, indexing="ij"), axis=-1).reshape(-1, 2)
+    offset = np.array([0.4, -0.3])  # template = world frame moved by a constant
+    true = true_displacement(truth, slice(None), centres + offset)
+    n_t = true.shape[0]
+    scores = {}
+    for label, sign in (("exact", 1.0), ("flipped", -1.0)):
+        fake = tmp_path / label / "results"
+        (fake / "demo").mkdir(parents=True)
+        shutil.copytree(results / "demo" / "a1_A", fake / "demo" / "a1_A")
+        store = fake / "a1_A" / "motion.zarr"
+        with MovieWriter(store, (n_t, 64, 64), "uint16", fps=30.0) as w:
+            w.write(np.zeros((n_t, 64, 64), np.uint16))
+        patch = sign * true.reshape(n_t, 3, 2, 2) + offset
+        rigid = sign * truth.rigid_shifts + offset
+        write_array(store, "rigid_shifts", rigid, ("time", "axis"))
+        write_array(store, "patch_shifts", patch, ("time", "patch_y", "patch_x", "axis"))
+        write_array(store, "patch_centers_y", cy, ("patch_y",))
+        write_array(store, "patch_centers_x", cx, ("patch_x",))
+        ctx = rp.ReportContext(results=fake, sessions=rp.sessions_from_records(SESSIONS[:1], fake))
+        scores[label] = rp.truth_motion(ctx, ctx.sessions[0])
+    exact, flipped = scores["exact"], scores["flipped"]
+    assert exact["rmse"] < 0.02 and exact["max_err"] < 0.1
+    np.testing.assert_allclose(exact["offset"], offset, atol=0.02)
+    assert flipped["rmse"] > 1.5 * flipped["true_rms"]
+
+
+def test_a_new_stage_plugs_in_with_one_function(tree, tmp_path):
+    """A later stage registers a section; it appears where its output exists and nowhere else."""
+    results = tree[0]
+    (results / "a1_A" / "cnmf_test.txt").write_text("12 components")
+
+    @rp.section("test_stage", "Test stage", scope="session", order=50)
+    def _test_stage(ctx, s):
+        f = s.dir / "cnmf_test.txt"
+        if not f.exists():
+            return None
+        rows = [[str(i), rp.fmt(i / 7)] for i in range(60)]
+        return {"facts": [("components", f.read_text().split()[0])],
+                "tables": [rp.Table(columns=["component", "snr"], rows=rows, title="Per component")]}
+
+    try:
+        out = rp.build_report(results, tmp_path / "index.html", sessions=SESSIONS, workflow_dir=None)
+    finally:
+        rp.SECTIONS.pop("test_stage")
+        (results / "a1_A" / "cnmf_test.txt").unlink()
+    page = parse(out.read_text())
+    assert "s-a1_A-test_stage" in page.ids
+    assert "s-user1-test_stage" not in page.ids
+    assert "paged" in page.classes  # 60 rows > 25: paginated in the browser
+
+
+def test_report_template_is_package_data():
+    text = (ROOT / "pyproject.toml").read_text()
+    assert '[tool.setuptools.package-data]' in text and '"templates/*"' in text
+    assert (Path(rp.__file__).parent / "templates" / "report.html.j2").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# The page in a real browser
+# ---------------------------------------------------------------------------------------------
+
+CHROMIUM = os.environ.get("CALFLOW_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install chromium; "
+                                             ".ci/run installs it)")
+def test_page_renders_in_headless_chromium(tree, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    index = tree[1]
+    console, requests = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning")
+                    else None)
+            page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(index.as_uri(), wait_until="load")
+            widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+            assert len(widths) == 11 and all(w > 0 for w in widths), widths
+            ids = set(page.eval_on_selector_all("[id]", "els => els.map(e => e.id)"))
+            assert not [i for i in EXPECTED_IDS if i not in ids]
+            # the condition filter hides the other condition's sessions
+            page.click("button[data-filter='B']")
+            assert page.is_hidden("#s-a1_A") and page.is_visible("#s-user1")
+            page.click("button[data-filter='all']")
+            assert page.is_visible("#s-a1_A")
+            # a screenshot a person could look at (kept in pytest's tmp dir)
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert not console, console
+    outside = [u for u in requests if not u.startswith(("file:", "data:"))]
+    assert not outside, outside
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+

@@ -1,0 +1,30 @@
+# The HTML report: results/report/index.html, one self-contained page (calflow.report).
+# Its inputs (and how a stage adds its outputs to them) are in report_inputs.smk.
+
+
+include: "report_inputs.smk"
+
+
+localrules:
+    report,
+
+
+rule report:
+    """One self-contained HTML page with every stage's figures, tables and the run's provenance."""
+    input:
+        report_inputs,
+    output:
+        "results/report/index.html",
+    params:
+        sessions=report_sessions,
+        config=config,
+        workflow_dir=workflow.basedir,
+    conda:
+        "../../envs/report.yaml"
+    log:
+        "results/logs/report/report.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    script:
+        "../scripts/report.py"

@@ -1,0 +1,32 @@
+# What rule `report` (report.smk) reads. The HTML report is results/report/index.html (calflow.report).
+# A stage that adds to the report lists what it reads below; its section in calflow/report.py
+# leaves itself out when those outputs are absent, so these inputs only order the jobs and make
+# the report rerun when a stage's results change.
+
+# Per-session outputs the report reads ({session} is filled in for every row of the sheet).
+REPORT_SESSION_INPUTS = [
+    "results/{session}/motion.zarr",
+    "results/{session}/plots/motion",
+    "results/{session}/summary.zarr",
+    "results/{session}/plots/summary",
+]
+# Run-level outputs (models, comparisons, ...): plain paths or functions of the wildcards.
+REPORT_RUN_INPUTS = []
+
+
+def report_inputs(wildcards):
+    files = expand(REPORT_SESSION_INPUTS, session=SESSION_NAMES)
+    for item in REPORT_RUN_INPUTS:
+        files.extend([item] if isinstance(item, str) else item(wildcards))
+    # Ground truth of the simulated demo sessions (the report compares motion against it).
+    files += [
+        f"results/demo/{s}/ground_truth.npz"
+        for s in SESSION_NAMES
+        if str(SESSIONS.loc[s, "movie"]) == f"results/demo/{s}/movie.tif"
+    ]
+    return files
+
+
+def report_sessions(wildcards):
+    """The sessions sheet as plain records (NaN -> '') for the report's navigation and tables."""
+    return SESSIONS.drop(columns="session", errors="ignore").reset_index().fillna("").to_dict("records")
