@@ -1,0 +1,113 @@
+"""What the workflow rules call: train the segmenter on annotated sessions, segment, evaluate.
+
+* :func:`train_from_sessions`: every training session's inputs (summary + keyframe projections)
+  and masks become one image; its field of view is split into a training region (the left
+  ``1 - validation_fraction`` of the columns) and a validation region (the rest), so the
+  best-by-F1 checkpoint is chosen on pixels the network never trained on. Writes the weights-only
+  segmenter file and a metrics JSON. With ``pretrained`` set, the given segmenter file is checked
+  and copied instead.
+* :func:`evaluate_session`: footprints.zarr against a session's masks: IoU >= 0.5 Hungarian
+  F1 and the Neurofinder centroid criterion, written as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calflow.errors import CalflowInputError
+from calflow.metrics import evaluate_instances, masks_to_labels, read_masks
+from calflow.segment.data import DEFAULT_CHANNELS, Sample, load_inputs
+from calflow.segment.train import TrainParams, train
+
+TRAIN_KEYS = {f for f in TrainParams.__dataclass_fields__}
+POST_KEYS = ("prob_threshold", "cue_threshold", "min_size")
+
+
+def train_params(section: Mapping[str, Any], seed: int = 0) -> dict:
+    """The TrainParams fields of a ``segment`` config section (+ the post-processing thresholds)."""
+    p = {k: v for k, v in section.items() if k in TRAIN_KEYS}
+    p["post"] = {k: section[k] for k in POST_KEYS if k in section}
+    p["seed"] = int(seed)
+    return p
+
+
+def _write_json(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def train_from_sessions(sessions: Sequence[Mapping[str, str]], section: Mapping[str, Any], out_model: str | Path,
+                        out_metrics: str | Path, *, checkpoint_dir: str | Path, seed: int = 0,
+                        pretrained: str | None = None) -> dict:
+    """Train on ``sessions`` (dicts with session, summary, keyframes, masks) or copy ``pretrained``."""
+    if pretrained:
+        from calflow.segment.infer import load_segmenter
+
+        try:
+            _, info = load_segmenter(pretrained)
+        except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
+            raise CalflowInputError(f"cannot load the pretrained segmenter ({type(err).__name__}: {err})",
+                                    file=pretrained, fix="give a file written by calflow's train_segmenter") from err
+        Path(out_model).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(pretrained, out_model)
+        metrics = {"pretrained": str(pretrained), "arch": info["arch"], "meta": info["meta"]}
+        _write_json(out_metrics, metrics)
+        return metrics
+    channels = list(section.get("channels") or DEFAULT_CHANNELS)
+    frac = float(section.get("validation_fraction", 0.25))
+    tr, va = [], []
+    for s in sessions:
+        image = load_inputs(s["summary"], s["keyframes"], channels)
+        h, w = image.shape[1:]
+        labels = masks_to_labels(read_masks(s["masks"], (h, w)), (h, w))
+        sample = Sample.from_labels(image, labels, s["session"])
+        cut = int(round(w * (1 - frac)))
+        if frac > 0 and 0 < cut < w:
+            tr.append(sample.crop(slice(None), slice(0, cut)))
+            va.append(sample.crop(slice(None), slice(cut, None)))
+        else:
+            tr.append(sample)
+    meta = {"channels": channels, "train_sessions": [s["session"] for s in sessions], "validation_fraction": frac}
+    result = train(tr, va, train_params(section, seed), checkpoint_dir, out_path=out_model, meta=meta)
+    metrics = {**meta, **result}
+    _write_json(out_metrics, metrics)
+    return metrics
+
+
+def evaluate_session(footprints_store: str | Path, masks: str | Path, out_json: str | Path, *, session: str = "",
+                     heldout: bool = True, iou_threshold: float = 0.5, max_distance: float = 5.0) -> dict:
+    """Score a session's footprints against its masks; write and return the JSON dict."""
+    from calflow.segment.infer import read_footprints
+
+    fp, attrs = read_footprints(footprints_store)
+    shape = tuple(attrs["frame_shape"])
+    true = read_masks(masks, shape)
+    res = evaluate_instances(true, fp > 0, shape, iou_threshold=iou_threshold, max_distance=max_distance)
+    out = {"session": session, "heldout": bool(heldout), "masks": str(masks), **res,
+           "f1": res["iou"]["f1"], "n_true": int(true.shape[0]), "n_pred": int(fp.shape[0])}
+    _write_json(out_json, out)
+    return out
+
+
+def summarise_evaluations(files: Sequence[str | Path], out_json: str | Path) -> dict:
+    """Mean F1 over held-out and over training sessions (from the per-session JSONs)."""
+    evals = [json.loads(Path(f).read_text()) for f in files]
+    out: dict[str, Any] = {"sessions": {e["session"]: {k: e[k] for k in ("heldout", "f1")} | {
+        "centroid_f1": e["centroid"]["f1"], "precision": e["iou"]["precision"], "recall": e["iou"]["recall"]}
+        for e in evals}}
+    for name, sel in (("heldout", True), ("training", False)):
+        f1 = [e["f1"] for e in evals if e["heldout"] is sel]
+        out[f"{name}_mean_f1"] = float(np.mean(f1)) if f1 else None
+        out[f"{name}_n_sessions"] = len(f1)
+    _write_json(out_json, out)
+    return out

@@ -1,0 +1,77 @@
+"""End-to-end through keyframes -> train_segmenter -> segment -> evaluate on a tiny config (slow)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_workflow import TINY_CONFIG, demo_row, snakemake, write_workdir
+
+from calflow.io import open_group
+from calflow.segment.infer import read_footprints
+
+pytestmark = pytest.mark.slow
+
+SEG_CONFIG = {
+    **TINY_CONFIG,
+    "keyframes": {"n_keyframes": 10, "batch_size": 50},
+    "segment": {"train_sessions": ["a1_A"], "iterations": 20, "val_every": 10, "base_channels": 4, "depth": 2,
+                "patch_size": 32, "batch_size": 4, "tta": False, "device": "cpu"},
+}
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("wfseg")
+    write_workdir(tmp, SEG_CONFIG, [demo_row("a1_A", "A"), demo_row("a2_B", "B")])
+    proc = snakemake(tmp)
+    return tmp, proc
+
+
+def test_every_session_gets_footprints_and_an_evaluation(seg_run):
+    tmp, _ = seg_run
+    r = tmp / "results"
+    assert (r / "models" / "segmenter.pt").exists()
+    blob = torch.load(r / "models" / "segmenter.pt", weights_only=True)
+    assert set(blob) == {"state_dict", "arch", "meta"} and blob["meta"]["train_sessions"] == ["a1_A"]
+    metrics = json.loads((r / "models" / "segmenter_metrics.json").read_text())
+    assert metrics["iterations"] == 20 and metrics["best_iteration"] in (10, 20)
+    for s, heldout in (("a1_A", False), ("a2_B", True)):
+        fp, attrs = read_footprints(r / s / "footprints.zarr")
+        assert fp.shape[1] == 64 * 64 and attrs["frame_shape"] == [64, 64]
+        g = open_group(r / s / "footprints.zarr")
+        labels = np.asarray(g["labels"][:])
+        assert labels.max() == fp.shape[0] and g["centroids"].shape == (fp.shape[0], 2)
+        kf = open_group(r / s / "keyframes.zarr")
+        assert kf["frames"].shape == (10, 64, 64)
+        ev = json.loads((r / s / "segment_eval.json").read_text())
+        assert ev["heldout"] is heldout and 0 <= ev["f1"] <= 1 and ev["n_true"] > 0
+    summary = json.loads((r / "models" / "segment_evaluation.json").read_text())
+    assert summary["heldout_n_sessions"] == 1 and summary["training_n_sessions"] == 1
+
+
+def test_changing_inference_settings_does_not_retrain(seg_run):
+    tmp, _ = seg_run
+    cfg = {**SEG_CONFIG, "segment": {**SEG_CONFIG["segment"], "min_size": 12}}
+    write_workdir(tmp, cfg, [demo_row("a1_A", "A"), demo_row("a2_B", "B")])
+    proc = snakemake(tmp, "-n")
+    out = proc.stdout + proc.stderr
+    assert "segment " in out or "segment\n" in out
+    assert "train_segmenter" not in out.split("Job stats:")[-1].split("Reasons:")[0]
+    write_workdir(tmp, SEG_CONFIG, [demo_row("a1_A", "A"), demo_row("a2_B", "B")])
+
+
+def test_pretrained_model_replaces_training(seg_run, tmp_path):
+    tmp, _ = seg_run
+    model = tmp_path / "given.pt"
+    model.write_bytes((tmp / "results" / "models" / "segmenter.pt").read_bytes())
+    cfg = {**SEG_CONFIG, "segment": {**SEG_CONFIG["segment"], "pretrained": str(model)}}
+    write_workdir(tmp, cfg, [demo_row("a1_A", "A"), demo_row("a2_B", "B")])
+    try:
+        snakemake(tmp, "results/models/segmenter_metrics.json")
+        metrics = json.loads((tmp / "results" / "models" / "segmenter_metrics.json").read_text())
+        assert metrics["pretrained"] == str(model)
+    finally:
+        write_workdir(tmp, SEG_CONFIG, [demo_row("a1_A", "A"), demo_row("a2_B", "B")])

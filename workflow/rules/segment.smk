@@ -1,0 +1,107 @@
+# Keyframes, segmenter training (GPU in profiles/slurm, CPU here), inference and evaluation.
+# Helpers (training sessions, inputs) are in segment_common.smk.
+
+
+rule keyframes:
+    """K representative frames of the corrected movie (activity-ranked or k-means medoids) -> keyframes.zarr."""
+    input:
+        "results/{session}/motion.zarr",
+    output:
+        directory("results/{session}/keyframes.zarr"),
+    params:
+        keyframes=config["keyframes"],
+        seed=config["seed"],
+    conda:
+        "../../envs/torch.yaml"
+    log:
+        "results/logs/keyframes/{session}.log",
+    threads: 1
+    resources:
+        mem_mb=summary_mem_mb,
+    script:
+        "../scripts/keyframes.py"
+
+
+rule train_segmenter:
+    """Train the U-Net/DCN cell segmenter on the annotated sessions (or take segment.pretrained)."""
+    input:
+        unpack(train_inputs),
+    output:
+        model="results/models/segmenter.pt",
+        metrics="results/models/segmenter_metrics.json",
+    params:
+        train={k: v for k, v in SEG.items() if k not in ("tta", "iou_threshold", "centroid_max_distance")},
+        sessions=SEGMENT_TRAIN,
+        seed=config["seed"],
+        checkpoint_dir="results/models/segmenter_checkpoints",
+    conda:
+        "../../envs/torch.yaml"
+    log:
+        "results/logs/train_segmenter/train_segmenter.log",
+    threads: 2
+    resources:
+        mem_mb=4000,
+    script:
+        "../scripts/train_segmenter.py"
+
+
+rule segment:
+    """Cell probability + distance cue -> watershed instances -> sparse footprints.zarr."""
+    input:
+        summary="results/{session}/summary.zarr",
+        keyframes="results/{session}/keyframes.zarr",
+        model="results/models/segmenter.pt",
+    output:
+        directory("results/{session}/footprints.zarr"),
+    params:
+        device=SEG["device"],
+        tta=SEG["tta"],
+        post={k: SEG[k] for k in ("prob_threshold", "cue_threshold", "min_size")},
+    conda:
+        "../../envs/torch.yaml"
+    log:
+        "results/logs/segment/{session}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    script:
+        "../scripts/segment.py"
+
+
+rule evaluate_segment:
+    """Precision / recall / F1 of a session's footprints against its masks (IoU >= 0.5 and centroids)."""
+    input:
+        footprints="results/{session}/footprints.zarr",
+        masks=lambda w: SESSIONS.loc[w.session, "masks"],
+    output:
+        "results/{session}/segment_eval.json",
+    params:
+        heldout=lambda w: w.session not in SEGMENT_TRAIN,
+        iou_threshold=SEG["iou_threshold"],
+        max_distance=SEG["centroid_max_distance"],
+    conda:
+        "../../envs/torch.yaml"
+    log:
+        "results/logs/evaluate_segment/{session}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+    script:
+        "../scripts/evaluate_segment.py"
+
+
+rule segment_evaluation:
+    """Mean F1 over held-out and training sessions."""
+    input:
+        expand("results/{session}/segment_eval.json", session=sessions_with_masks()),
+    output:
+        "results/models/segment_evaluation.json",
+    conda:
+        "../../envs/torch.yaml"
+    log:
+        "results/logs/segment_evaluation/segment_evaluation.log",
+    threads: 1
+    resources:
+        mem_mb=500,
+    script:
+        "../scripts/segment_evaluation.py"
