@@ -8,12 +8,16 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/motion.smk"
 include: "workflow/rules/segment_common.smk"
 include: "workflow/rules/segment.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -21,6 +25,7 @@ rule all:
     input:
         expand("results/{session}/summary.zarr", session=SESSION_NAMES),
         expand("results/{session}/plots/motion", session=SESSION_NAMES),
+        "results/report/index.html",
         expand("results/{session}/footprints.zarr", session=SESSION_NAMES),
         "results/models/segmenter_metrics.json",
         ["results/models/segment_evaluation.json"] if sessions_with_masks() else [],
@@ -28,3 +33,5 @@ rule all:
 
 onsuccess:
     print(f"calflow: done. Results for {len(SESSION_NAMES)} session(s) are in {Path('results').resolve()}/")
+    if Path("results/report/index.html").exists():
+        print(f"calflow: report: {Path('results/report/index.html').resolve()}")
