@@ -32,6 +32,11 @@ rule all:
 
 
 onsuccess:
-    print(f"calflow: done. Results for {len(SESSION_NAMES)} session(s) are in {Path('results').resolve()}/")
+    # results/DONE: what this run made (rule all's inputs), the report's path last.
+    done = [f"calflow: done. Results for {len(SESSION_NAMES)} session(s) are in {Path('results').resolve()}/"]
+    done += [f"  {f}" for f in rules.all.input if Path(f).exists()]
     if Path("results/report/index.html").exists():
-        print(f"calflow: report: {Path('results/report/index.html').resolve()}")
+        done.append(f"calflow: report: {Path('results/report/index.html').resolve()}")
+    Path("results").mkdir(exist_ok=True)
+    Path("results/DONE").write_text("\n".join(done) + "\n")
+    print(done[0], done[-1], sep="\n")
