@@ -6,6 +6,7 @@ import base64
 import os
 import re
 import shutil
+import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -275,3 +276,44 @@ def test_page_renders_in_headless_chromium(tree, tmp_path):
     assert not outside, outside
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
+
+
+# ---------------------------------------------------------------------------------------------
+# The rule in the workflow, and Snakemake's own report
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_rule_report_and_snakemake_report(tmp_path):
+    """`snakemake results/report/index.html` on one tiny simulated session, then `snakemake --report`."""
+    import sys
+
+    import yaml
+
+    (tmp_path / "config").mkdir()
+    config = {"sessions": "config/sessions.tsv", "seed": 1,
+              "demo": {"sim": {"n_frames": 60, "height": 48, "width": 48, "n_cells": 6, "n_targets": 2,
+                               "n_pairs": 1}, "w_gain": {"A": 1.0}},
+              "motion": {"patch_size": 24, "overlap": 12, "max_shift": 6, "template_frames": 30, "batch_size": 30}}
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    d = "results/demo/a1_A"
+    (tmp_path / "config" / "sessions.tsv").write_text(
+        "session\tmovie\tcondition\tfps\tmasks\n" f"a1_A\t{d}/movie.tif\tA\t30\t{d}/masks.tif\n")
+
+    def smk(*args):
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--cores", "2",
+               *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+        return proc.stdout + proc.stderr
+
+    out = smk("results/report/index.html")
+    index = tmp_path / "results" / "report" / "index.html"
+    assert f"calflow: report: {index.resolve()}" in out
+    assert (tmp_path / "results" / "DONE").read_text().splitlines()[-1] == f"calflow: report: {index.resolve()}"
+    page = parse(index.read_text())
+    assert {"overview", "provenance", "s-a1_A-motion", "s-a1_A-summary", "s-a1_A-truth"} <= set(page.ids)
+    assert "report finished in" in (tmp_path / "results" / "logs" / "report" / "report.log").read_text()
+    assert "Nothing to be done" in smk("-n", "results/report/index.html")
+    smk("--report", str(tmp_path / "report.html"))
+    assert (tmp_path / "report.html").stat().st_size > 100_000
