@@ -139,18 +139,20 @@ def test_piecewise_shift_field_accuracy(tmp_path):
     rmse_rigid = _rmse(np.broadcast_to(rigid[:, None, None, :], true.shape), true)
     print(f"piecewise field RMSE {rmse:.4f} px (rigid-only {rmse_rigid:.4f} px)")
     assert rmse < 0.3
-    assert rmse < 0.75 * rmse_rigid
+    assert rmse < 0.5 * rmse_rigid
     assert stats["crispness_after"] > stats["crispness_before"]
 
 
-def test_accuracy_on_simulator_movie(tmp_path):
-    """calflow.simulate's realistic movie (Poisson noise, sparse activity), rigid motion only:
-    rigid RMSE < 0.1 px and patch shifts < 0.3 px. (Skipped until that module is importable.)"""
+@pytest.mark.parametrize("nonrigid", [False, True])
+def test_accuracy_on_simulator_movie(tmp_path, nonrigid):
+    """calflow.simulate's realistic movie (Poisson noise, sparse activity, rigid random walk and,
+    with ``nonrigid``, its default 4 x 4-control-point deformation): patch-shift field RMSE < 0.3
+    px at the patch centres; with rigid motion only, rigid RMSE < 0.1 px."""
     sim = pytest.importorskip("calflow.simulate")
     if not all(hasattr(sim, k) for k in ("SimParams", "simulate", "render_frames", "true_displacement")):
         pytest.skip("calflow.simulate lacks SimParams/simulate/render_frames/true_displacement")
     n = 100
-    truth = sim.simulate(sim.SimParams(n_frames=n, height=96, width=96, n_cells=40, nonrigid=False), seed=3)
+    truth = sim.simulate(sim.SimParams(n_frames=n, height=96, width=96, n_cells=40, nonrigid=nonrigid), seed=3)
     store = _write_raw(tmp_path / "raw.zarr", sim.render_frames(truth, 0, n))
     params = {"piecewise": True, "max_shift": 8, "patch_size": 48, "overlap": 24, "max_deviation": 3}
     correct_motion(store, tmp_path / "motion.zarr", params=params, progress=False)
@@ -160,9 +162,14 @@ def test_accuracy_on_simulator_movie(tmp_path):
     true = sim.true_displacement(truth, np.arange(n), pts).reshape(n, *cy.shape, 2)
     rigid_rmse = _rmse(np.asarray(g["rigid_shifts"]), true.mean(axis=(1, 2)))
     patch_rmse = _rmse(np.asarray(g["patch_shifts"]), true)
-    print(f"simulator: rigid RMSE {rigid_rmse:.4f} px, patch RMSE {patch_rmse:.4f} px")
-    assert rigid_rmse < 0.1
+    rigid_only = _rmse(np.broadcast_to(np.asarray(g["rigid_shifts"])[:, None, None, :], true.shape), true)
+    print(f"simulator (nonrigid={nonrigid}): rigid RMSE {rigid_rmse:.4f} px, patch RMSE {patch_rmse:.4f} px"
+          f" (rigid shift as the field: {rigid_only:.4f} px)")
     assert patch_rmse < 0.3
+    if nonrigid:
+        assert patch_rmse < 0.7 * rigid_only
+    else:
+        assert rigid_rmse < 0.1
 
 
 def test_registration_kernel_recovers_known_patch_shifts():
