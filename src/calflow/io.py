@@ -12,8 +12,11 @@ so a killed job never leaves a store that a rerun would trust.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import re
 import shutil
+import socket
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping
@@ -46,8 +49,39 @@ def blosc_zstd(clevel: int = 5) -> BloscCodec:
     return BloscCodec(cname="zstd", clevel=clevel, shuffle="bitshuffle")
 
 
+_HOST = socket.gethostname()
+
+
 def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    return path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete temporaries of ``path`` left by writers that were killed (same host, process gone).
+
+    A job killed mid-write (SIGKILL, out of memory, a cluster time limit) cannot clean up its hidden
+    ``.{name}.tmp-{host}-{pid}-{id}`` sibling; the next writer of ``path`` removes it here. Temporaries of
+    live processes, or of other hosts, are left alone.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.tmp-(?:(?P<host>.+)-)?(?P<pid>\d+)-[0-9a-f]{{8}}$")
+    removed = []
+    for sibling in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        m = pattern.match(sibling.name)
+        if m and m["host"] in (None, _HOST) and not _pid_alive(int(m["pid"])):
+            _remove(sibling)
+            removed.append(sibling)
+    return removed
 
 
 def _remove(path: Path) -> None:
@@ -63,9 +97,11 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
 
     Works for files and directories (zarr stores). On any exception the temporary output is
     deleted and ``path`` is left as it was (or absent), so no half-written output survives.
+    Temporaries of earlier writers of ``path`` that were killed are deleted first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = _tmp_sibling(path)
     try:
         yield tmp
