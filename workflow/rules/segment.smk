@@ -30,7 +30,8 @@ rule train_segmenter:
         model="results/models/segmenter.pt",
         metrics="results/models/segmenter_metrics.json",
     params:
-        train={k: v for k, v in SEG.items() if k not in ("tta", "iou_threshold", "centroid_max_distance")},
+        # inference and evaluation keys are left out: changing them re-runs segment, not training
+        train={k: v for k, v in SEG.items() if k not in SEGMENT_INFER_KEYS},
         sessions=SEGMENT_TRAIN,
         seed=config["seed"],
         checkpoint_dir="results/models/segmenter_checkpoints",

@@ -1,5 +1,6 @@
 # Helpers of workflow/rules/segment.smk: which sessions train the segmenter.
 SEG = config["segment"]
+SEGMENT_INFER_KEYS = ("tta", "iou_threshold", "centroid_max_distance", "prob_threshold", "cue_threshold", "min_size")
 
 
 def sessions_with_masks():

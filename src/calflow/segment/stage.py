@@ -31,9 +31,15 @@ POST_KEYS = ("prob_threshold", "cue_threshold", "min_size")
 
 
 def train_params(section: Mapping[str, Any], seed: int = 0) -> dict:
-    """The TrainParams fields of a ``segment`` config section (+ the post-processing thresholds)."""
+    """The TrainParams fields of a ``segment`` config section.
+
+    Post-processing thresholds given in the section are used for the validation F1; the workflow
+    leaves them out so that tuning them re-runs inference only (validation then uses the defaults).
+    """
     p = {k: v for k, v in section.items() if k in TRAIN_KEYS}
-    p["post"] = {k: section[k] for k in POST_KEYS if k in section}
+    post = {k: section[k] for k in POST_KEYS if k in section}
+    if post:
+        p["post"] = {**TrainParams().post, **post}
     p["seed"] = int(seed)
     return p
 
