@@ -461,15 +461,15 @@ class Registration:
         win = num / torch.sqrt(var)
         resid, _, distinct = _peak_in_window(win)
         thresh = self.p.patch_snr_threshold
-        if thresh > 0:
+        low = (distinct < thresh)[..., None] if thresh > 0 else None
+        if low is not None and bool(low.any()):
             # ambiguous patches (flat or repetitive content) take the peak of their correlation
             # map averaged with their 3x3 neighbours, like Suite2p's low-SNR fallback
             b, ny, nx, n, _ = win.shape
             flat = win.permute(0, 3, 4, 1, 2).reshape(b, n * n, ny, nx)
             smooth = F.avg_pool2d(flat, 3, stride=1, padding=1, count_include_pad=False)
             smooth = smooth.reshape(b, n, n, ny, nx).permute(0, 3, 4, 1, 2)
-            resid_s, _, _ = _peak_in_window(smooth)
-            low = (distinct < thresh)[..., None]
+            resid_s, _, _ = _peak_in_window(smooth, distinctness=False)
             resid = torch.where(low, resid_s, resid)
         return resid
 
