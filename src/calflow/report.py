@@ -574,10 +574,9 @@ def overview_section(ctx: ReportContext) -> dict[str, Any] | None:
         rows=rows,
         numeric=[False, False, True, True, True, True, True, True, True, True, True],
         caption="One row per session of the sessions sheet. r: mean Pearson correlation of each frame with the "
-                "motion template; crispness: norm of the gradient of the mean image (higher = sharper); the "
-                "last column is filled for simulated sessions only (RMS error after removing the constant "
-                "offset between template and simulated world frame) of the estimated shifts at the patch "
-                "centres against the simulated displacement there.",
+                "motion template; crispness: norm of the gradient of the mean image (higher = sharper). The "
+                "last column, for simulated sessions only, is the RMS error of the estimated shifts at the "
+                "patch centres against the simulated displacement there (constant template offset removed).",
     )
     figures = []
     have = [(s, mm) for s, mm in metrics if mm and mm["r_before"] is not None and mm["r_after"] is not None]
@@ -586,7 +585,7 @@ def overview_section(ctx: ReportContext) -> dict[str, Any] | None:
     conditions = ", ".join(f"{c} ({len(v)})" for c, v in ctx.conditions.items())
     return {
         "facts": [("sessions", str(len(ctx.sessions))), ("conditions", conditions),
-                  ("results directory", str(ctx.results))],
+                  ("results directory", str(ctx.results.resolve()))],
         "tables": [table],
         "figures": figures,
     }
