@@ -200,6 +200,16 @@ def test_truth_comparison_is_zero_for_exact_shifts_and_catches_a_sign_error(tree
     assert flipped["rmse"] > 1.5 * flipped["true_rms"]
 
 
+def test_truth_cells_from_masks_or_footprints(tree, tmp_path):
+    src = tree[0] / "demo" / "a1_A"
+    from_masks = rp._truth_labels(src / "ground_truth.npz")
+    shutil.copy(src / "ground_truth.npz", tmp_path / "ground_truth.npz")  # no masks.tif beside it
+    from_footprints = rp._truth_labels(tmp_path / "ground_truth.npz")
+    assert from_masks.shape == from_footprints.shape == (64, 64)
+    assert set(np.unique(from_masks)) == set(np.unique(from_footprints)) == set(range(9))  # 8 cells + background
+    assert (from_footprints > 0).sum() <= (from_masks > 0).sum()  # masks.tif fills dark nuclei
+
+
 def test_a_new_stage_plugs_in_with_one_function(tree, tmp_path):
     """A later stage registers a section; it appears where its output exists and nowhere else."""
     results = tree[0]

@@ -767,7 +767,6 @@ def truth_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
         n_cells = int(z["centers"].shape[0]) if "centers" in z.files else None
         n_targets = int(z["target_cells"].shape[0]) if "target_cells" in z.files else None
         w_gain = float(z["w_gain"]) if "w_gain" in z.files else None
-        footprints = np.asarray(z["footprints"]) if "footprints" in z.files else None
     if n_cells is not None:
         facts.append(("simulated cells / photostimulation targets", f"{n_cells} / {n_targets}"))
     if w_gain is not None:
@@ -783,9 +782,10 @@ def truth_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
         ]
         figures.append(_truth_shift_figure(s, tm))
     summ = load_summary(ctx, s)
-    if footprints is not None and summ is not None and "local_corr" in summ:
+    labels = _truth_labels(path)
+    if labels is not None and summ is not None and "local_corr" in summ:
         offset = tuple(tm["offset"]) if tm and "offset" in tm else (0.0, 0.0)
-        fig, inside, outside = _truth_contour_figure(summ["local_corr"], footprints, offset)
+        fig, inside, outside = _truth_contour_figure(summ["local_corr"], labels, offset)
         if fig is not None:
             figures.append(fig)
             facts.append(("local correlation inside / outside true cells", f"{inside:.3f} / {outside:.3f}"))
@@ -813,13 +813,27 @@ def _truth_shift_figure(s: SessionInfo, tm: dict[str, Any]) -> Figure:
                            f"The patch shifts are off by {tm['rmse']:.3f} px RMS.")
 
 
-def _truth_contour_figure(local_corr: np.ndarray, footprints: np.ndarray,
+def _truth_labels(truth_file: Path) -> np.ndarray | None:
+    """The simulated cells as a label image: masks.tif next to the truth, else from the footprints."""
+    masks = truth_file.parent / "masks.tif"
+    if masks.is_file():
+        import tifffile
+
+        return np.asarray(tifffile.imread(masks)).astype(np.int32)
+    with np.load(truth_file) as z:
+        if "footprints" not in z.files:
+            return None
+        footprints = np.asarray(z["footprints"])
+    if footprints.ndim != 3:
+        return None
+    # As masks.tif: the strongest footprint >= 0.5 wins.
+    return np.where(footprints.max(axis=0) >= 0.5, footprints.argmax(axis=0) + 1, 0).astype(np.int32)
+
+
+def _truth_contour_figure(local_corr: np.ndarray, labels: np.ndarray,
                           offset: tuple[float, float]) -> tuple[Figure | None, float, float]:
-    if footprints.ndim != 3 or footprints.shape[1:] != local_corr.shape:
+    if labels.shape != local_corr.shape:
         return None, float("nan"), float("nan")
-    # Label image like masks.tif: the strongest footprint >= 0.5 wins.
-    strongest = footprints.argmax(axis=0)
-    labels = np.where(footprints.max(axis=0) >= 0.5, strongest + 1, 0).astype(np.int32)
     # World point q sits at q - offset in the template (= corrected movie) frame.
     move = (-float(offset[0]), -float(offset[1]))
     shifted = np.roll(labels, (int(round(move[0])), int(round(move[1]))), axis=(0, 1))
