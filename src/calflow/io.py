@@ -27,7 +27,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from calflow.errors import CalflowInputError
 
@@ -47,6 +47,18 @@ DIMS = ("time", "y", "x")
 def blosc_zstd(clevel: int = 5) -> BloscCodec:
     """Blosc with zstd and bit-shuffle: about 2-3x on uint16 two-photon data at >1 GB/s."""
     return BloscCodec(cname="zstd", clevel=clevel, shuffle="bitshuffle")
+
+
+def store_codecs(clevel: int = 5) -> tuple:
+    """Blosc-zstd, then a CRC-32C checksum of every chunk: a flipped bit or a truncated chunk fails
+    to read instead of decoding to wrong numbers (Blosc/zstd alone do not notice most bit flips)."""
+    return (blosc_zstd(clevel), Crc32cCodec())
+
+
+# Every chunk of a movie is written, even one equal to the fill value, so a missing chunk file means
+# a damaged store (zarr itself would silently read it as zeros). Stores written so are marked.
+_WRITE_ALL = {"write_empty_chunks": True}
+_ALL_CHUNKS_ATTR = "calflow_all_chunks_written"
 
 
 _HOST = socket.gethostname()
@@ -153,13 +165,14 @@ class MovieWriter:
         encoding = {
             MOVIE_VAR: {
                 "chunks": (self.chunk_frames, n_y, n_x),
-                "compressors": (blosc_zstd(clevel),),
+                "compressors": store_codecs(clevel),
                 "fill_value": None,
             }
         }
         # compute=False writes metadata and coordinates only; the movie chunks follow below.
         ds.to_zarr(self.store, mode="w", compute=False, zarr_format=3, consolidated=False, encoding=encoding)
-        self._array = zarr.open_array(self.store / MOVIE_VAR, mode="r+")
+        self._array = zarr.open_array(self.store / MOVIE_VAR, mode="r+", config=_WRITE_ALL)
+        self._array.attrs[_ALL_CHUNKS_ATTR] = True
         self._pos = 0
         self._buf: list[np.ndarray] = []
         self._buf_len = 0
@@ -227,8 +240,9 @@ def write_array(
         data=data,
         dimension_names=dims,
         attributes=dict(attrs) if attrs else {},
-        compressors=(blosc_zstd(),),
+        compressors=store_codecs(),
         overwrite=True,
+        config=_WRITE_ALL,
     )
 
 
@@ -241,6 +255,7 @@ class MovieReader:
 
     def __init__(self, store: str | Path, var: str = MOVIE_VAR):
         self.store = Path(store)
+        self._var = var
         if not self.store.exists():
             raise CalflowInputError("movie store does not exist", file=self.store, fix="run the stage that makes it")
         try:
@@ -261,6 +276,21 @@ class MovieReader:
         self.dtype = self._array.dtype
         self.chunk_frames = int(self._array.chunks[0])
         self.fps = float(self.attrs.get("fps", np.nan))
+        if self._array.attrs.get(_ALL_CHUNKS_ATTR):
+            self._check_chunks(var)
+
+    def _check_chunks(self, var: str) -> None:
+        """Every chunk file is present (zarr would read a missing one as zeros without a word)."""
+        for idx in np.ndindex(*self._array.cdata_shape):
+            key = self._array.metadata.encode_chunk_key(idx)
+            if not (self.store / var / key).is_file():
+                a = idx[0] * self.chunk_frames
+                b = min(a + self.chunk_frames, self.shape[0]) - 1
+                raise CalflowInputError(
+                    f"chunk {var}/{key} (frames {a}-{b}) is missing; the store is incomplete or damaged",
+                    file=self.store,
+                    fix="delete the store and rerun the stage that writes it",
+                )
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -270,10 +300,26 @@ class MovieReader:
             return np.asarray(self._array[key])
         except Exception as err:  # noqa: BLE001
             raise CalflowInputError(
-                f"cannot read frames {key} ({type(err).__name__}: {err}); a chunk is corrupt or missing",
+                self._describe_read_error(key, err),
                 file=self.store,
                 fix="delete the store and rerun the stage that writes it",
             ) from err
+
+    def _describe_read_error(self, key: Any, err: Exception) -> str:
+        """Name the first chunk that fails to decode (a checksum mismatch, a truncated file, ...)."""
+        first = key if isinstance(key, int | np.integer) else key.start if isinstance(key, slice) else None
+        if isinstance(first, int | np.integer) or first is None:
+            start = int(first or 0) % max(self.shape[0], 1)
+            for c in range(start // self.chunk_frames, -(-self.shape[0] // self.chunk_frames)):
+                a, b = c * self.chunk_frames, min((c + 1) * self.chunk_frames, self.shape[0])
+                try:
+                    self._array[a:b]
+                except Exception as chunk_err:  # noqa: BLE001
+                    name = self._array.metadata.encode_chunk_key((c,) + (0,) * (self._array.ndim - 1))
+                    why = ("checksum mismatch" if "checksum" in str(chunk_err).lower()
+                           else f"{type(chunk_err).__name__}: {str(chunk_err)[:80]}")
+                    return f"chunk {self._var}/{name} (frames {a}-{b - 1}) is corrupt ({why})"
+        return f"cannot read frames {key} ({type(err).__name__}: {err}); a chunk is corrupt or missing"
 
     def iter_blocks(self, block_frames: int | None = None, start: int = 0, stop: int | None = None):
         """Yield ``(first_frame, frames)`` with ``frames`` of shape (<=block_frames, y, x)."""
