@@ -149,11 +149,14 @@ def png_data_uri(data: bytes) -> str:
 
 
 def figure_from_png(path: str | Path, title: str, caption: str = "", wide: bool = False) -> Figure | None:
-    """Inline a PNG a stage wrote (``None`` if it does not exist)."""
+    """Inline a PNG a stage wrote, or the SVG of the same name when the stage wrote only that
+    (``None`` if neither exists)."""
     path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        return None
-    return Figure(title=title, src=png_data_uri(path.read_bytes()), caption=caption, wide=wide)
+    for candidate, mime in ((path, "image/png"), (path.with_suffix(".svg"), "image/svg+xml")):
+        if candidate.is_file() and candidate.stat().st_size > 0:
+            src = f"data:{mime};base64," + base64.b64encode(candidate.read_bytes()).decode("ascii")
+            return Figure(title=title, src=src, caption=caption, wide=wide)
+    return None
 
 
 def figure_from_mpl(fig: plt.Figure, title: str, caption: str = "", wide: bool = False, dpi: int = 100) -> Figure:
