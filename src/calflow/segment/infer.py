@@ -109,7 +109,8 @@ def segment_session(summary_store: str | Path, keyframes_store: str | Path, mode
     model, info = load_segmenter(model_path, dev)
     arch, meta = info["arch"], info["meta"]
     image = load_inputs(summary_store, keyframes_store, meta.get("channels"))
-    post = dict(meta.get("post", {}), **(post or {}))
+    # thresholds given as None keep the values tuned on the validation region at training
+    post = {**meta.get("post", {}), **{k: v for k, v in (post or {}).items() if v is not None}}
     res = segment_image(model, arch, image, post, dev, tta)
     h, w = res["labels"].shape
     fp = footprints_from_labels(res["labels"], res["probability"])

@@ -65,6 +65,7 @@ class TrainParams:
     seed: int = 0
     device: str = "auto"
     post: dict = field(default_factory=lambda: {"prob_threshold": 0.5, "cue_threshold": 0.5, "min_size": 10})
+    tune_post: bool = True  # choose prob/cue thresholds on the validation images at every validation
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | TrainParams | None) -> TrainParams:
@@ -145,18 +146,32 @@ def _batch(samples: Sequence[Sample], p: TrainParams, it: int) -> tuple[torch.Te
     return x, fg_t, cue_t
 
 
+PROB_GRID = (0.3, 0.4, 0.5, 0.6)
+CUE_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
 def evaluate(model: nn.Module, samples: Sequence[Sample], p: TrainParams, device: torch.device, tta: bool = False) -> dict:
-    """Validation score: mean F1 at IoU >= 0.5 (instance task) or mean foreground IoU (semantic)."""
-    scores = []
-    for s in samples:
-        out = predict(model, s.image, depth=p.depth, device=device, tta=tta)
-        if p.task == "instance":
-            labels = instances_from_maps(out[0], out[1], **p.post)
-            scores.append(match_iou(s.labels, labels)["f1"])
-        else:
-            scores.append(pixel_iou(s.fg, out[0] > 0.5))
+    """Validation score: mean F1 at IoU >= 0.5 (instance task) or mean foreground IoU (semantic).
+
+    With ``tune_post`` (instance task) the probability and cue thresholds are chosen from a small
+    grid to maximise the mean F1 on these images; the chosen ones are returned as ``post``.
+    """
+    outs = [predict(model, s.image, depth=p.depth, device=device, tta=tta) for s in samples]
     model.train()
-    return {"score": float(np.mean(scores)) if scores else 0.0, "per_image": [float(v) for v in scores]}
+    if p.task != "instance":
+        scores = [pixel_iou(s.fg, o[0] > 0.5) for s, o in zip(samples, outs, strict=True)]
+        return {"score": float(np.mean(scores)) if scores else 0.0, "per_image": [float(v) for v in scores]}
+    grid = [dict(p.post)]
+    if p.tune_post:
+        grid += [{**p.post, "prob_threshold": a, "cue_threshold": b} for a in PROB_GRID for b in CUE_GRID]
+    best = None
+    for post in grid:
+        scores = [match_iou(s.labels, instances_from_maps(o[0], o[1], **post))["f1"]
+                  for s, o in zip(samples, outs, strict=True)]
+        score = float(np.mean(scores)) if scores else 0.0
+        if best is None or score > best["score"]:
+            best = {"score": score, "per_image": [float(v) for v in scores], "post": post}
+    return best
 
 
 def train(train_samples: Sequence[Sample], val_samples: Sequence[Sample], params: Mapping[str, Any] | TrainParams,
@@ -214,11 +229,13 @@ def train(train_samples: Sequence[Sample], val_samples: Sequence[Sample], params
         it += 1
         if it % p.val_every == 0 or it == p.iterations:
             ev = evaluate(model, val_samples, p, device) if val_samples else {"score": -float(loss.item())}
-            state["history"].append({"iteration": it, "loss": float(loss.item()), "val_score": ev["score"]})
+            state["history"].append({"iteration": it, "loss": float(loss.item()), "val_score": ev["score"],
+                                     "post": ev.get("post", p.post)})
             log.info("iteration %d loss %.4f validation %.4f", it, loss.item(), ev["score"])
             if ev["score"] > state["best_score"]:
                 state["best_score"], state["best_iteration"] = float(ev["score"]), it
-                save_segmenter(ckdir / "best.pt", model, arch, {**meta, "iteration": it, "val_score": ev["score"]})
+                save_segmenter(ckdir / "best.pt", model, arch, {**meta, "iteration": it, "val_score": ev["score"],
+                                                                 "post": ev.get("post", p.post)})
             state["iteration"] = it
             tmp = ckdir / ".last.pt.tmp"
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "fingerprint": fp, **state}, tmp)
