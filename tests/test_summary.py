@@ -65,8 +65,9 @@ def test_cell_stands_out_in_local_corr_and_pnr(tmp_path):
     lc, pnr = g["local_corr"][:], g["pnr"][:]
     assert lc[7, 7] > 0.5 and abs(np.median(lc)) < 0.1
     assert pnr[7, 7] > 2 * np.median(pnr) and pnr[7, 7] > 5
-    pngs = plot_summary(out, tmp_path / "plots")
-    assert pngs[0].name == "summary_images.png" and pngs[0].stat().st_size > 5000
+    figs = plot_summary(out, tmp_path / "plots", formats=("png", "svg"))
+    assert [p.name for p in figs] == ["summary_images.png", "summary_images.svg"]
+    assert all(p.stat().st_size > 5000 for p in figs)
 
 
 def test_errors(tmp_path):

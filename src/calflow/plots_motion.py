@@ -27,10 +27,22 @@ def _open(store: str | Path, needed: tuple[str, ...]) -> zarr.Group:
     return group
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+def _save(fig: plt.Figure, stem: Path, formats: tuple[str, ...]) -> list[Path]:
+    paths = []
+    for fmt in formats:
+        path = stem.with_suffix(f".{fmt}")
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        paths.append(path)
     plt.close(fig)
-    return path
+    return paths
+
+
+def _check_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
+    formats = tuple(formats)
+    bad = [f for f in formats if f not in ("png", "svg", "pdf")]
+    if bad or not formats:
+        raise CalflowInputError(f"unsupported figure format(s) {bad or formats}", fix="use png, svg or pdf")
+    return formats
 
 
 def _show(ax: plt.Axes, img: np.ndarray, title: str) -> None:
@@ -40,12 +52,13 @@ def _show(ax: plt.Axes, img: np.ndarray, title: str) -> None:
     ax.set_axis_off()
 
 
-def plot_motion(motion_store: str | Path, out_dir: str | Path) -> list[Path]:
+def plot_motion(motion_store: str | Path, out_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
     """Figures from motion.zarr: shift traces, correlation with the template, mean images.
 
-    Returns the PNG paths: ``motion_shifts.png``, ``motion_correlation.png``,
-    ``motion_mean_images.png``.
+    Returns the paths, per figure in ``formats`` order: ``motion_shifts``, ``motion_correlation``,
+    ``motion_mean_images`` (.png by default; svg/pdf on request).
     """
+    formats = _check_formats(formats)
     g = _open(motion_store, ("rigid_shifts", "patch_shifts", "corr_with_template",
                              "corr_with_template_before", "mean_before", "mean_after"))
     out = Path(out_dir)
@@ -72,7 +85,7 @@ def plot_motion(motion_store: str | Path, out_dir: str | Path) -> list[Path]:
     axes[2].set_ylabel("max |patch - rigid| (px)")
     axes[2].set_xlabel(xlabel)
     fig.suptitle("Motion: estimated shifts (displacement of the content)", fontsize=10)
-    paths.append(_save(fig, out / "motion_shifts.png"))
+    paths += _save(fig, out / "motion_shifts", formats)
 
     before = np.asarray(g["corr_with_template_before"])
     after = np.asarray(g["corr_with_template"])
@@ -87,18 +100,20 @@ def plot_motion(motion_store: str | Path, out_dir: str | Path) -> list[Path]:
     axes[1].plot(lim, lim, "k--", lw=0.7)
     axes[1].set_xlabel("raw r")
     axes[1].set_ylabel("corrected r")
-    paths.append(_save(fig, out / "motion_correlation.png"))
+    paths += _save(fig, out / "motion_correlation", formats)
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.2))
     cb, ca = g.attrs.get("crispness_before"), g.attrs.get("crispness_after")
     _show(axes[0], np.asarray(g["mean_before"]), f"mean, raw (crispness {cb:.4g})" if cb else "mean, raw")
     _show(axes[1], np.asarray(g["mean_after"]), f"mean, corrected (crispness {ca:.4g})" if ca else "mean, corrected")
-    paths.append(_save(fig, out / "motion_mean_images.png"))
+    paths += _save(fig, out / "motion_mean_images", formats)
     return paths
 
 
-def plot_summary(summary_store: str | Path, out_dir: str | Path) -> list[Path]:
-    """Figure ``summary_images.png`` with the mean, max, std, local-correlation and PNR images."""
+def plot_summary(summary_store: str | Path, out_dir: str | Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Figure ``summary_images`` (.png by default) with the mean, max, std, local-correlation and
+    PNR images."""
+    formats = _check_formats(formats)
     names = ("mean", "max", "std", "local_corr", "pnr")
     g = _open(summary_store, names)
     out = Path(out_dir)
@@ -113,4 +128,4 @@ def plot_summary(summary_store: str | Path, out_dir: str | Path) -> list[Path]:
             ax.set_axis_off()
         else:
             _show(ax, img, name)
-    return [_save(fig, out / "summary_images.png")]
+    return _save(fig, out / "summary_images", formats)
