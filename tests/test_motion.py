@@ -280,7 +280,7 @@ def test_crispness_prefers_sharp_images():
     ("rel", "frames", "params"),
     [
         ("optinist-mouse2p/movie.tiff", slice(0, 600), {"piecewise": True}),
-        ("neurofinder-left/movie.tif", slice(0, 120), {"piecewise": True, "batch_size": 20}),
+        ("neurofinder-left/movie.tif", slice(0, 120), {"piecewise": True}),
     ],
 )
 def test_real_movie_gets_crisper(tmp_path, rel, frames, params):

@@ -75,6 +75,7 @@ SHIFT_CONVENTION = (
 
 _EPS = 1e-10
 _RAMP = 4  # px, raised-cosine ramp of the template window
+_BATCH_BYTES = 512 * 2**20  # working-set budget of one batch (see effective_batch)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,8 +95,8 @@ class MotionParams:
     patch_snr_threshold: patches whose correlation peak is less than this many times the next
     best peak use the map averaged with their neighbours (0 = off).
     template_frames: frames sampled (evenly over the movie) to build the template.
-    iterations: rigid template-refinement rounds. batch_size: frames per batch (memory ~ 30 x
-    batch x frame bytes). device: auto | cpu | cuda. interpolation: bicubic | bilinear (final warp).
+    iterations: rigid template-refinement rounds. batch_size: frames per batch, capped
+    automatically so a batch's working set stays near 512 MiB (see :func:`effective_batch`). device: auto | cpu | cuda. interpolation: bicubic | bilinear (final warp).
     field_interpolation: cubic | linear (patch grid -> dense field). output_dtype: input | float32.
     num_threads: torch CPU threads (0 = auto: usable cores - 1, the last core runs the overlapped
     zarr reading/compression). seed: fixes any randomness (ties, GPU).
@@ -532,6 +533,19 @@ def _initial_reference(frames: torch.Tensor, n_best: int = 20) -> torch.Tensor:
     return frames[members].mean(dim=0)
 
 
+def effective_batch(params: MotionParams, h: int, w: int) -> int:
+    """``params.batch_size`` capped so one batch's working set stays under ~_BATCH_BYTES.
+
+    Estimate per frame: ~12 float32 copies of the frame (FFTs, warp grid, outputs) plus ~8 of its
+    patches (a 512 x 512 frame has 225 overlapping 64-px patches, 3.5x its own pixels).
+    """
+    floats = 12 * h * w
+    if params.piecewise and params.patch_size <= min(h, w):
+        g = PatchGrid.make(h, w, params.patch_size, params.overlap)
+        floats += 8 * g.n_y * g.n_x * g.size**2
+    return int(max(1, min(params.batch_size, _BATCH_BYTES // (4 * floats))))
+
+
 def _batched(frames: torch.Tensor, size: int):
     for a in range(0, frames.shape[0], size):
         yield frames[a : a + size]
@@ -546,17 +560,18 @@ def build_template(frames: np.ndarray | torch.Tensor, params: MotionParams, devi
     mean to the frames' average deformation.
     """
     x = torch.as_tensor(frames, dtype=torch.float32).to(device)
+    batch = effective_batch(params, x.shape[-2], x.shape[-1])
     ref = _initial_reference(x)
     n = x.shape[0]
     rigid_only = dataclasses.replace(params, piecewise=False)
     for it in range(params.iterations):
         reg = Registration(ref, rigid_only, device)
-        shifts, peaks = zip(*(reg.rigid(b) for b in _batched(x, params.batch_size)), strict=True)
+        shifts, peaks = zip(*(reg.rigid(b) for b in _batched(x, batch)), strict=True)
         shift, peak = torch.cat(shifts), torch.cat(peaks)
         keep = torch.argsort(peak, descending=True)[: max(2, int(n * (1 + it) / (2 * params.iterations)))]
         s = shift[keep] - shift[keep].mean(dim=0, keepdim=True)
-        ref = torch.cat([fourier_shift(xb, sb) for xb, sb in zip(_batched(x[keep], params.batch_size),
-                                                                 _batched(s, params.batch_size), strict=True)])
+        ref = torch.cat([fourier_shift(xb, sb) for xb, sb in zip(_batched(x[keep], batch),
+                                                                 _batched(s, batch), strict=True)])
         ref = ref.mean(dim=0)
     if params.piecewise:
         # average *all* piecewise-corrected sample frames, then move the template to their average
@@ -566,7 +581,7 @@ def build_template(frames: np.ndarray | torch.Tensor, params: MotionParams, devi
         reg = Registration(ref, params, device)
         deviation = torch.zeros((reg.grid.n_y, reg.grid.n_x, 2), device=device)
         total = torch.zeros_like(ref)
-        for b in _batched(x, params.batch_size):
+        for b in _batched(x, batch):
             rigid, patch, _, corrected = reg.register(b)
             deviation += (patch - rigid[:, None, None, :]).sum(dim=0)
             total += corrected.sum(dim=0)
@@ -725,11 +740,12 @@ def _correct_motion(reader: MovieReader, raw_store: Path, out_store: Path, p: Mo
 
         attrs = {k: v for k, v in reader.attrs.items() if k != "fps"}
         attrs.update({"stage": "motion", "motion_source": str(raw_store), "shift_convention": SHIFT_CONVENTION})
-        blocks = _prefetch(reader.iter_blocks(p.batch_size))
+        batch = effective_batch(p, h, w)
+        blocks = _prefetch(reader.iter_blocks(batch))
         if progress:
             from tqdm import tqdm
 
-            blocks = tqdm(blocks, total=math.ceil(n_t / p.batch_size), desc="motion", unit="batch")
+            blocks = tqdm(blocks, total=math.ceil(n_t / batch), desc="motion", unit="batch")
         with atomic_output(out_store) as tmp:
             writer = MovieWriter(tmp, (n_t, h, w), out_dtype, fps=reader.fps,
                                  chunk_frames=reader.chunk_frames, attrs=attrs)
@@ -783,6 +799,7 @@ def _correct_motion(reader: MovieReader, raw_store: Path, out_store: Path, p: Mo
                 "frame_shape": [h, w],
                 "device": str(device),
                 "piecewise": bool(grid is not None),
+                "batch_frames": batch,
                 "patch_grid": [n_py, n_px],
                 "seconds": round(seconds, 3),
                 "frames_per_s": round(n_t / seconds, 1) if seconds > 0 else None,
