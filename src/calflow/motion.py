@@ -93,7 +93,9 @@ class MotionParams:
     smooth_sigma: Gaussian smoothing of the rigid cross-correlation, px. highpass_sigma: also
     remove structure larger than this from the rigid correlation, px (0 = off).
     patch_snr_threshold: patches whose correlation peak is less than this many times the next
-    best peak use the map averaged with their neighbours (0 = off).
+    best peak use the map averaged with their neighbours (0 = off). patch_outlier_px: patch
+    shifts further than this from the median of their 3x3 neighbourhood are replaced by it, px
+    (0 = off).
     template_frames: frames sampled (evenly over the movie) to build the template.
     iterations: rigid template-refinement rounds. batch_size: frames per batch, capped
     automatically so a batch's working set stays near 512 MiB (see :func:`effective_batch`). device: auto | cpu | cuda. interpolation: bicubic | bilinear (final warp).
@@ -112,6 +114,7 @@ class MotionParams:
     template_frames: int = 200
     iterations: int = 3
     patch_snr_threshold: float = 1.2
+    patch_outlier_px: float = 2.0
     batch_size: int = 100
     device: str = "auto"
     interpolation: str = "bicubic"
@@ -149,6 +152,8 @@ class MotionParams:
             raise bad("highpass_sigma", "must be a number >= 0 (0 = off)", "use 0 or about 10 (px)")
         if not isinstance(self.patch_snr_threshold, int | float) or float(self.patch_snr_threshold) < 0:
             raise bad("patch_snr_threshold", "must be a number >= 0 (0 = off)", "use about 1.2")
+        if not isinstance(self.patch_outlier_px, int | float) or float(self.patch_outlier_px) < 0:
+            raise bad("patch_outlier_px", "must be a number >= 0 (0 = off)", "use about 2 (px)")
         if self.overlap >= self.patch_size:
             raise bad("overlap", f"must be smaller than patch_size ({self.patch_size})",
                       "use about patch_size / 2")
@@ -287,6 +292,17 @@ def _find_peak(cc: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tenso
     """
     shift, peak, _ = _peak_in_window(_window_of(cc, int(radius)), distinctness=False)
     return shift, peak
+
+
+def _replace_outliers(resid: torch.Tensor, limit: float) -> torch.Tensor:
+    """Patches whose shift (B, n_y, n_x, 2) differs by more than ``limit`` px from the median of
+    their 3x3 neighbourhood take that median (tissue does not tear between patch centres)."""
+    b, ny, nx, _ = resid.shape
+    r = resid.permute(0, 3, 1, 2).reshape(b * 2, 1, ny, nx)
+    nb = F.unfold(F.pad(r, (1, 1, 1, 1), mode="replicate"), 3)  # (2B, 9, ny * nx)
+    med = nb.median(dim=1).values.reshape(b, 2, ny, nx).permute(0, 2, 3, 1)
+    bad = ((resid - med).norm(dim=-1, keepdim=True) > limit)
+    return torch.where(bad, med, resid)
 
 
 def _integer_shift(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -472,6 +488,8 @@ class Registration:
             smooth = smooth.reshape(b, n, n, ny, nx).permute(0, 3, 4, 1, 2)
             resid_s, _, _ = _peak_in_window(smooth, distinctness=False)
             resid = torch.where(low, resid_s, resid)
+        if self.p.patch_outlier_px > 0 and resid.shape[1] * resid.shape[2] > 1:
+            resid = _replace_outliers(resid, self.p.patch_outlier_px)
         return resid
 
     def field(self, patch: torch.Tensor) -> torch.Tensor:
