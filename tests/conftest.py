@@ -1,0 +1,15 @@
+"""Shared fixtures. ``tiny_run`` is one finished local run of the tiny demo workflow, made once per
+test session; tests that need a finished run copy it (smkutil.copy_run) and never modify it."""
+
+from __future__ import annotations
+
+import pytest
+from smkutil import TINY_SESSIONS, run_snakemake, tiny_config, write_workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tiny_run")
+    write_workdir(tmp, tiny_config(), TINY_SESSIONS)
+    run_snakemake(tmp)
+    return tmp

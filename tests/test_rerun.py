@@ -1,0 +1,130 @@
+"""Re-run only what changed: a second run does nothing, a changed config section re-runs its stage
+and what follows it (nothing upstream), a new session runs only its own jobs plus aggregating ones.
+
+Jobs are read from Snakemake's records (dry-run job blocks, ``--summary``, ``--list-changes``, the
+job blocks of a real run), never from timing. Each test works on a copy of the session's tiny run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from smkutil import (
+    TINY_SESSIONS,
+    copy_run,
+    dry_run,
+    planned_jobs,
+    run_snakemake,
+    summary_rows,
+    tiny_config,
+    write_workdir,
+)
+
+pytestmark = pytest.mark.slow
+SESSIONS = {name for name, _ in TINY_SESSIONS}
+
+
+@pytest.fixture
+def workdir(tiny_run, tmp_path) -> Path:
+    return copy_run(tiny_run, tmp_path / "wd")
+
+
+def jobs_of_first_run(workdir: Path) -> list[tuple[str, dict[str, str]]]:
+    """The jobs the session's tiny run executed, from Snakemake's own log of that run."""
+    logs = sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log"))
+    assert logs, "no Snakemake log of the first run"
+    return planned_jobs(logs[0].read_text())
+
+
+def rulegraph_descendants(workdir: Path) -> dict[str, set[str]]:
+    """rule -> every rule downstream of it in ``snakemake --rulegraph``."""
+    dot = run_snakemake(workdir, "--rulegraph").stdout
+    names = dict(re.findall(r'^\s*(\d+)\[label = "([^"]+)"', dot, re.M))
+    children = defaultdict(set)
+    for a, b in re.findall(r"^\s*(\d+) -> (\d+)", dot, re.M):
+        children[names[a]].add(names[b])
+
+    def below(rule, seen):
+        for child in children[rule] - seen:
+            seen.add(child)
+            below(child, seen)
+        return seen
+
+    return {rule: below(rule, set()) for rule in names.values()}
+
+
+def file_state(results: Path) -> dict[str, int]:
+    return {str(p.relative_to(results)): p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}
+
+
+def test_second_run_does_nothing(workdir):
+    before = file_state(workdir / "results")
+    proc = run_snakemake(workdir)
+    out = proc.stdout + proc.stderr
+    assert "Nothing to be done" in out and planned_jobs(out) == [], out[-2000:]
+    rows = summary_rows(workdir)
+    assert rows and {r["plan"] for r in rows} == {"no update"}, [r for r in rows if r["plan"] != "no update"]
+    assert file_state(workdir / "results") == before
+
+
+# one change per config section that has its own stage (new stages add a line here)
+SECTION_CHANGES = {
+    "simulate_demo": lambda c: c["demo"]["sim"].update(n_frames=c["demo"]["sim"]["n_frames"] - 10),
+    "ingest": lambda c: c["ingest"].update(clevel=4),
+    "motion": lambda c: c["motion"].update(max_shift=c["motion"]["max_shift"] - 1),
+    "summary": lambda c: c.setdefault("summary", {}).update(batch_size=100),
+}
+
+
+@pytest.mark.parametrize("stage", list(SECTION_CHANGES))
+def test_changed_section_reruns_its_stage_and_what_follows_only(workdir, stage):
+    expected = {stage} | rulegraph_descendants(workdir)[stage]
+    config = tiny_config()
+    SECTION_CHANGES[stage](config)
+    write_workdir(workdir, config, TINY_SESSIONS)
+    jobs = dry_run(workdir)
+    assert {rule for rule, _ in jobs} == expected
+    for rule in expected:  # per-session stages re-run for every session
+        sessions = {wc["session"] for r, wc in jobs if r == rule and "session" in wc}
+        assert sessions in (set(), SESSIONS), (rule, sessions)
+
+
+def test_changed_motion_section_in_snakemakes_summary(workdir):
+    """``--summary``: motion's outputs have changed params, everything downstream is pending, nothing
+    upstream is. (``--list-changes params`` cannot be used: Snakemake 9.27 lists one output of every
+    job there, changed or not; ParamsChange.__or__ keeps the files of an empty change.)"""
+    descendants = rulegraph_descendants(workdir)
+    config = tiny_config()
+    config["motion"]["max_shift"] -= 1
+    write_workdir(workdir, config, TINY_SESSIONS)
+    rows = summary_rows(workdir)
+    params_changed = {r["output_file"] for r in rows if r["status"] == "params changed"}
+    assert {f"results/{s}/{o}" for s in SESSIONS for o in ("motion.zarr", "plots/motion")} <= params_changed
+    assert {r["rule"] for r in rows if r["status"] == "params changed"} <= {"motion"} | descendants["motion"]
+    rerun = {"motion"} | descendants["motion"]
+    wrong = [(r["output_file"], r["plan"]) for r in rows if (r["plan"] == "update pending") != (r["rule"] in rerun)]
+    assert wrong == [] and {"simulate_demo", "ingest"} <= {r["rule"] for r in rows if r["plan"] == "no update"}
+
+
+def test_new_session_runs_only_its_jobs_and_the_aggregating_ones(workdir):
+    first = jobs_of_first_run(workdir)
+    per_session = defaultdict(set)
+    aggregating = set()
+    for rule, wc in first:
+        if "session" in wc:
+            per_session[wc["session"]].add(rule)
+        else:
+            aggregating.add(rule)
+    assert per_session["a1_A"] >= {"simulate_demo", "ingest", "motion", "summary"} and "all" in aggregating
+
+    write_workdir(workdir, tiny_config(), [*TINY_SESSIONS, ("a2_A", "A")])
+    jobs = dry_run(workdir)
+    new_session_rules = {r for r, wc in jobs if wc.get("session") == "a2_A"}
+    others = [(r, wc) for r, wc in jobs if "session" in wc and wc["session"] != "a2_A"]
+    assert others == [], f"jobs of existing sessions re-run: {others}"
+    assert new_session_rules == per_session["a1_A"]
+    assert {r for r, wc in jobs if "session" not in wc} <= aggregating
+    assert "all" in {r for r, _ in jobs}
