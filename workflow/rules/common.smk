@@ -102,8 +102,12 @@ def ingest_runtime(wildcards, input, attempt):
 
 
 def motion_mem_mb(wildcards, input, attempt):
-    t, h, w = store_shape(input[0])                               # ~30 x batch x float32 frames
-    return int(attempt * (1000 + 30 * config["motion"]["batch_size"] * h * w * 4 / 1e6))
+    # torch + buffers (~500 MB measured) + a batch's working set (~30 float32 frames per batch frame,
+    # capped by calflow.motion.effective_batch near 512 MiB) + the template's sample frames
+    t, h, w = store_shape(input[0])
+    frame_mb = h * w * 4 / 1e6
+    batch_mb = min(30 * config["motion"]["batch_size"] * frame_mb, 800)
+    return int(attempt * (1000 + batch_mb + 3 * config["motion"]["template_frames"] * frame_mb))
 
 
 def motion_runtime(wildcards, input, attempt):
