@@ -134,3 +134,17 @@ def test_bad_stim_log_in_sheet_stops_early(tmp_path):
     path = _sheet(tmp_path, ["a\tm.tif\tPOD0\t30\tlog.csv"], header="session\tmovie\tcondition\tfps\tstim_log")
     with pytest.raises(CalflowInputError, match=r"log\.csv: missing column"):
         load_sessions(path, base_dir=tmp_path)
+
+
+def test_schema_sections_match_the_stage_parameters():
+    """The schema documents exactly the keys each stage's parameter class accepts, same defaults."""
+    import dataclasses
+
+    from calflow.ingest import IngestParams
+    from calflow.motion import MotionParams
+    from calflow.summary import SummaryParams
+
+    cfg = load_config("c.yaml", data={})
+    for section, cls in (("ingest", IngestParams), ("motion", MotionParams), ("summary", SummaryParams)):
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        assert cfg[section] == defaults, section
