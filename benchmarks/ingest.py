@@ -5,7 +5,8 @@
 
 The movies are simulated (calflow.simulate, motion on, realistic noise) once and cached under
 benchmarks/out/cache/. Each ingest runs in its own subprocess so its peak RSS (ru_maxrss) is
-its own. Prints a table and writes benchmarks/out/ingest.json. Peak RSS must not grow with the
+its own (VmHWM of the child; ru_maxrss would carry the parent's size over the fork).
+Prints a table and writes benchmarks/out/ingest.json. Peak RSS must not grow with the
 number of frames (target: under 500 MB for 4,000 frames).
 """
 
@@ -23,13 +24,13 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parent / "out"
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 from calflow.ingest import ingest
 t0 = time.perf_counter()
 info = ingest(sys.argv[1], sys.argv[2], fps=30.0)
 dt = time.perf_counter() - t0
-print(json.dumps({"seconds": dt, "frames": info["frames"],
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"seconds": dt, "frames": info["frames"], "peak_rss_mb": int(hwm.split()[1]) / 1024}))
 """
 
 
