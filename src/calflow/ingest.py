@@ -30,6 +30,7 @@ import numpy as np
 from calflow import __version__
 from calflow.errors import CalflowInputError
 from calflow.io import MovieWriter, atomic_output
+from calflow.params import from_section
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +233,32 @@ class TiffSource:
             tif.close()
 
 
-# --------------------------------------------------------------------------- HDF5 / NWB
-class Hdf5Source:
+# --------------------------------------------------------------------------- arrays: zarr / npy / HDF5 / NWB
+class ArraySource:
+    """Any sliceable (time, y, x) array: a zarr array, a memory-mapped .npy, an HDF5 dataset."""
+
+    def __init__(self, path: Path, array: Any, fps: float | None = None):
+        self.paths = [path]
+        self._data = array
+        self.shape = _check_3d(tuple(array.shape), path)
+        self.dtype = np.dtype(array.dtype)
+        self.fps = fps
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        try:
+            return np.asarray(self._data[start:stop]).reshape((stop - start, *self.shape[1:]))
+        except Exception as err:  # noqa: BLE001
+            raise CalflowInputError(
+                f"cannot read frames {start}-{stop - 1} ({type(err).__name__}: {err})",
+                file=self.paths[0],
+                fix="the file is corrupt or truncated; copy it again",
+            ) from err
+
+    def close(self) -> None:
+        pass
+
+
+class Hdf5Source(ArraySource):
     """A 3-D dataset inside an HDF5 file, read by slicing (h5py reads only those chunks)."""
 
     def __init__(self, path: Path, dataset: str | None):
@@ -272,16 +297,6 @@ class Hdf5Source:
         self.dtype = np.dtype(self._data.dtype)
         fps = self._data.attrs.get("fps", self._data.attrs.get("rate"))
         self.fps = float(fps) if fps is not None else None
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        try:
-            return np.asarray(self._data[start:stop]).reshape((stop - start, *self.shape[1:]))
-        except Exception as err:  # noqa: BLE001
-            raise CalflowInputError(
-                f"cannot read frames {start}-{stop - 1} ({type(err).__name__}: {err})",
-                file=self.paths[0],
-                fix="the file is corrupt or truncated; copy it again",
-            ) from err
 
     def close(self) -> None:
         self._file.close()
@@ -332,31 +347,6 @@ class NwbSource(Hdf5Source):
 
     def close(self) -> None:
         self._io.close()
-
-
-# --------------------------------------------------------------------------- zarr / npy
-class ArraySource:
-    """A zarr array or a memory-mapped .npy file."""
-
-    def __init__(self, path: Path, array: Any, fps: float | None = None):
-        self.paths = [path]
-        self._data = array
-        self.shape = _check_3d(tuple(array.shape), path)
-        self.dtype = np.dtype(array.dtype)
-        self.fps = fps
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        try:
-            return np.asarray(self._data[start:stop]).reshape((stop - start, *self.shape[1:]))
-        except Exception as err:  # noqa: BLE001
-            raise CalflowInputError(
-                f"cannot read frames {start}-{stop - 1} ({type(err).__name__}: {err})",
-                file=self.paths[0],
-                fix="the store is corrupt; copy it again",
-            ) from err
-
-    def close(self) -> None:
-        pass
 
 
 def _open_zarr(path: Path, name: str | None) -> ArraySource:
@@ -483,23 +473,16 @@ class IngestParams:
     clevel: int = 5  # zstd level
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any] | None) -> IngestParams:
-        cfg = dict(cfg or {})
-        unknown = set(cfg) - set(cls.__dataclass_fields__)
-        if unknown:
+    def from_config(cls, cfg: dict[str, Any] | IngestParams | None) -> IngestParams:
+        return from_section(cls, "ingest", cfg)
+
+    def __post_init__(self) -> None:
+        if self.chunk_frames < 1 or self.read_frames < 1:
+            raise CalflowInputError("ingest.chunk_frames and ingest.read_frames must be >= 1", file="config")
+        if self.nan_policy not in ("error", "fill_previous"):
             raise CalflowInputError(
-                f"unknown ingest option(s): {', '.join(sorted(unknown))}",
-                file="config ingest section",
-                fix=f"use only {', '.join(cls.__dataclass_fields__)}",
+                f"ingest.nan_policy '{self.nan_policy}' is not one of error, fill_previous", file="config"
             )
-        p = cls(**cfg)
-        if p.chunk_frames < 1 or p.read_frames < 1:
-            raise CalflowInputError("chunk_frames and read_frames must be >= 1", file="config ingest section")
-        if p.nan_policy not in ("error", "fill_previous"):
-            raise CalflowInputError(
-                f"nan_policy '{p.nan_policy}' is not one of error, fill_previous", file="config ingest section"
-            )
-        return p
 
 
 def _nan_frames(block: np.ndarray, first: int) -> list[int]:
@@ -552,7 +535,7 @@ def ingest(
     ``fps`` (frames/s) comes from the sessions sheet. Returns the attrs written plus timing.
     Integer data keep their dtype; float data are stored as float32.
     """
-    p = params if isinstance(params, IngestParams) else IngestParams.from_config(params)
+    p = IngestParams.from_config(params)
     if not np.isfinite(fps) or fps <= 0:
         raise CalflowInputError(f"fps must be a positive number, got {fps}", file=str(spec), fix="set fps in the sessions sheet")
     t0 = time.perf_counter()

@@ -66,6 +66,7 @@ import zarr
 
 from calflow.errors import CalflowInputError
 from calflow.io import MovieReader, MovieWriter, atomic_output, write_array
+from calflow.params import from_section
 
 SHIFT_CONVENTION = (
     "shift = (dy, dx) px is the displacement of the content: the template point (y, x) appears at "
@@ -173,17 +174,7 @@ class MotionParams:
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | MotionParams | None) -> MotionParams:
         """Build from the config's ``motion`` mapping; unknown keys raise CalflowInputError."""
-        if isinstance(config, MotionParams):
-            return config
-        config = dict(config or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise CalflowInputError(
-                f"unknown key(s) in the motion section: {', '.join(unknown)}",
-                fix=f"use only {', '.join(sorted(known))}",
-            )
-        return cls(**config)
+        return from_section(cls, "motion", config)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -17,7 +17,6 @@ so the one-pass covariances do not lose precision.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import zarr
 
 from calflow.errors import CalflowInputError
 from calflow.io import MovieReader, atomic_output, write_array
+from calflow.params import from_section
 
 # the 4 neighbour offsets (dy, dx) whose mirror images give the other 4 of the 8-neighbourhood
 _OFFSETS = ((0, 1), (1, 0), (1, 1), (1, -1))
@@ -46,15 +46,7 @@ class SummaryParams:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | SummaryParams | None) -> SummaryParams:
-        if isinstance(config, SummaryParams):
-            return config
-        config = dict(config or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise CalflowInputError(f"unknown key(s) in the summary section: {', '.join(unknown)}",
-                                    fix=f"use only {', '.join(sorted(known))}")
-        return cls(**config)
+        return from_section(cls, "summary", config)
 
 
 def _pair(a: np.ndarray, dy: int, dx: int) -> tuple[np.ndarray, np.ndarray]:
