@@ -1,0 +1,206 @@
+"""The workflow on a real SLURM cluster with ``--profile profiles/slurm``.
+
+``../shared/tools/slurm-local.sh up --fake-gpu`` brings up a single-node SLURM (slurmctld, slurmd,
+munge; installed with apt when missing) whose node declares one count-only GPU, so GPU requests are
+validated and scheduled like on a real cluster (nothing runs on a GPU: CPU torch). The tiny demo
+runs through sbatch; every job's SLURM record (id, state, exit code, GPU allocation) is checked and
+the outputs are compared array by array with the local run's (tests/conftest.py ``tiny_run``).
+
+The profile's own checks (rule names, resources scaled to the input) need no cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from smkutil import ROOT, TINY_SESSIONS, assert_same_results, run_snakemake, tiny_config, write_workdir
+
+TOOL = ROOT.parent / "shared" / "tools" / "slurm-local.sh"
+PROFILE = ROOT / "profiles" / "slurm"
+# GPU rules that land later; the profile may name them before they exist (Snakemake ignores them)
+PLANNED_RULES = {"train_segmenter", "segment", "train_classifier", "classify"}
+# the profile settings the local cluster needs: no accounting (sacct) there, short polling
+# (the plugin polls 1 s after a submission, then every 11, 21, ... s: a tiny job is seen done after ~12 s)
+LOCAL_CLUSTER_ARGS = ("--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
+                      "--slurm-keep-successful-logs", "--slurm-no-account")
+
+
+def profile() -> dict:
+    return yaml.safe_load((PROFILE / "config.yaml").read_text())
+
+
+def declared_localrules() -> set[str]:
+    """Rules the workflow runs on the submit host (``localrules:``), plus the target rule ``all``."""
+    names = {"all"}
+    for f in [ROOT / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]:
+        for block in re.findall(r"^localrules:(.*?)(?=^\S|\Z)", f.read_text(), re.M | re.S):
+            names |= set(re.findall(r"\w+", block))
+    return names
+
+
+def gpu_rules() -> set[str]:
+    return {rule for rule, res in profile()["set-resources"].items() if res.get("gpu") or "gpu" in str(res.get("gres", ""))}
+
+
+# ---------------------------------------------------------------- the profile (no cluster needed)
+@pytest.mark.slow
+def test_profile_names_only_rules_of_the_workflow_or_planned_gpu_rules(tmp_path):
+    write_workdir(tmp_path, tiny_config(), TINY_SESSIONS)
+    rules = set(run_snakemake(tmp_path, "--list-rules").stdout.split())
+    assert {"ingest", "motion", "summary"} <= rules
+    unknown = set(profile()["set-resources"]) - rules - PLANNED_RULES
+    assert not unknown, f"profiles/slurm/config.yaml sets resources for unknown rules {unknown} (typo?)"
+    assert {"motion", *PLANNED_RULES} <= gpu_rules()
+
+
+@pytest.mark.slow
+def test_profile_requests_gpus_and_memory_and_runtime_scaled_to_the_movie(tmp_path):
+    """Dry run with the profile on two sessions whose raw.zarr differ in size (only their metadata
+    exists): motion asks for a GPU, and for more memory and time for the larger movie."""
+    config = tiny_config()
+    config["segment"].update(train_sessions=[], pretrained="none.pt")  # no training needed here
+    write_workdir(tmp_path, config, [])
+    (tmp_path / "config" / "sessions.tsv").write_text(
+        "session\tmovie\tcondition\tfps\nsmall\tsmall.tif\tA\t30\nbig\tbig.tif\tA\t30\n")
+    for name, shape in (("small", [120, 64, 64]), ("big", [40000, 512, 512])):
+        (tmp_path / f"{name}.tif").write_bytes(b"not read in a dry run")
+        time.sleep(0.01)  # raw.zarr newer than its movie: ingest is up to date
+        meta = tmp_path / "results" / name / "raw.zarr" / "movie" / "zarr.json"
+        meta.parent.mkdir(parents=True)
+        meta.write_text(json.dumps({"shape": shape}))
+    out = run_snakemake(tmp_path, "-n", "--profile", str(PROFILE), "results/small/motion.zarr",
+                        "results/big/motion.zarr", cores=None).stdout
+    res = {}
+    for block in re.finditer(r"rule motion:\n((?:\s+.*\n)*)", out):
+        session = re.search(r"wildcards: session=(\w+)", block[1])[1]
+        res[session] = dict(kv.split("=", 1) for kv in re.search(r"resources: (.*)", block[1])[1].split(", "))
+    assert set(res) == {"small", "big"}, out[-2000:]
+    for r in res.values():
+        assert r["gpu"] == "1"
+    assert int(res["small"]["mem_mb"]) >= 1000 and int(res["big"]["mem_mb"]) > int(res["small"]["mem_mb"]) + 500
+    assert int(res["small"]["runtime"]) == 10 and int(res["big"]["runtime"]) > 100  # minutes
+
+
+# ---------------------------------------------------------------- a real cluster
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    if os.geteuid() != 0:
+        pytest.skip("needs root: slurm-local.sh installs SLURM with apt and starts its daemons")
+    if not TOOL.exists():
+        pytest.skip(f"{TOOL} not found (../shared/tools is not beside this checkout)")
+    if shutil.which("sbatch") is None and shutil.which("apt-get") is None:
+        pytest.skip("SLURM is not installed and apt-get is not available to install it")
+    proc = subprocess.run(["timeout", "-k", "10", "600", "bash", str(TOOL), "up", "--fake-gpu"],
+                          capture_output=True, text=True)
+    try:
+        if proc.returncode != 0:
+            if shutil.which("slurmctld") is None:
+                pytest.skip(f"SLURM could not be installed: {proc.stderr.strip()[-500:]}")
+            pytest.fail(f"slurm-local.sh up failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        yield
+    finally:
+        subprocess.run(["timeout", "-k", "10", "120", "bash", str(TOOL), "down"], capture_output=True, text=True)
+
+
+_SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.*)\)\.")
+_BLOCK = re.compile(r"^(local)?rule (\S+):\n((?:[ \t]+.*\n?)*)", re.M)
+
+
+@pytest.fixture(scope="module")
+def slurm_run(slurm_cluster, tmp_path_factory):
+    """The tiny demo's training session (a1_A) through SLURM, every stage; returns (workdir, output,
+    jobs) with jobs = [{rule, session, local, slurm_id, log}] from Snakemake's own job records."""
+    wd = tmp_path_factory.mktemp("slurm_run")
+    write_workdir(wd, tiny_config(), TINY_SESSIONS[:1])
+    proc = run_snakemake(wd, "--profile", str(PROFILE), *LOCAL_CLUSTER_ARGS, cores=None, timeout=600)
+    out = proc.stdout + proc.stderr
+    submitted = {int(j): (s, Path(log)) for j, s, log in _SUBMITTED.findall(out)}
+    jobs = []
+    for m in _BLOCK.finditer(out):
+        jobid = int(re.search(r"jobid: (\d+)", m[3])[1])
+        wc = re.search(r"wildcards: session=(\S+)", m[3])
+        slurm_id, log = submitted.get(jobid, (None, None))
+        jobs.append({"rule": m[2], "session": wc[1] if wc else None, "local": bool(m[1]),
+                     "slurm_id": slurm_id, "log": log})
+    return wd, out, jobs
+
+
+def scontrol(job_id: str) -> dict[str, str]:
+    text = subprocess.run(["scontrol", "show", "job", "-d", job_id], capture_output=True, text=True,
+                          check=True, timeout=30).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", text))
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_every_job_ran_as_a_slurm_job_and_completed(slurm_run, tiny_run):
+    wd, out, jobs = slurm_run
+    local_rules = {j["rule"] for j in jobs if j["local"]}
+    assert "all" in local_rules and local_rules <= declared_localrules(), f"ran on the submit host: {local_rules}"
+    remote = [j for j in jobs if not j["local"]]
+    assert len(remote) >= 8 and all(j["slurm_id"] for j in remote), out[-3000:]
+    assert len({j["slurm_id"] for j in remote}) == len(remote)
+    assert {j["rule"] for j in jobs} == {r for r, _ in _local_jobs(tiny_run)}, "not every stage ran"
+    assert {j["session"] for j in jobs} == {"a1_A", None}
+    for j in remote:
+        rec = scontrol(j["slurm_id"])
+        assert rec["JobState"] == "COMPLETED" and rec["ExitCode"] == "0:0", (j, rec.get("JobState"))
+        assert rec["Comment"].startswith(f"rule_{j['rule']}"), rec["Comment"]
+        assert Path(rec["WorkDir"]) == wd
+        assert j["log"].exists(), f"no SLURM log for {j}"  # kept by --slurm-keep-successful-logs
+        rule_log = wd / "results" / "logs" / j["rule"] / f"{j['session'] or j['rule']}.log"
+        if rule_log.exists():  # calflow's runner logs where it ran
+            assert f"SLURM job {j['slurm_id']} on " in rule_log.read_text(), rule_log
+
+
+def _local_jobs(workdir: Path):
+    from smkutil import planned_jobs
+
+    log = sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log"))[0]
+    return planned_jobs(log.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_gpu_requests_are_granted_a_gpu(slurm_run):
+    wd, _, jobs = slurm_run
+    wanted = gpu_rules()
+    gpu_jobs = [j for j in jobs if j["rule"] in wanted]
+    assert {j["rule"] for j in gpu_jobs} >= {"motion", "train_segmenter", "segment"}, "GPU-requesting jobs missing"
+    for j in jobs:
+        if j["local"]:
+            continue
+        rec = scontrol(j["slurm_id"])
+        if j["rule"] in wanted:
+            assert rec.get("JOB_GRES") == "gpu:1" and "gres:gpu:1" in rec.get("TresPerJob", ""), (j["rule"], rec)
+            log = wd / "results" / "logs" / j["rule"] / f"{j['session'] or j['rule']}.log"
+            if log.exists():
+                assert re.search(r"CUDA_VISIBLE_DEVICES=(?!unset)\S+", log.read_text()), log
+        else:
+            assert rec.get("JOB_GRES") in (None, "(null)"), (j["rule"], rec.get("JOB_GRES"))
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_slurm_results_equal_the_local_run(slurm_run, tiny_run):
+    wd, _, _ = slurm_run
+    compared = assert_same_results(tiny_run / "results", wd / "results", subset=True)
+    assert {"a1_A/raw.zarr", "a1_A/motion.zarr", "a1_A/summary.zarr", "a1_A/footprints.zarr",
+            "models/segmenter.pt"} <= set(compared), compared
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_second_slurm_run_submits_nothing(slurm_run):
+    wd, _, _ = slurm_run
+    proc = run_snakemake(wd, "--profile", str(PROFILE), *LOCAL_CLUSTER_ARGS, cores=None, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert "Nothing to be done" in out and not _SUBMITTED.search(out), out[-2000:]
