@@ -955,3 +955,47 @@ __all__ = [
     "figure_from_mpl", "figure_from_png", "fmt", "git_commit", "package_versions", "render_report",
     "rule_timings", "section", "sessions_from_records",
 ]
+
+
+@section("segment", "Cell segmentation", scope="session", order=40)
+def segment_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
+    """Footprints of the segmenter on the local-correlation image; F1 against the masks when present."""
+    store = s.dir / "footprints.zarr"
+    if not store.is_dir():
+        return None
+    g = open_group(store, mode="r")
+    labels = np.asarray(g["labels"])
+    attrs = _attrs_json(g.attrs)
+    facts: list[tuple[str, str]] = [("cells found", fmt(int(attrs.get("n_components", labels.max()))))]
+    ev_path = s.dir / "segment_eval.json"
+    truth = None
+    if ev_path.is_file():
+        ev = json.loads(ev_path.read_text())
+        iou, cen = ev["iou"], ev["centroid"]
+        facts += [
+            ("annotated cells", fmt(iou["n_true"])),
+            ("F1 (IoU ≥ 0.5), precision / recall",
+             f"{iou['f1']:.3f}, {iou['precision']:.3f} / {iou['recall']:.3f}"
+             f" ({'held out' if ev.get('heldout') else 'a training session'})"),
+            ("F1, Neurofinder centroid criterion", f"{cen['f1']:.3f}"),
+        ]
+        masks = Path(ev.get("masks", ""))
+        if not masks.is_absolute():
+            masks = ctx.results.parent / masks
+        if masks.is_file():
+            from calflow.metrics import masks_to_labels, read_masks
+
+            truth = masks_to_labels(read_masks(masks, labels.shape), labels.shape)
+    summ = load_summary(ctx, s)
+    figures = []
+    if summ is not None and "local_corr" in summ:
+        fig, ax = plt.subplots(figsize=(5, 5 * labels.shape[0] / max(labels.shape[1], 1)))
+        ax.imshow(summ["local_corr"], cmap="gray")
+        if truth is not None:
+            contour_overlay(ax, truth, TRUTH_COLOUR, label="masks")
+        contour_overlay(ax, labels, SEGMENTER_COLOUR, label="segmenter")
+        ax.legend(loc="upper right", fontsize=7)
+        ax.set_axis_off()
+        figures.append(figure_from_mpl(fig, "Footprints", "Cells found by the segmenter (blue) on the local-correlation "
+                                       "image" + (", with the annotated masks (red)." if truth is not None else ".")))
+    return {"facts": facts, "figures": figures}

@@ -9,9 +9,12 @@ REPORT_SESSION_INPUTS = [
     "results/{session}/plots/motion",
     "results/{session}/summary.zarr",
     "results/{session}/plots/summary",
+    "results/{session}/footprints.zarr",
 ]
 # Run-level outputs (models, comparisons, ...): plain paths or functions of the wildcards.
-REPORT_RUN_INPUTS = []
+REPORT_RUN_INPUTS = [
+    lambda w: expand("results/{session}/segment_eval.json", session=sessions_with_masks()),
+]
 
 
 def report_inputs(wildcards):
