@@ -209,7 +209,7 @@ def test_reads_in_bounded_blocks(tmp_path, movie, monkeypatch):
 
 
 def test_bad_params_and_missing_file(tmp_path, movie):
-    with pytest.raises(CalflowInputError, match="unknown key\(s\) in the ingest section"):
+    with pytest.raises(CalflowInputError, match=r"unknown key\(s\) in the ingest section"):
         IngestParams.from_config({"chunk": 3})
     with pytest.raises(CalflowInputError, match="nan_policy"):
         IngestParams.from_config({"nan_policy": "ignore"})
