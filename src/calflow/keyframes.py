@@ -36,6 +36,7 @@ from scipy import ndimage
 
 from calflow.errors import CalflowInputError
 from calflow.io import MovieReader, atomic_output, write_array
+from calflow.params import from_section
 
 
 @dataclass(frozen=True)
@@ -65,15 +66,7 @@ class KeyframeParams:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | KeyframeParams | None) -> KeyframeParams:
-        if isinstance(config, KeyframeParams):
-            return config
-        config = dict(config or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise CalflowInputError(f"unknown key(s) in the keyframes section: {', '.join(unknown)}",
-                                    fix=f"use only {', '.join(sorted(known))}")
-        return cls(**config)
+        return from_section(cls, "keyframes", config)
 
 
 def activity_scores(reader: MovieReader, p: KeyframeParams) -> np.ndarray:

@@ -37,6 +37,7 @@ from torch import nn
 
 from calflow.errors import CalflowInputError
 from calflow.metrics import match_iou, pixel_iou
+from calflow.params import from_section
 from calflow.segment.data import Sample, dihedral
 from calflow.segment.infer import instances_from_maps, predict, resolve_device
 from calflow.segment.model import build_model
@@ -72,13 +73,9 @@ class TrainParams:
         if isinstance(config, TrainParams):
             return config
         config = dict(config or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise CalflowInputError(f"unknown training key(s): {', '.join(unknown)}", fix=f"use {', '.join(sorted(known))}")
         if "deconv_kernels" in config:
             config["deconv_kernels"] = tuple(config["deconv_kernels"] or ())
-        p = cls(**config)
+        p = from_section(cls, "segment", config)
         if p.network not in ("unet", "dcn"):
             raise CalflowInputError(f"segment.network = {p.network!r}", fix="use 'unet' or 'dcn'")
         if p.task not in ("instance", "semantic"):
