@@ -13,3 +13,9 @@ def tiny_run(tmp_path_factory):
     write_workdir(tmp, tiny_config(), TINY_SESSIONS)
     run_snakemake(tmp)
     return tmp
+
+
+def pytest_collection_modifyitems(config, items):
+    """SLURM tests last (the sort is stable): their cluster fixture may leave SLURM installed but
+    stopped, and then every Snakemake start waits ~10 s for the slurm plugin's scontrol call."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is not None)

@@ -90,13 +90,26 @@ def test_profile_requests_gpus_and_memory_and_runtime_scaled_to_the_movie(tmp_pa
 
 
 # ---------------------------------------------------------------- a real cluster
+def _daemons_running() -> bool:
+    try:
+        return os.path.exists(f"/proc/{int(Path('/run/slurmctld.pid').read_text())}")
+    except (OSError, ValueError):
+        return False
+
+
 @pytest.fixture(scope="module")
 def slurm_cluster():
+    """Up for this module; afterwards the machine is left as it was found. That matters: while
+    SLURM is installed but its daemons are down, every Snakemake start spends ~10 s in the slurm
+    plugin's import (``scontrol show config`` retrying an absent slurmctld). So SLURM packages this
+    fixture installed are removed again, and daemons that were running are left running."""
     if os.geteuid() != 0:
         pytest.skip("needs root: slurm-local.sh installs SLURM with apt and starts its daemons")
     if not TOOL.exists():
         pytest.skip(f"{TOOL} not found (../shared/tools is not beside this checkout)")
-    if shutil.which("sbatch") is None and shutil.which("apt-get") is None:
+    installed_before = shutil.which("sinfo") is not None
+    running_before = _daemons_running()
+    if not installed_before and shutil.which("apt-get") is None:
         pytest.skip("SLURM is not installed and apt-get is not available to install it")
     proc = subprocess.run(["timeout", "-k", "10", "600", "bash", str(TOOL), "up", "--fake-gpu"],
                           capture_output=True, text=True)
@@ -107,7 +120,12 @@ def slurm_cluster():
             pytest.fail(f"slurm-local.sh up failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
         yield
     finally:
-        subprocess.run(["timeout", "-k", "10", "120", "bash", str(TOOL), "down"], capture_output=True, text=True)
+        if not running_before:
+            subprocess.run(["timeout", "-k", "10", "120", "bash", str(TOOL), "down"], capture_output=True, text=True)
+        if not installed_before:
+            subprocess.run(["timeout", "-k", "10", "300", "apt-get", "remove", "-y", "-qq", "slurmctld", "slurmd",
+                            "slurm-client"], capture_output=True, text=True,
+                           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
 _SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.*)\)\.")
