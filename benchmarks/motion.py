@@ -57,18 +57,9 @@ def worker_calflow(args: argparse.Namespace) -> dict:
 
 
 def worker_suite2p(args: argparse.Namespace) -> dict:
-    # cellpose (imported by suite2p.registration) imports torchvision, which we never import:
-    # registration does not use it, so stand-in modules satisfy the import.
-    import types
+    from suite2p_compat import stub_torchvision  # sibling module: benchmarks/ is on sys.path
 
-    tv = types.ModuleType("torchvision")
-    tr = types.ModuleType("torchvision.transforms")
-    tr.functional = types.ModuleType("torchvision.transforms.functional")
-    tr._functional_tensor = types.ModuleType("torchvision.transforms._functional_tensor")
-    tv.transforms = tr
-    sys.modules.update({"torchvision": tv, "torchvision.transforms": tr,
-                        "torchvision.transforms.functional": tr.functional,
-                        "torchvision.transforms._functional_tensor": tr._functional_tensor})
+    stub_torchvision()
     import logging
 
     import torch

@@ -37,16 +37,9 @@ OUT = ROOT / "benchmarks" / "out"
 
 def s2p_worker(movie: str, out: str, threshold_scaling: float = 1.0) -> None:
     """Run inside the Suite2p venv: detection on the movie, ROIs saved as npz."""
-    import types
+    from suite2p_compat import stub_torchvision  # sibling module: benchmarks/ is on sys.path
 
-    tv = types.ModuleType("torchvision")  # cellpose imports torchvision; detection (sparsery) does not use it
-    tr = types.ModuleType("torchvision.transforms")
-    tr.functional = types.ModuleType("torchvision.transforms.functional")
-    tr._functional_tensor = types.ModuleType("torchvision.transforms._functional_tensor")
-    tv.transforms = tr
-    sys.modules.update({"torchvision": tv, "torchvision.transforms": tr,
-                        "torchvision.transforms.functional": tr.functional,
-                        "torchvision.transforms._functional_tensor": tr._functional_tensor})
+    stub_torchvision()
     import tifffile
     import torch
     from suite2p.detection.detect import detection_wrapper
