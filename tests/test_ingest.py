@@ -234,3 +234,15 @@ def test_real_movies(tmp_path, name):
         n = len(tif.pages)
     assert r.shape[0] == n and info["frames"] == n
     np.testing.assert_array_equal(r[0], first)
+
+
+def test_npy_variants_and_truncation(tmp_path, movie):
+    np.save(tmp_path / "f.npy", np.asfortranarray(movie))
+    _, r = _ingest_and_read(tmp_path / "f.npy", tmp_path)
+    np.testing.assert_array_equal(r[:], movie)
+    np.save(tmp_path / "m.npy", movie)
+    data = (tmp_path / "m.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CalflowInputError, match=r"cut\.npy: not a readable \.npy file.*truncated"):
+        ingest(tmp_path / "cut.npy", tmp_path / "raw2.zarr", fps=10)
+    assert not (tmp_path / "raw2.zarr").exists()

@@ -128,7 +128,7 @@ class TiffSource:
         self.paths = paths
         self.fps = None
         self._files: list[Any] = []
-        self._memmaps: list[_ContiguousFrames | None] = []
+        self._direct: list[_ContiguousFrames | None] = []
         self._offsets: list[int] = []
         n_total = 0
         frame_shape = None
@@ -147,7 +147,7 @@ class TiffSource:
                         file=path,
                         fix="copy the file again from the microscope / original storage",
                     )
-                mm = self._check_complete(tif, series, shape, path)
+                direct = self._check_complete(tif, series, shape, path)
             except CalflowInputError:
                 raise
             except Exception as err:  # noqa: BLE001 - tifffile raises many error types for bad files
@@ -169,7 +169,7 @@ class TiffSource:
                     fix="list only files of the same acquisition in this session",
                 )
             self._files.append(tif)
-            self._memmaps.append(mm)
+            self._direct.append(direct)
             self._offsets.append(n_total)
             n_total += shape[0]
         self.shape = (n_total, *frame_shape)  # type: ignore[misc]
@@ -206,9 +206,9 @@ class TiffSource:
         return None
 
     def _read_file(self, i: int, a: int, b: int) -> np.ndarray:
-        tif, mm, path = self._files[i], self._memmaps[i], self.paths[i]
+        tif, direct, path = self._files[i], self._direct[i], self.paths[i]
         try:
-            data = mm[a:b] if mm is not None else tif.asarray(key=range(a, b), series=0)
+            data = direct[a:b] if direct is not None else tif.asarray(key=range(a, b), series=0)
             data = np.asarray(data, dtype=self.dtype).reshape((b - a, *self.shape[1:]))
         except Exception as err:  # noqa: BLE001
             raise CalflowInputError(
@@ -228,7 +228,7 @@ class TiffSource:
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
     def close(self) -> None:
-        self._memmaps = [None] * len(self._memmaps)
+        self._direct = [None] * len(self._direct)
         for tif in self._files:
             tif.close()
 
@@ -377,8 +377,21 @@ def _open_zarr(path: Path, name: str | None) -> ArraySource:
 
 
 def _open_npy(path: Path) -> ArraySource:
+    """C-ordered .npy files are read with plain file reads (see _ContiguousFrames), others mapped."""
     try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(fh)
+            offset = fh.tell()
+        if dtype.hasobject:
+            raise ValueError("object arrays are not movies")
+        if fortran or len(shape) != 3:
+            arr: Any = np.load(path, mmap_mode="r", allow_pickle=False)
+        else:
+            arr = _ContiguousFrames(path, offset, dtype, shape)
+            if offset + int(np.prod(shape)) * dtype.itemsize > path.stat().st_size:
+                raise ValueError("the file is shorter than its header says (truncated)")
     except Exception as err:  # noqa: BLE001
         raise CalflowInputError(
             f"not a readable .npy file ({type(err).__name__}: {err})",
