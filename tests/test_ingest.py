@@ -246,3 +246,22 @@ def test_npy_variants_and_truncation(tmp_path, movie):
     with pytest.raises(CalflowInputError, match=r"cut\.npy: not a readable \.npy file.*truncated"):
         ingest(tmp_path / "cut.npy", tmp_path / "raw2.zarr", fps=10)
     assert not (tmp_path / "raw2.zarr").exists()
+
+
+def test_source_paths_expands_like_open_source(tmp_path, movie):
+    for i in range(3):
+        tifffile.imwrite(tmp_path / f"p{i}.tif", movie[:5])
+    expected = [tmp_path / f"p{i}.tif" for i in range(3)]
+    assert ingest_mod.source_paths(f"{tmp_path}/p*.tif") == expected
+    assert ingest_mod.source_paths(tmp_path) == expected
+    assert ingest_mod.source_paths(f"{tmp_path / 'a.h5'}#/data") == [tmp_path / "a.h5"]
+    assert ingest_mod.source_paths("results/demo/s/movie.tif") == [Path("results/demo/s/movie.tif")]
+    with pytest.raises(CalflowInputError, match="the pattern matches no file"):
+        ingest_mod.source_paths(f"{tmp_path}/q*.tif")
+
+
+def test_several_non_tiff_files_are_refused(tmp_path, movie):
+    np.save(tmp_path / "a.npy", movie)
+    np.save(tmp_path / "b.npy", movie)
+    with pytest.raises(CalflowInputError, match="several files are supported for TIFF only"):
+        ingest(f"{tmp_path / 'a.npy'};{tmp_path / 'b.npy'}", tmp_path / "raw.zarr", fps=10)

@@ -431,10 +431,19 @@ def _expand_tiffs(spec: str, base_dir: Path | None) -> list[Path]:
     return paths
 
 
+def source_paths(spec: str | Path, base_dir: Path | None = None) -> list[Path]:
+    """The files behind a movie spec: ``#name`` stripped, ``;``-lists, globs and TIFF folders expanded.
+
+    Paths need not exist yet (the workflow may make them); a glob or folder that matches no file
+    raises :class:`CalflowInputError`.
+    """
+    return _expand_tiffs(_split_spec(str(spec))[0], base_dir)
+
+
 def open_source(spec: str | Path, base_dir: Path | None = None) -> FrameSource:
     """Open a movie given as in the sessions sheet's ``movie`` column (see module docstring)."""
-    base, name = _split_spec(str(spec))
-    paths = _expand_tiffs(base, base_dir)
+    name = _split_spec(str(spec))[1]
+    paths = source_paths(spec, base_dir)
     for p in paths:
         if not p.exists():
             raise CalflowInputError("the movie file does not exist", file=p, fix="check the sessions sheet's movie column")
@@ -443,7 +452,7 @@ def open_source(spec: str | Path, base_dir: Path | None = None) -> FrameSource:
         return TiffSource(paths)
     if len(paths) != 1:
         raise CalflowInputError(
-            "several files are supported for TIFF only", file=base, fix="give one HDF5/NWB/zarr/npy movie per session"
+            "several files are supported for TIFF only", file=str(spec), fix="give one HDF5/NWB/zarr/npy movie per session"
         )
     path = paths[0]
     ext = path.suffix.lower()

@@ -1,5 +1,4 @@
 # Load and validate config/config.yaml and the sessions sheet before any job is scheduled.
-import glob
 import json
 import os
 import re
@@ -9,6 +8,7 @@ from pathlib import Path
 
 from calflow.config import load_config, load_sessions
 from calflow.errors import CalflowInputError
+from calflow.ingest import source_paths
 
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
 
@@ -34,18 +34,12 @@ wildcard_constraints:
     session="|".join(map(re.escape, SESSION_NAMES)),
 
 
-def session_row(wildcards):
-    return SESSIONS.loc[wildcards.session]
-
-
 def movie_files(wildcards):
-    """The files behind a session's movie spec (several for multi-file TIFF; '#name' stripped)."""
-    spec = str(SESSIONS.loc[wildcards.session, "movie"]).split("#", 1)[0]
-    files = []
-    for part in (p.strip() for p in spec.split(";") if p.strip()):
-        matches = sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
-        files.extend(matches)
-    return files
+    """The files behind a session's movie spec, expanded as ingest expands them."""
+    try:
+        return [str(p) for p in source_paths(SESSIONS.loc[wildcards.session, "movie"])]
+    except CalflowInputError as err:
+        sys.exit(f"calflow: {err}")
 
 
 def _stable_seed(text):
