@@ -177,26 +177,24 @@ def main() -> None:
 
         auto_threads = max(1, len(os.sched_getaffinity(0)) - 1)  # calflow's num_threads: 0 on this machine
         cases: dict[str, dict] = {}  # name -> {"cmd", "result", "output", "tool", "mode", "frames"}
-        for piecewise in (False, True):
-            for threads in THREADS:
-                mode = "piecewise" if piecewise else "rigid"
-                name = f"calflow_{mode}_t{threads}"
-                cases[name] = {"tool": "calflow", "mode": mode, "frames": n_t, "output": tmp / f"{name}.zarr",
-                               "result": tmp / f"{name}.json", "store": raw, "piecewise": piecewise,
-                               "threads": threads}
+
+        def add_cases(tool: str, store: Path, out_suffix: str) -> None:
+            for piecewise in (False, True):
+                for threads in THREADS:
+                    mode = "piecewise" if piecewise else "rigid"
+                    name = f"{tool}_{mode}_t{threads}"
+                    cases[name] = {"tool": tool, "mode": mode, "frames": n_t, "output": tmp / f"{name}{out_suffix}",
+                                   "result": tmp / f"{name}.json", "store": store, "piecewise": piecewise,
+                                   "threads": threads}
+
+        add_cases("calflow", raw, ".zarr")
         if args.s2p_python and Path(args.s2p_python).exists():
             s2p_in = tmp / "data_raw.bin"
             # what Suite2p's own TIFF conversion does: uint16 -> int16 by halving
             s2p_movie = (movie // 2).astype(np.int16) if movie.dtype == np.uint16 else movie.astype(np.int16)
             s2p_movie.tofile(s2p_in)
             del s2p_movie
-            for piecewise in (False, True):
-                for threads in THREADS:
-                    mode = "piecewise" if piecewise else "rigid"
-                    name = f"suite2p_{mode}_t{threads}"
-                    cases[name] = {"tool": "suite2p", "mode": mode, "frames": n_t, "output": tmp / f"{name}.bin",
-                                   "result": tmp / f"{name}.json", "store": s2p_in, "piecewise": piecewise,
-                                   "threads": threads}
+            add_cases("suite2p", s2p_in, ".bin")
         else:
             print(f"Suite2p skipped: {args.s2p_python!r} not found", file=sys.stderr)
         if args.long_factor > 1:
