@@ -17,6 +17,7 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/motion.smk"
 include: "workflow/rules/segment_common.smk"
 include: "workflow/rules/segment.smk"
+include: "workflow/rules/cnmf.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -27,6 +28,8 @@ rule all:
         expand("results/{session}/plots/motion", session=SESSION_NAMES),
         "results/report/index.html",
         expand("results/{session}/footprints.zarr", session=SESSION_NAMES),
+        expand("results/{session}/cnmf.zarr", session=SESSION_NAMES),
+        expand("results/{session}/{session}.nwb", session=SESSION_NAMES),
         "results/models/segmenter_metrics.json",
         ["results/models/segment_evaluation.json"] if sessions_with_masks() else [],
 

@@ -31,6 +31,7 @@ CONDA_NAME = {
     "PIL": "pillow",
     "cv2": "opencv",
     "google_crc32c": "google-crc32c",
+    "oasis": "oasis-deconv",
 }
 # conda package name -> PyPI name in pyproject.toml (when they differ)
 PYPI_NAME = {"pytorch": "torch", "matplotlib-base": "matplotlib"}

@@ -10,6 +10,7 @@ REPORT_SESSION_INPUTS = [
     "results/{session}/summary.zarr",
     "results/{session}/plots/summary",
     "results/{session}/footprints.zarr",
+    "results/{session}/cnmf.zarr",
 ]
 # Run-level outputs (models, comparisons, ...): plain paths or functions of the wildcards.
 REPORT_RUN_INPUTS = [
