@@ -230,7 +230,9 @@ def fit(reader: MovieReader, seeds: sp.csr_matrix, settings: FitSettings,
         # spatial HALS: neurons inside their dilated supports, background everywhere
         mask = torch.cat([support, torch.ones((nb, P), dtype=torch.bool, device=dev)]).float()
         Z = _hals_rows(Z.clone(), W.T.float(), M.float(), s.hals_spatial, mask)
-        A, B = Z[:K].contiguous(), Z[K:].contiguous()
+        # while cells may still be missing, the background keeps its smooth initial maps (a free
+        # background would soak up the missed cells' light before the residual search sees it)
+        A, B = Z[:K].contiguous(), (B if search else Z[K:]).contiguous()
         Cn, Cb = C[:K], C[K:]
         _normalise(A, Cn)
         _normalise(B, Cb)
