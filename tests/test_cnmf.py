@@ -16,8 +16,8 @@ import scipy.sparse as sp
 import zarr
 from scipy import ndimage
 
-from calflow.cnmf.accuracy import against_truth
-from calflow.cnmf.deconv import deconvolve_traces, spike_events, spike_f1
+from calflow.cnmf.accuracy import against_truth, spike_events, spike_f1
+from calflow.cnmf.deconv import deconvolve_traces
 from calflow.cnmf.evaluate import dff, merge_groups, running_percentile
 from calflow.cnmf.stage import run_cnmf
 from calflow.cnmf.store import read_cnmf
@@ -217,3 +217,15 @@ def test_caiman_backend_without_caiman_names_the_key_and_the_fix(session, tmp_pa
     msg = str(err.value)
     assert "cnmf.backend" in msg and "conda install -c conda-forge caiman" in msg and "--sdm conda" in msg
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_no_seeds_gives_an_empty_but_complete_store(session, tmp_path):
+    """A movie where the segmenter found nothing (e.g. a user's noise movie) still gets its outputs."""
+    from calflow.cnmf.nwb import export_nwb
+
+    tmp, truth, _, _ = session
+    write_seeds(tmp_path / "fp.zarr", np.zeros((0, 64 * 64)), (64, 64))
+    info = run_cnmf(tmp / "motion.zarr", tmp_path / "fp.zarr", tmp_path / "c.zarr")
+    r = read_cnmf(tmp_path / "c.zarr")
+    assert info["n_components"] == 0 and r["C"].shape == (0, truth.n_frames) and r["f"].shape == (2, truth.n_frames)
+    assert export_nwb(tmp_path / "c.zarr", tmp_path / "s.nwb", session="s")["n_rois"] == 0

@@ -63,6 +63,25 @@ def _pipeline(results: Path, name: str, movie: Path | str, fps: float = 30.0) ->
     plot_summary(d / "summary.zarr", d / "plots" / "summary")
 
 
+def _cnmf(results: Path, name: str) -> None:
+    """footprints.zarr from the true masks (as rule segment lays it out), then calflow's CNMF."""
+    import zarr
+
+    from calflow.cnmf.stage import run_cnmf
+    from calflow.segment.infer import footprints_from_labels
+
+    d = results / name
+    labels = load_ground_truth(results / "demo" / name / "ground_truth.npz").masks().astype(np.int32)
+    fp = footprints_from_labels(labels, np.ones(labels.shape, np.float32))
+    g = zarr.open_group(d / "footprints.zarr", mode="w", zarr_format=3)
+    g.attrs.update({"format": "csr", "shape": list(fp.shape), "frame_shape": list(labels.shape),
+                    "n_components": int(fp.shape[0])})
+    for key, arr, dims in (("data", fp.data, ("nnz",)), ("indices", fp.indices.astype(np.int64), ("nnz",)),
+                           ("indptr", fp.indptr.astype(np.int64), ("component_ptr",)), ("labels", labels, ("y", "x"))):
+        write_array(d / "footprints.zarr", key, arr, dims)
+    run_cnmf(d / "motion.zarr", d / "footprints.zarr", d / "cnmf.zarr", summary_store=d / "summary.zarr")
+
+
 SESSIONS = [
     # simulated (ground truth next to the movie), condition A
     {"session": "a1_A", "movie": "results/demo/a1_A/movie.tif", "condition": "A", "fps": 30.0,
@@ -88,6 +107,7 @@ def tree(tmp_path_factory):
     np.save(root / "user.npy", rng.poisson(200, size=(60, 48, 40)).astype(np.uint16))
     _pipeline(results, "a1_A", results / "demo" / "a1_A" / "movie.tif")
     _pipeline(results, "user1", root / "user.npy", fps=15.0)
+    _cnmf(results, "a1_A")
     logs = results / "logs"
     for rule, secs in (("ingest", 0.3), ("motion", 2.5), ("summary", 1.0)):
         for s in ("a1_A", "user1"):
@@ -109,7 +129,7 @@ def html(tree):
 
 EXPECTED_IDS = [
     "overview", "provenance", "conditions", "sessions", "c-A", "c-B", "c-A-condition_overview",
-    "s-a1_A", "s-a1_A-motion", "s-a1_A-summary", "s-a1_A-truth",
+    "s-a1_A", "s-a1_A-motion", "s-a1_A-summary", "s-a1_A-truth", "s-a1_A-segment", "s-a1_A-cnmf",
     "s-user1", "s-user1-motion", "s-user1-summary", "s-later1",
 ]
 
@@ -119,14 +139,17 @@ def test_every_section_with_outputs_is_present(html):
     missing = [i for i in EXPECTED_IDS if i not in page.ids]
     assert not missing, missing
     assert len(page.ids) == len(set(page.ids)), "duplicate ids"
-    # 3 motion figures + 1 summary figure per processed session, 2 ground-truth figures, 1 overview
-    assert len(page.img_src) == 4 + 4 + 2 + 1
+    # 3 motion figures + 1 summary figure per processed session, 2 ground-truth figures, 1 overview,
+    # 1 segmentation figure and 2 CNMF figures (footprints, example traces) for a1_A
+    assert len(page.img_src) == 4 + 4 + 2 + 1 + 1 + 2
+    assert "Traces (CNMF)" in html and "median r with the true calcium" in html
     assert "Against the simulation" in html and "Run provenance" in html
 
 
 def test_absent_outputs_leave_no_empty_section(html):
     page = parse(html)
     assert "s-user1-truth" not in page.ids  # no ground truth for a user's movie
+    assert "s-user1-cnmf" not in page.ids  # no cnmf.zarr
     assert not [i for i in page.ids if i.startswith("s-later1-")]  # nothing computed: no sections at all
     assert "No stage has written results for this session yet." in html
     assert "could not be drawn" not in html
@@ -269,7 +292,7 @@ def test_page_renders_in_headless_chromium(tree, tmp_path):
             page.on("request", lambda r: requests.append(r.url))
             page.goto(index.as_uri(), wait_until="load")
             widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
-            assert len(widths) == 11 and all(w > 0 for w in widths), widths
+            assert len(widths) == 14 and all(w > 0 for w in widths), widths  # as counted above
             ids = set(page.eval_on_selector_all("[id]", "els => els.map(e => e.id)"))
             assert not [i for i in EXPECTED_IDS if i not in ids]
             # the condition filter hides the other condition's sessions

@@ -16,10 +16,40 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.optimize import linear_sum_assignment
 
-from calflow.cnmf.deconv import spike_events, spike_f1
 from calflow.io import MovieReader
 from calflow.metrics import as_masks, match_iou
+
+
+def spike_events(S: np.ndarray, rel_threshold: float = 0.25) -> np.ndarray:
+    """Frames of inferred events: S above ``rel_threshold`` x the 95th percentile of its non-zero values."""
+    S = np.asarray(S, np.float64)
+    pos = S[S > 0]
+    if pos.size == 0:
+        return np.zeros(0, np.int64)
+    return np.flatnonzero(S > rel_threshold * np.percentile(pos, 95))
+
+
+def spike_f1(true_spikes: np.ndarray, inferred: np.ndarray, tolerance: int = 2) -> dict[str, float]:
+    """Precision / recall / F1 of inferred event frames against true spike frames (counts > 0).
+
+    A true spike frame and an inferred frame match when at most ``tolerance`` frames apart (one-to-one,
+    Hungarian on the time difference).
+    """
+    t_true = np.flatnonzero(np.asarray(true_spikes) > 0)
+    t_inf = np.asarray(inferred, np.int64)
+    if t_true.size == 0 or t_inf.size == 0:
+        tp = 0
+    else:
+        d = np.abs(t_true[:, None] - t_inf[None, :]).astype(np.float64)
+        cost = np.where(d <= tolerance, d, 1e6)
+        r, c = linear_sum_assignment(cost)
+        tp = int((cost[r, c] <= tolerance).sum())
+    prec = tp / t_inf.size if t_inf.size else 0.0
+    rec = tp / t_true.size if t_true.size else 0.0
+    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+    return {"precision": prec, "recall": rec, "f1": f1, "n_true": int(t_true.size), "n_inferred": int(t_inf.size)}
 
 
 def mask_traces(reader: MovieReader, masks: sp.csr_matrix, chunk: int = 200) -> np.ndarray:

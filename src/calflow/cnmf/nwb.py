@@ -52,9 +52,10 @@ def export_nwb(cnmf_store: str | Path, out_file: str | Path, *, session: str, co
     ophys.add(seg)
     ps = seg.create_plane_segmentation(name="PlaneSegmentation", description="CNMF spatial footprints",
                                        imaging_plane=plane)
-    ps.add_column(name="accepted", description="passed the SNR and spatial-correlation tests")
-    ps.add_column(name="snr", description="peak transient over noise")
-    ps.add_column(name="r_spatial", description="spatial correlation of the footprint with the data")
+    if K:  # (hdmf cannot write an empty column: a session without components gets an empty table)
+        ps.add_column(name="accepted", description="passed the SNR and spatial-correlation tests")
+        ps.add_column(name="snr", description="peak transient over noise")
+        ps.add_column(name="r_spatial", description="spatial correlation of the footprint with the data")
     for k in range(K):
         row = slice(A.indptr[k], A.indptr[k + 1])
         y, x = np.divmod(A.indices[row], W)

@@ -44,7 +44,7 @@ def write_cnmf(out_store: str | Path, *, A: np.ndarray | sp.spmatrix, C: np.ndar
         write_array(tmp, "A_indptr", Acsr.indptr.astype(np.int64), ("component_ptr",))
         ct = ("component", "time")
         for name, arr in (("C", C), ("C_raw", C_raw), ("S", S), ("dff", dff)):
-            write_array(tmp, name, np.asarray(arr, np.float32).reshape(K, -1), ct)
+            write_array(tmp, name, np.asarray(arr, np.float32).reshape(K, np.shape(f)[1]), ct)
         write_array(tmp, "b", np.asarray(b, np.float32), ("background", "y", "x"))
         write_array(tmp, "f", np.asarray(f, np.float32), ("background", "time"))
         write_array(tmp, "centroids", cents.astype(np.float64), ("component", "axis"))
