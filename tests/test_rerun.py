@@ -76,6 +76,7 @@ SECTION_CHANGES = {
     "ingest": lambda c: c["ingest"].update(clevel=4),
     "motion": lambda c: c["motion"].update(max_shift=c["motion"]["max_shift"] - 1),
     "summary": lambda c: c.setdefault("summary", {}).update(batch_size=100),
+    "cnmf": lambda c: c.setdefault("cnmf", {}).update(min_snr=2.5),
 }
 
 

@@ -11,7 +11,7 @@ import pytest
 import tifffile
 import yaml
 
-from calflow.io import MovieReader, open_dataset
+from calflow.io import MovieReader, open_dataset, open_group
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -73,6 +73,8 @@ def test_demo_and_user_sessions_produce_every_output(finished_run):
         assert sorted(p.name for p in (tmp / "results" / s / "plots" / "motion").glob("*.png")) == [
             "motion_correlation.png", "motion_mean_images.png", "motion_shifts.png"]
         assert (tmp / "results" / "logs" / "ingest" / f"{s}.log").exists()
+        cnmf = open_group(tmp / "results" / s / "cnmf.zarr")  # the cnmf stage and its NWB export
+        assert cnmf["C"].shape[1] == raw.shape[0] and (tmp / "results" / s / f"{s}.nwb").is_file()
     assert MovieReader(tmp / "results" / "a1_A" / "raw.zarr").shape == (120, 64, 64)
     user = MovieReader(tmp / "results" / "user1" / "raw.zarr")
     np.testing.assert_array_equal(user[:], user_movie)
