@@ -17,6 +17,7 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/motion.smk"
 include: "workflow/rules/segment_common.smk"
 include: "workflow/rules/segment.smk"
+include: "workflow/rules/cnmf_common.smk"
 include: "workflow/rules/cnmf.smk"
 include: "workflow/rules/report.smk"
 

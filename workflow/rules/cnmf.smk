@@ -1,21 +1,6 @@
 # Seeded CNMF (calflow's own, torch) or CaImAn's (cnmf.backend: caiman, conda env envs/caiman.yaml),
 # then the NWB export. Exactly one of the two cnmf rules can make cnmf.zarr: the other's session
-# wildcard matches nothing.
-CNMF = config["cnmf"]
-_NO_SESSION = "(?!)"  # a regex that matches no string
-
-
-def cnmf_mem_mb(wildcards, input, attempt):
-    # torch + buffers (~500 MB) + a chunk in float32 (x3 working copies) + dense maps and the float64
-    # spatial statistics for up to ~500 components (~6 arrays of 500 x P) + ~6 (K, T) trace arrays
-    t, h, w = store_shape(input.movie)
-    chunk_mb = 3 * CNMF["chunk_frames"] * h * w * 4 / 1e6
-    return int(attempt * (1000 + chunk_mb + 6 * 500 * h * w * 8 / 1e6 + 6 * 500 * t * 4 / 1e6))
-
-
-def cnmf_runtime(wildcards, input, attempt):
-    t, h, w = store_shape(input.movie)
-    return _runtime_min(t * h * w / 2e7, attempt)  # >2e7 px/s measured on 2 cores (docs/cnmf.md)
+# wildcard matches nothing. Helpers are in cnmf_common.smk.
 
 
 rule cnmf:
