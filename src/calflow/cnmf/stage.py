@@ -84,7 +84,9 @@ def run_cnmf(movie_store: str | Path, footprints_store: str | Path, out_store: s
                            device=_device(p.device))
     res = fit(reader, seeds, settings, mean)
     t_fit = time.perf_counter() - t0
+    t1 = time.perf_counter()
     dec = deconvolve_traces(res.C_raw, p.ar_order)
+    t_deconv = time.perf_counter() - t1
     snr = transient_snr(dec["C"], dec["baseline"], res.C_raw)
     ok = accept(snr, res.r_spatial, p.min_snr, p.min_r_spatial)
     bg = background_under(res.A, res.b, res.f)
@@ -92,7 +94,7 @@ def run_cnmf(movie_store: str | Path, footprints_store: str | Path, out_store: s
     dff_, _ = dff(res.C_raw, bg, window, p.dff_percentile)
     info = {"n_seeds": int(seeds.shape[0]), "n_components": int(res.A.shape[0]), "n_accepted": int(ok.sum()),
             "n_added": res.n_added, "merged": res.merged, "passes": res.passes, "frames": T,
-            "fit_s": round(t_fit, 3), "total_s": round(time.perf_counter() - t0, 3), "device": str(settings.device)}
+            "fit_s": round(t_fit, 3), "deconv_s": round(t_deconv, 3), "total_s": round(time.perf_counter() - t0, 3), "device": str(settings.device)}
     write_cnmf(out_store, A=res.A, C=dec["C"], C_raw=res.C_raw, S=dec["S"], dff=dff_, b=res.b.reshape(-1, H, W),
                f=res.f, accepted=ok, snr=snr, r_spatial=res.r_spatial, g=dec["g"], frame_shape=(H, W), fps=fps,
                attrs={"params": asdict(p), "seed_index": res.seed_index.tolist(), **info,
