@@ -44,14 +44,21 @@ def write_seeds(path, masks: np.ndarray, shape):
     return fp
 
 
-def perturbed_truth(truth, rng) -> np.ndarray:
-    """(K, P) bool: every true mask (footprint >= 0.5) shifted <= 1 px and dilated or eroded by 1 px."""
+def perturbed_truth(truth, rng, n_false: int = 0) -> np.ndarray:
+    """(K + n_false, P) bool: every true mask (footprint >= 0.5) shifted <= 1 px and dilated or eroded by
+    1 px, then ``n_false`` false seeds (discs of radius 4 px) on the spots farthest from every cell."""
     rows = []
     for fp in truth.footprints:
         m = fp >= 0.5
         m = np.roll(m, tuple(rng.integers(-1, 2, 2)), axis=(0, 1))
         m = ndimage.binary_dilation(m) if rng.random() < 0.5 else ndimage.binary_erosion(m)
         rows.append(m.ravel())
+    dist = ndimage.distance_transform_edt(truth.footprints.max(axis=0) < 0.05)
+    yy, xx = np.mgrid[0:dist.shape[0], 0:dist.shape[1]]
+    for _ in range(n_false):
+        y, x = np.unravel_index(np.argmax(dist), dist.shape)
+        rows.append((((yy - y) ** 2 + (xx - x) ** 2) <= 16).ravel())
+        dist[max(0, y - 10): y + 10, max(0, x - 10): x + 10] = 0
     return np.array(rows)
 
 
@@ -61,7 +68,7 @@ def session(tmp_path_factory):
     truth = simulate(SimParams(n_frames=800, height=64, width=64, n_cells=12, n_targets=2, n_pairs=0, motion=False,
                                photons_per_unit=8.0), seed=5)
     write_movie(tmp / "motion.zarr", truth)
-    seeds = write_seeds(tmp / "footprints.zarr", perturbed_truth(truth, np.random.default_rng(0)), (64, 64))
+    seeds = write_seeds(tmp / "footprints.zarr", perturbed_truth(truth, np.random.default_rng(0), n_false=3), (64, 64))
     info = run_cnmf(tmp / "motion.zarr", tmp / "footprints.zarr", tmp / "cnmf.zarr", params={"device": "cpu"})
     return tmp, truth, seeds, info
 
@@ -76,6 +83,9 @@ def test_accuracy_against_ground_truth_beats_raw_mask_traces(session):
     assert res["median_r_C"] > res["median_r_raw_masks"]
     assert res["f1_accepted"] >= res["f1_seeds"]
     assert res["median_spike_f1"] > 0.5
+    # the 3 false seeds on empty background (rows 12-14) are kept as components but rejected
+    accepted = read_cnmf(tmp / "cnmf.zarr")["accepted"]
+    assert accepted.shape == (15,) and not accepted[12:].any() and accepted[:12].all()
 
 
 def test_cnmf_store_follows_the_contract(session):
