@@ -13,11 +13,20 @@ from __future__ import annotations
 
 import logging
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from oasis.functions import deconvolve
 
 log = logging.getLogger("calflow.cnmf")
+
+
+class _Result(NamedTuple):
+    c: np.ndarray
+    s: np.ndarray
+    b: float
+    g: tuple
+    lam: float
 
 
 def deconvolve_traces(C_raw: np.ndarray, p: int = 2, *, penalty: int = 1) -> dict[str, np.ndarray]:
@@ -42,7 +51,9 @@ def deconvolve_traces(C_raw: np.ndarray, p: int = 2, *, penalty: int = 1) -> dic
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # OASIS warns about ill-conditioned AR estimates
-                    res = deconvolve(y / scale, tau_r=0 if order == 1 else None, penalty=penalty)
+                    # g=(None,)*order: AR coefficients estimated from the data; this spelling works with
+                    # oasis-deconv 0.2 (conda-forge) and 0.3 (PyPI; there it is deprecated for tau_d/tau_r)
+                    res = _Result(*deconvolve(y / scale, g=(None,) * order, penalty=penalty))
                 break
             except (ValueError, np.linalg.LinAlgError, ZeroDivisionError) as err:
                 log.warning("OASIS AR(%d) failed on component %d (%s)%s", order, k, err,
