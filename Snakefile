@@ -17,6 +17,8 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/motion.smk"
 include: "workflow/rules/segment_common.smk"
 include: "workflow/rules/segment.smk"
+include: "workflow/rules/decode.smk"
+include: "workflow/rules/virtual_stain.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -29,6 +31,8 @@ rule all:
         expand("results/{session}/footprints.zarr", session=SESSION_NAMES),
         "results/models/segmenter_metrics.json",
         ["results/models/segment_evaluation.json"] if sessions_with_masks() else [],
+        decode_targets(),  # empty until rule cnmf exists (workflow/rules/decode.smk)
+        virtual_stain_targets(),
 
 
 onsuccess:
