@@ -191,3 +191,14 @@ def test_bad_input_is_one_error_and_no_output(tmp_path, truth, problem):
     with pytest.raises(CalflowInputError):
         decode_session(store, log, tmp_path / "decode.json", tmp_path / "plots", params)
     assert not (tmp_path / "decode.json").exists() and not (tmp_path / "plots").exists()
+
+
+def test_sheet_check_accepts_a_stimulus_table(tmp_path):
+    from calflow.config import check_stim_log
+
+    table = tmp_path / "stimuli.csv"
+    table.write_text("frame,stimulus\n10,grating_0\n40,grating_90\n")
+    assert list(check_stim_log(table)["stimulus"]) == ["grating_0", "grating_90"]
+    table.write_text("frame,stimulus\n10,\n")
+    with pytest.raises(CalflowInputError, match="row 2, field 'stimulus' is empty"):
+        check_stim_log(table)
