@@ -32,7 +32,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=200, help="no-signal seeds")
     ap.add_argument("--permutations", type=int, default=99, help="permutations per no-signal seed")
-    ap.add_argument("--signal-seeds", type=int, default=5)
+    ap.add_argument("--signal-seeds", type=int, default=3)
     args = ap.parse_args()
     out: dict = {"signal": [], "null": {}}
     t0 = time.perf_counter()
@@ -46,6 +46,7 @@ def main() -> None:
                 out["signal"].append({"seed": seed, "classifier": name, "n_trials": r["n_trials"],
                                       "accuracy": c["accuracy"], "ci95": c["ci95"], "p_value": c.get("p_value"),
                                       "dummy": r["classifiers"]["dummy"]["accuracy"]})
+                print(f"signal seed {seed} {name}: accuracy {c['accuracy']:.3f} p {c.get('p_value')}", flush=True)
         base = simulate(SimParams(n_frames=1500, height=96, width=96, n_cells=20, n_targets=4, n_pairs=0), seed=100)
         trials = trials_from_truth(base)
         pvals = []
@@ -58,6 +59,8 @@ def main() -> None:
                                                             "remove_spontaneous_pcs": 2})
             if r["status"] == "ok":
                 pvals.append(r["classifiers"]["logistic"]["p_value"])
+            if (seed + 1) % 20 == 0:
+                print(f"no signal: {seed + 1} seeds, p <= 0.05 in {sum(q <= 0.05 for q in pvals)}", flush=True)
     p = np.array(pvals)
     for alpha in (0.05, 0.01):
         k = int((p <= alpha).sum())

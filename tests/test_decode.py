@@ -122,11 +122,12 @@ def test_real_signal_beats_the_dummy(truth):
     assert c["ci95"][0] > dummy, (c["ci95"], dummy)
     assert np.asarray(c["confusion"]).sum() == r["n_trials"]
     # the tree ensembles too (no permutations here: their cost is in benchmarks/decode_calibration.py)
-    X, y = response_matrix(clean_traces(truth.calcium, spontaneous_frames(truth.n_frames, trials_from_truth(truth),
-                                                                          truth.fps, DecodeParams()), DecodeParams())[0],
-                           trials_from_truth(truth), truth.fps, DecodeParams())[0], trials_from_truth(truth).label
+    trials, dp = trials_from_truth(truth), DecodeParams()
+    clean, _ = clean_traces(truth.calcium, spontaneous_frames(truth.n_frames, trials, truth.fps, dp), dp)
+    X, inside = response_matrix(clean, trials, truth.fps, dp)
     for name in ("random_forest", "hist_gradient_boosting"):
-        s = score_classifier(name, X, y, DecodeParams(n_estimators=30, max_iter=30), permutations=False)
+        s = score_classifier(name, X, trials.label[inside], DecodeParams(n_estimators=30, max_iter=30),
+                             permutations=False)
         assert s["ci95"][0] > dummy, (name, s["ci95"], dummy)
 
 

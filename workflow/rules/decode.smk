@@ -5,17 +5,6 @@
 # results/{session}/decode.json` names the missing input).
 
 
-def sessions_with_stim():
-    return [s for s in SESSION_NAMES if isinstance(SESSIONS.loc[s, "stim_log"], str) and SESSIONS.loc[s, "stim_log"]]
-
-
-def decode_targets():
-    """decode.json of every session with a stim log, once the cnmf stage exists (else nothing)."""
-    if not workflow.is_rule("cnmf"):
-        return []
-    return expand("results/{session}/decode.json", session=sessions_with_stim())
-
-
 rule decode:
     """Trial x neuron responses -> scikit-learn classifiers vs the dummy (stratified k-fold, permutation p)."""
     input:
