@@ -19,6 +19,10 @@ include: "workflow/rules/segment_common.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/cnmf_common.smk"
 include: "workflow/rules/cnmf.smk"
+include: "workflow/rules/decode_common.smk"
+include: "workflow/rules/decode.smk"
+include: "workflow/rules/virtual_stain_common.smk"
+include: "workflow/rules/virtual_stain.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -33,6 +37,8 @@ rule all:
         expand("results/{session}/{session}.nwb", session=SESSION_NAMES),
         "results/models/segmenter_metrics.json",
         ["results/models/segment_evaluation.json"] if sessions_with_masks() else [],
+        decode_targets(),
+        virtual_stain_targets(),
 
 
 onsuccess:

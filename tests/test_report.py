@@ -95,6 +95,34 @@ SESSIONS = [
 ]
 
 
+def _decode_and_virtual_stain(root: Path, results: Path) -> None:
+    """decode.json + confusion figure for a1_A (random traces, labels with a signal in neuron 0) and a
+    tiny virtual_stain run (4 simulated 64 x 64 pairs, one 1-epoch trial)."""
+    import json
+
+    from calflow.decode import Trials, confusion_figure, decode
+    from calflow.virtual_stain.simulate import write_pair
+    from calflow.virtual_stain.stage import run_dataset
+
+    rng = np.random.default_rng(1)
+    onset = np.arange(10, 590, 20)
+    labels = np.resize(["1", "2"], onset.size)
+    x = rng.standard_normal((6, 600))
+    for on, lab in zip(onset, labels, strict=True):
+        x[0, on:on + 5] += 3.0 if lab == "1" else 0.0
+    r = decode(x, Trials(onset, onset + 5, labels), 10.0, {"classifiers": ["logistic"], "n_permutations": 9,
+                                                           "folds": 3})
+    (results / "a1_A" / "decode.json").write_text(json.dumps(r))
+    confusion_figure(r, results / "a1_A" / "plots" / "decode" / "confusion.png")
+    rows = []
+    for i in range(4):
+        lf, fl = root / f"v{i}_lf.tif", root / f"v{i}_fl.tif"
+        write_pair(str(lf), str(fl), {"height": 64, "width": 64, "n_cells": 8, "positive_fraction": [0.4, 0.8]}, seed=i)
+        rows.append({"image": f"v{i}", "label_free": str(lf), "fluorescence": str(fl),
+                     "split": "train" if i < 2 else "test"})
+    run_dataset(rows, results / "virtual_stain" / "tiny", {"n_trials": 1, "epochs": 1, "device": "cpu"}, dataset="tiny")
+
+
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     """results/ with two processed sessions (one simulated), one unprocessed, and job logs."""
@@ -117,6 +145,7 @@ def tree(tmp_path_factory):
                 f"2026-01-02 03:04:09,000 calflow.{rule} INFO: rule {rule} finished in {secs} s\n")
     (logs / "ingest" / "later1.log").write_text(
         "2026-01-02 03:05:00,000 calflow.ingest ERROR: later.tif: does not exist. Fix: check the path\n")
+    _decode_and_virtual_stain(root, results)
     out = rp.build_report(results, results / "report" / "index.html", sessions=SESSIONS,
                           config={"seed": 3, "motion": MOTION}, workflow_dir=ROOT)
     return results, out
@@ -130,6 +159,7 @@ def html(tree):
 EXPECTED_IDS = [
     "overview", "provenance", "conditions", "sessions", "c-A", "c-B", "c-A-condition_overview",
     "s-a1_A", "s-a1_A-motion", "s-a1_A-summary", "s-a1_A-truth", "s-a1_A-segment", "s-a1_A-cnmf",
+    "s-a1_A-decode", "virtual_stain",
     "s-user1", "s-user1-motion", "s-user1-summary", "s-later1",
 ]
 
@@ -140,16 +170,19 @@ def test_every_section_with_outputs_is_present(html):
     assert not missing, missing
     assert len(page.ids) == len(set(page.ids)), "duplicate ids"
     # 3 motion figures + 1 summary figure per processed session, 2 ground-truth figures, 1 overview,
-    # 1 segmentation figure and 2 CNMF figures (footprints, example traces) for a1_A
-    assert len(page.img_src) == 4 + 4 + 2 + 1 + 1 + 2
+    # 1 segmentation figure, 2 CNMF figures (footprints, example traces) and 1 decoding confusion
+    # figure for a1_A, 3 virtual-staining figures
+    assert len(page.img_src) == 4 + 4 + 2 + 1 + 1 + 2 + 1 + 3
     assert "Traces (CNMF)" in html and "median r with the true calcium" in html
     assert "Against the simulation" in html and "Run provenance" in html
+    assert "Decoding" in html and "Virtual staining" in html and "permutation p" in html
 
 
 def test_absent_outputs_leave_no_empty_section(html):
     page = parse(html)
     assert "s-user1-truth" not in page.ids  # no ground truth for a user's movie
     assert "s-user1-cnmf" not in page.ids  # no cnmf.zarr
+    assert "s-user1-decode" not in page.ids  # no decode.json
     assert not [i for i in page.ids if i.startswith("s-later1-")]  # nothing computed: no sections at all
     assert "No stage has written results for this session yet." in html
     assert "could not be drawn" not in html
@@ -292,7 +325,7 @@ def test_page_renders_in_headless_chromium(tree, tmp_path):
             page.on("request", lambda r: requests.append(r.url))
             page.goto(index.as_uri(), wait_until="load")
             widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
-            assert len(widths) == 14 and all(w > 0 for w in widths), widths  # as counted above
+            assert len(widths) == 18 and all(w > 0 for w in widths), widths  # as counted above
             ids = set(page.eval_on_selector_all("[id]", "els => els.map(e => e.id)"))
             assert not [i for i in EXPECTED_IDS if i not in ids]
             # the condition filter hides the other condition's sessions

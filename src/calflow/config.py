@@ -204,8 +204,20 @@ _TARGETS_RE = re.compile(r"^\s*(\d+(\s*;\s*\d+)*)?\s*$")
 
 
 def check_stim_log(path: str | Path) -> pd.DataFrame:
-    """Validate a stim log (``frame,targets``: ``;``-separated target ids, empty for none)."""
+    """Validate a stim log (``frame,targets``: ``;``-separated target ids, empty for none) or a
+    stimulus table (``frame,stimulus``: one row per onset with the stimulus' name; decode only)."""
     path = Path(path)
+    head = _read_table(path, ["frame"], "stim log")
+    if "stimulus" in head.columns and "targets" not in head.columns:
+        for i, (frame, stim) in enumerate(zip(head["frame"], head["stimulus"], strict=True)):
+            if not frame.strip().isdigit():
+                raise CalflowInputError(
+                    f"row {i + 2}, field 'frame': '{frame}' is not a non-negative integer", file=path
+                )
+            if not stim.strip():
+                raise CalflowInputError(f"row {i + 2}, field 'stimulus' is empty", file=path,
+                                        fix="name the stimulus shown at every onset row")
+        return head
     df = _read_table(path, ["frame", "targets"], "stim log")
     for i, (frame, targets) in enumerate(zip(df["frame"], df["targets"], strict=True)):
         if not frame.strip().isdigit():

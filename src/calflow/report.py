@@ -1088,3 +1088,77 @@ def cnmf_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
                   caption=f"Accepted: SNR ≥ {attrs.get('params', {}).get('min_snr', '?')} and r spatial ≥ "
                           f"{attrs.get('params', {}).get('min_r_spatial', '?')}.")
     return {"facts": facts, "notes": notes, "figures": figures, "tables": [table]}
+@section("decode", "Decoding", scope="session", order=60)
+def decode_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
+    """Cross-validated decoding of the stimulus (decode.json): accuracy per classifier vs the dummy."""
+    path = s.dir / "decode.json"
+    if not path.is_file():
+        return None
+    r = json.loads(path.read_text())
+    p = r.get("params", {})
+    facts = [
+        ("trials decoded", f"{fmt(r.get('n_trials'))} of {fmt(r.get('n_trials_total'))}, {len(r.get('classes', []))} "
+                           f"stimulus classes (chance {fmt(r.get('chance', float('nan')), 2)})"),
+        ("neurons", f"{fmt(r.get('n_neurons'))} ({p.get('traces', '?')}"
+                    f"{', accepted only' if p.get('accepted_only') else ''})"),
+        ("response", f"mean over {p.get('window_s')} s minus {p.get('baseline_s')} s around onset"),
+        ("spontaneous activity", f"z-scored over {fmt(r.get('spontaneous_frames'))} frames"
+                                 f"{'' if p.get('zscore', True) else ' (off)'}; {fmt(r.get('pcs_removed', 0))} PCs removed"),
+        ("cross-validation", f"stratified {p.get('folds')}-fold, {p.get('n_permutations')} label permutations"),
+    ]
+    notes = []
+    if r.get("dropped_classes"):
+        notes.append(f"Classes with fewer trials than folds were left out: "
+                     f"{', '.join(f'{k} ({v})' for k, v in r['dropped_classes'].items())}.")
+    if r.get("status") != "ok":
+        notes.append(f"Not decoded: {r.get('note', r.get('status'))}.")
+        return {"facts": facts, "notes": notes}
+    rows = []
+    for name, c in r["classifiers"].items():
+        ci = c.get("ci95", [float("nan")] * 2)
+        rows.append([name, fmt(c["accuracy"], 3), f"{fmt(ci[0], 3)}–{fmt(ci[1], 3)}",
+                     f"{fmt(c['fold_accuracy_mean'], 3)} ± {fmt(c['fold_accuracy_std'], 3)}",
+                     fmt(c["p_value"], 3) if "p_value" in c else "–"])
+    table = Table(columns=["classifier", "accuracy", "95% CI (Wilson)", "per fold mean ± sd", "permutation p"],
+                  rows=rows, numeric=[False, True, False, False, True],
+                  caption="Accuracy of the pooled out-of-fold predictions; dummy = most frequent class. p: share of "
+                          "label permutations scoring at least the real accuracy (smallest possible 1/(n+1)).")
+    figures = [f for f in [figure_from_png(s.plots / "decode" / "confusion.png", "Confusion matrices",
+                                           "Rows: stimulus given; columns: predicted; each row normalised.", wide=True)]
+               if f is not None]
+    return {"facts": facts, "notes": notes, "tables": [table], "figures": figures}
+
+
+@section("virtual_stain", "Virtual staining", scope="run", order=50)
+def virtual_stain_section(ctx: ReportContext) -> dict[str, Any] | None:
+    """Held-out metrics of every virtual_stain dataset, example maps and the fraction scatter."""
+    root = ctx.results / "virtual_stain"
+    runs = sorted(root.glob("*/metrics.json")) if root.is_dir() else []
+    if not runs:
+        return None
+    rows, figures = [], []
+    for path in runs:
+        m = json.loads(path.read_text())
+        t = m["test"]
+        rows.append([m.get("dataset", path.parent.name), fmt(m["n_train_images"]), fmt(m["n_test_images"]),
+                     fmt(t["n_blocks"]), fmt(t["f1"], 3), fmt(t["accuracy"], 3), fmt(t["precision"], 3),
+                     fmt(t["recall"], 3), fmt(t["roc_auc"], 3), fmt(m["pearson_r"], 3)])
+        plots = path.parent / "plots"
+        for name, title, caption, wide in (
+            ("examples.png", "Label-free, fluorescence, virtual stain",
+             "Held-out images: the label-free input, the fluorescence with the blocks labelled positive (cyan), and "
+             "the CNN's probability per block rebuilt to full size.", True),
+            ("fractions.png", "Positive fraction per image",
+             "Each held-out image's positive-block fraction from the fluorescence against the mean predicted "
+             "probability (Pearson r).", False),
+            ("roc.png", "ROC of held-out blocks", "", False),
+        ):
+            f = figure_from_png(plots / name, f"{m.get('dataset', path.parent.name)}: {title}", caption, wide=wide)
+            if f is not None:
+                figures.append(f)
+    table = Table(columns=["dataset", "train images", "test images", "test blocks", "F1", "accuracy", "precision",
+                           "recall", "ROC AUC", "fraction r"], rows=rows,
+                  caption="Block classification of held-out images at probability 0.5; fraction r: Pearson correlation "
+                          "of the estimated and fluorescence-measured positive fraction over the held-out images. "
+                          "The original study: F1 0.77, accuracy 0.96, AUC 0.98, r 0.99.")
+    return {"tables": [table], "figures": figures}
