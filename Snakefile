@@ -17,6 +17,7 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/motion.smk"
 include: "workflow/rules/segment_common.smk"
 include: "workflow/rules/segment.smk"
+include: "workflow/rules/classify.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -29,6 +30,9 @@ rule all:
         expand("results/{session}/footprints.zarr", session=SESSION_NAMES),
         "results/models/segmenter_metrics.json",
         ["results/models/segment_evaluation.json"] if sessions_with_masks() else [],
+        expand("results/classifier/{group}/metrics.json", group=list(CLASSIFY_GROUPS)),
+        expand("results/{session}/gradcam.zarr", session=CLASSIFY_SESSIONS),
+        [f"results/compare/{a}_vs_{b}.json" for a, b in COMPARE_PAIRS],
 
 
 onsuccess:

@@ -76,6 +76,9 @@ SECTION_CHANGES = {
     "ingest": lambda c: c["ingest"].update(clevel=4),
     "motion": lambda c: c["motion"].update(max_shift=c["motion"]["max_shift"] - 1),
     "summary": lambda c: c.setdefault("summary", {}).update(batch_size=100),
+    "train_classifier": lambda c: c["classify"].update(iterations=c["classify"]["iterations"] + 1),
+    "gradcam": lambda c: c.setdefault("gradcam", {}).update(zncc_map="relu"),
+    "compare": lambda c: c["compare"].update(n_permutations=c["compare"]["n_permutations"] + 1),
 }
 
 

@@ -20,11 +20,16 @@ TINY_CONFIG = {
     "sessions": "config/sessions.tsv",
     "seed": 3,
     "demo": {
-        "sim": {"n_frames": 120, "height": 64, "width": 64, "n_cells": 10, "n_targets": 4, "n_pairs": 2},
+        "sim": {"n_frames": 120, "height": 64, "width": 64, "n_cells": 10, "n_targets": 4, "n_pairs": 2,
+                "trial_frames": 4, "iti_frames": 4, "iti_jitter_frames": 1, "stim_start_frame": 5},
         "w_gain": {"A": 1.0, "B": 2.0},
     },
     "ingest": {"chunk_frames": 50},
     "motion": {"patch_size": 32, "overlap": 16, "max_shift": 8, "template_frames": 60, "batch_size": 50},
+    # a few-second classifier: 32 x 32 input, 2 blocks, 20 iterations per fold
+    "classify": {"downsample": 2, "context": 1, "depth": 2, "width": 4, "iterations": 20, "batch_size": 8,
+                 "checkpoint_every": 10, "device": "cpu"},
+    "compare": {"n_permutations": 50, "n_bootstrap": 20},
 }
 
 

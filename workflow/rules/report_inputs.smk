@@ -14,6 +14,11 @@ REPORT_SESSION_INPUTS = [
 # Run-level outputs (models, comparisons, ...): plain paths or functions of the wildcards.
 REPORT_RUN_INPUTS = [
     lambda w: expand("results/{session}/segment_eval.json", session=sessions_with_masks()),
+    # classify / gradcam / compare (only sessions with a stim log and targets)
+    lambda w: expand("results/classifier/{group}/metrics.json", group=list(CLASSIFY_GROUPS)),
+    lambda w: expand("results/{session}/gradcam.zarr", session=CLASSIFY_SESSIONS),
+    lambda w: expand("results/{session}/plots/gradcam", session=CLASSIFY_SESSIONS),
+    lambda w: [f"results/compare/{a}_vs_{b}.{ext}" for a, b in COMPARE_PAIRS for ext in ("json", "png")],
 ]
 
 
