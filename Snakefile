@@ -17,6 +17,7 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/motion.smk"
 include: "workflow/rules/segment_common.smk"
 include: "workflow/rules/segment.smk"
+include: "workflow/rules/classify_common.smk"
 include: "workflow/rules/classify.smk"
 include: "workflow/rules/report.smk"
 

@@ -220,3 +220,32 @@ def test_compare_detects_more_shared_structure_and_is_calibrated_under_the_null(
     cmp.write_comparison(res, out, tmp_path / "c" / "A_vs_B.png")
     saved = json.loads(out.read_text())
     assert saved["p_permutation"] == res["p_permutation"] and (tmp_path / "c" / "A_vs_B.png").is_file()
+
+
+def test_report_sections_show_classifier_gradcam_and_comparison(trained):
+    from calflow import report as rp
+
+    tmp, entries, out, _ = trained
+    stores = []
+    for e in entries:
+        st = tmp / e["session"] / "gradcam.zarr"
+        if not st.is_dir():
+            gc.session_gradcam(e, out / "model.pt", {}, st, plots_dir=tmp / e["session"] / "plots" / "gradcam")
+        stores.append(st)
+    res = cmp.compare_conditions(stores, "A", "B", {"n_permutations": 20, "n_bootstrap": 10},
+                                 [out / "metrics.json"])
+    cmp.write_comparison(res, tmp / "compare" / "A_vs_B.json", tmp / "compare" / "A_vs_B.png")
+    sessions = rp.sessions_from_records([{"session": e["session"], "condition": e["condition"], "movie": "",
+                                          "fps": 30.0} for e in entries], tmp)
+    ctx = rp.ReportContext(results=tmp, sessions=sessions)
+    cls = rp.classifier_section(ctx, "A", sessions[:1])
+    assert cls["tables"][0].rows[0][4] == rp.fmt(json.loads((out / "metrics.json").read_text())
+                                                 ["sessions"]["a1_A"]["test"]["accuracy"])
+    assert len(cls["figures"]) == 1
+    assert len(rp.zncc_section(ctx, "B", sessions[1:])["figures"]) == 1
+    assert len(rp.gradcam_section(ctx, sessions[0])["figures"]) == 2
+    comp = rp.compare_section(ctx)
+    assert len(comp["tables"][0].rows) == 2 and comp["tables"][0].rows[0][-1] == rp.fmt(res["p_permutation"], 4)
+    empty = rp.sessions_from_records([{"session": "none1", "condition": "C", "movie": "", "fps": 30.0}], tmp)
+    assert rp.classifier_section(ctx, "C", empty) is None and rp.gradcam_section(ctx, empty[0]) is None
+    assert rp.zncc_section(ctx, "C", empty) is None

@@ -79,6 +79,7 @@ class ClassifyParams:
     brightness: float = 0.2  # additive jitter in normalised units
     contrast: float = 0.2  # gain drawn from [1 - c, 1 + c]
     shift: int = 1  # random translation by up to this many px (classifier resolution), residual motion
+    mix: float = 0.0  # probability of adding an unstimulated training window (other spontaneous activity)
     n_folds: int = 2  # cross-fitting folds of contiguous trial blocks
     iterations: int = 300
     batch_size: int = 32
@@ -420,6 +421,7 @@ def _batch(data: Sequence[SessionData], pools: list[np.ndarray], p: ClassifyPara
            hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     rng = np.random.default_rng([p.seed, fold, it])
     sizes = np.array([len(x) for x in pools], float)
+    pool_none = [pool[data[k].labels[pool, -1] > 0.5] for k, pool in enumerate(pools)]
     which = rng.choice(len(pools), size=p.batch_size, p=sizes / sizes.sum())
     xs, ys = [], []
     for i, k in enumerate(which):
@@ -431,7 +433,13 @@ def _batch(data: Sequence[SessionData], pools: list[np.ndarray], p: ClassifyPara
         s = data[k]
         gain = rng.uniform(1 - p.contrast, 1 + p.contrast)
         offset = rng.uniform(-p.brightness, p.brightness)
-        x = window(s, np.array([t]), p.context)[0] * gain + offset
+        x = window(s, np.array([t]), p.context)[0]
+        if p.mix and rng.random() < p.mix:  # background mixing: the label stays, the spontaneous activity changes
+            quiet = pool_none[k]
+            if len(quiet):
+                x = x + rng.uniform(0.5, 1.0) * window(s, np.array([int(quiet[rng.integers(0, len(quiet))])]),
+                                                       p.context)[0]
+        x = x * gain + offset
         if p.shift:
             dy, dx = rng.integers(-p.shift, p.shift + 1, size=2)
             x = np.roll(x, (int(dy), int(dx)), axis=(1, 2))

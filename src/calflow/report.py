@@ -1006,6 +1006,11 @@ def segment_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None
 # --------------------------------------------------------------------------------------------
 
 
+def _offdiag(z: np.ndarray) -> np.ndarray:
+    i, j = np.triu_indices(len(z), 1)
+    return z[i, j]
+
+
 def _classifier_metrics(ctx: ReportContext) -> list[dict[str, Any]]:
     """Every results/classifier/{group}/metrics.json (cached)."""
     def load() -> list[dict[str, Any]]:
@@ -1052,8 +1057,6 @@ def classifier_section(ctx: ReportContext, condition: str, sessions: list[Sessio
 @section("zncc", "Grad-CAM ZNCC matrices", scope="condition", order=60)
 def zncc_section(ctx: ReportContext, condition: str, sessions: list[SessionInfo]) -> dict[str, Any] | None:
     """The pattern x pattern ZNCC matrices of the condition's sessions side by side."""
-    from calflow.gradcam import offdiag, zncc_figure
-
     have = [s for s in sessions if (s.dir / "gradcam.zarr").is_dir()]
     if not have:
         return None
@@ -1062,11 +1065,15 @@ def zncc_section(ctx: ReportContext, condition: str, sessions: list[SessionInfo]
     for ax, s in zip(axes[0], have, strict=True):
         g = open_group(s.dir / "gradcam.zarr")
         z = np.asarray(g["zncc"][:])
-        zncc_figure(z, list(g.attrs["patterns"]), s.name, ax=ax)
-        off = offdiag(z)
+        names = list(g.attrs["patterns"])
+        ax.imshow(z, cmap="RdBu_r", vmin=-1, vmax=1)
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(names)), names, fontsize=6)
+        ax.set_title(s.name, fontsize=9)
+        off = _offdiag(z)
         row = [Link(s.name, "#" + s.anchor), fmt(len(z)), fmt(float(np.nansum(off))), fmt(float(np.nanmean(off)))]
         if "trace_corr" in g:
-            row.append(fmt(float(np.nanmean(offdiag(np.asarray(g["trace_corr"][:]))))))
+            row.append(fmt(float(np.nanmean(_offdiag(np.asarray(g["trace_corr"][:]))))))
         else:
             row.append("–")
         rows.append(row)
