@@ -61,6 +61,11 @@ def test_labels_trials_and_folds_follow_trial_blocks(trained):
     assert ff[tr.start[tr.fold == 1][0]] == 1 and ff[tr.start[tr.fold == 1][0] - 1] == 0
     cut = int(np.flatnonzero(np.diff(ff))[0]) + 1
     assert cut in set(tr.start.tolist())
+    # fold 1's model: no training frame whose 2 * 3 + 1 frame input window reaches into fold 1
+    train1 = cl.training_frames(ff, 1, 3)
+    assert train1.max() == cut - 4 and not np.isin(np.arange(cut, len(ff)), train1).any()
+    train0 = cl.training_frames(ff, 0, 3)
+    assert train0.min() == cut + 3 and len(train0) == len(ff) - cut - 3
 
 
 def test_bad_stim_log_names_the_file_and_row(tmp_path):

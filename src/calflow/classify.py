@@ -16,7 +16,8 @@ Cross-fitting by trial blocks (never by single frames, neighbouring frames leak)
 every session are cut, in time order, into ``n_folds`` contiguous blocks; a frame belongs to the
 block of the trial it follows (the trial plus its inter-trial interval). Model ``f`` trains on every
 block but ``f`` and is tested on block ``f``, so every frame has a held-out prediction and a
-held-out Grad-CAM map. Metrics: accuracy under "correct when the top prediction is among the
+held-out Grad-CAM map; training frames whose input window (``context`` frames each side) reaches
+into block ``f`` are left out of its training. Metrics: accuracy under "correct when the top prediction is among the
 stimulated targets" (frames with a stimulation), per-target accuracy, a confusion matrix (true
 pattern x top output), train vs test.
 
@@ -407,6 +408,14 @@ def _net_input(s: SessionData, frames: np.ndarray, hw: tuple[int, int]) -> np.nd
     return np.ascontiguousarray(frames[:, :, : hw[0], : hw[1]] * s.mask[: hw[0], : hw[1]])
 
 
+def training_frames(frame_fold: np.ndarray, fold: int, context: int) -> np.ndarray:
+    """Frames fold ``fold``'s model may train on: outside the fold, and with no frame of the fold in
+    their input window (t - context .. t + context)."""
+    held = (frame_fold == fold).astype(np.int64)
+    near = np.convolve(held, np.ones(2 * context + 1, np.int64), mode="same") > 0 if context else held > 0
+    return np.flatnonzero(~near)
+
+
 def _fingerprint(p: ClassifyParams, data: Sequence[SessionData], fold: int) -> str:
     keep = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("device", "num_threads", "checkpoint_every")}
     h = hashlib.sha256(json.dumps({**keep, "fold": fold}, sort_keys=True).encode())
@@ -460,7 +469,7 @@ def train_fold(data: Sequence[SessionData], p: ClassifyParams, fold: int, checkp
     torch.manual_seed(p.seed * 1000 + fold)
     model = build_model(arch).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-    pools = [np.flatnonzero(s.trials.frame_fold != fold) for s in data]
+    pools = [training_frames(s.trials.frame_fold, fold, p.context) for s in data]
     if not any(len(x) for x in pools):
         raise CalflowInputError(f"fold {fold} leaves no training frames", fix="use fewer classify.n_folds")
     ckdir = Path(checkpoint_dir)
