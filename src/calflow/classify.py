@@ -70,7 +70,7 @@ class ClassifyParams:
 
     downsample: int = 2  # block-average frames by this factor (128 -> 64 px)
     context: int = 2  # input channels: frames t - context .. t + context (clamped at the movie's ends)
-    depth: int = 3  # conv blocks (each: two 3x3 conv + ReLU; 2x2 max-pool between blocks)
+    depth: int = 2  # conv blocks (each: two 3x3 conv + ReLU; 2x2 max-pool between blocks)
     width: int = 16  # channels of the first block (doubling per block, capped at 4 x width)
     head_channels: int = 4  # 1x1 conv channels before the position-aware linear head
     dropout: float = 0.25
