@@ -69,9 +69,9 @@ class ClassifyParams:
     """The ``classify`` config section (docs/classify.md explains every key)."""
 
     downsample: int = 2  # block-average frames by this factor (128 -> 64 px)
-    context: int = 2  # input channels: frames t - context .. t + context (clamped at the movie's ends)
+    context: int = 3  # input channels: frames t - context .. t + context (clamped at the movie's ends)
     depth: int = 2  # conv blocks (each: two 3x3 conv + ReLU; 2x2 max-pool between blocks)
-    width: int = 16  # channels of the first block (doubling per block, capped at 4 x width)
+    width: int = 8  # channels of the first block (doubling per block, capped at 4 x width)
     head_channels: int = 4  # 1x1 conv channels before the position-aware linear head
     dropout: float = 0.25
     mask: str = "none"  # none | cells | targets
@@ -82,7 +82,7 @@ class ClassifyParams:
     shift: int = 1  # random translation by up to this many px (classifier resolution), residual motion
     mix: float = 0.0  # probability of adding an unstimulated training window (other spontaneous activity)
     n_folds: int = 2  # cross-fitting folds of contiguous trial blocks
-    iterations: int = 300
+    iterations: int = 400
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
