@@ -23,6 +23,8 @@ include: "workflow/rules/decode_common.smk"
 include: "workflow/rules/decode.smk"
 include: "workflow/rules/virtual_stain_common.smk"
 include: "workflow/rules/virtual_stain.smk"
+include: "workflow/rules/classify_common.smk"
+include: "workflow/rules/classify.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -39,6 +41,9 @@ rule all:
         ["results/models/segment_evaluation.json"] if sessions_with_masks() else [],
         decode_targets(),
         virtual_stain_targets(),
+        expand("results/classifier/{group}/metrics.json", group=list(CLASSIFY_GROUPS)),
+        expand("results/{session}/gradcam.zarr", session=CLASSIFY_SESSIONS),
+        [f"results/compare/{a}_vs_{b}.json" for a, b in COMPARE_PAIRS],
 
 
 onsuccess:

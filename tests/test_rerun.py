@@ -80,6 +80,9 @@ SECTION_CHANGES = {
     "simulate_virtual_stain_demo": lambda c: c["virtual_stain"]["demo"].update(n_cells=c["virtual_stain"]["demo"]["n_cells"] + 1),
     "virtual_stain": lambda c: c["virtual_stain"].update(epochs=c["virtual_stain"]["epochs"] + 1),
     "decode": lambda c: c.setdefault("decode", {}).update(n_permutations=20),
+    "train_classifier": lambda c: c["classify"].update(iterations=c["classify"]["iterations"] + 1),
+    "gradcam": lambda c: c.setdefault("gradcam", {}).update(zncc_map="relu"),
+    "compare": lambda c: c["compare"].update(n_permutations=c["compare"]["n_permutations"] + 1),
 }
 
 

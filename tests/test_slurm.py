@@ -26,7 +26,7 @@ from smkutil import ROOT, TINY_SESSIONS, assert_same_results, run_snakemake, tin
 TOOL = ROOT.parent / "shared" / "tools" / "slurm-local.sh"
 PROFILE = ROOT / "profiles" / "slurm"
 # GPU rules that land later; the profile may name them before they exist (Snakemake ignores them)
-PLANNED_RULES = {"train_segmenter", "segment", "train_classifier", "classify"}
+PLANNED_RULES = {"train_segmenter", "segment", "train_classifier", "gradcam"}
 # the profile settings the local cluster needs: no accounting (sacct) there, short polling
 # (the plugin polls 1 s after a submission, then every 11, 21, ... s: a tiny job is seen done after ~12 s)
 LOCAL_CLUSTER_ARGS = ("--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",

@@ -21,7 +21,8 @@ TINY_CONFIG = {
     "sessions": "config/sessions.tsv",
     "seed": 3,
     "demo": {
-        "sim": {"n_frames": 120, "height": 64, "width": 64, "n_cells": 10, "n_targets": 4, "n_pairs": 2},
+        "sim": {"n_frames": 120, "height": 64, "width": 64, "n_cells": 10, "n_targets": 4, "n_pairs": 2,
+                "trial_frames": 4, "iti_frames": 4, "iti_jitter_frames": 1, "stim_start_frame": 5},
         "w_gain": {"A": 1.0, "B": 2.0},
     },
     "ingest": {"chunk_frames": 50},
@@ -31,6 +32,10 @@ TINY_CONFIG = {
     # 5 simulated 64 x 64 pairs (TINY_VS_PAIRS), one optuna trial of a 2-epoch CNN: a few seconds
     "virtual_stain": {"sheet": "config/virtual_stain.tsv", "n_trials": 1, "epochs": 2, "device": "cpu",
                       "demo": {"height": 64, "width": 64, "n_cells": 8, "positive_fraction": [0.4, 0.8]}},
+    # a few-second classifier: 32 x 32 input, 2 blocks, 20 iterations per fold
+    "classify": {"downsample": 2, "context": 1, "depth": 2, "width": 4, "iterations": 20, "batch_size": 8,
+                 "checkpoint_every": 10, "device": "cpu"},
+    "compare": {"n_permutations": 50, "n_bootstrap": 20},
 }
 TINY_VS_PAIRS = [("v0", "train"), ("v1", "train"), ("v2", "train"), ("v3", "test"), ("v4", "test")]
 

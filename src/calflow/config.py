@@ -19,7 +19,7 @@ from jsonschema import Draft202012Validator, validators
 from calflow.errors import CalflowInputError
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
-RESERVED_SESSION_NAMES = {"models", "compare", "report", "demo", "logs", "benchmarks"}
+RESERVED_SESSION_NAMES = {"models", "compare", "report", "demo", "logs", "benchmarks", "classifier"}
 
 
 def _with_defaults(validator_class: type) -> type:

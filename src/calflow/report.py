@@ -1088,7 +1088,7 @@ def cnmf_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
                   caption=f"Accepted: SNR ≥ {attrs.get('params', {}).get('min_snr', '?')} and r spatial ≥ "
                           f"{attrs.get('params', {}).get('min_r_spatial', '?')}.")
     return {"facts": facts, "notes": notes, "figures": figures, "tables": [table]}
-@section("decode", "Decoding", scope="session", order=60)
+@section("decode", "Decoding", scope="session", order=65)
 def decode_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
     """Cross-validated decoding of the stimulus (decode.json): accuracy per classifier vs the dummy."""
     path = s.dir / "decode.json"
@@ -1129,7 +1129,7 @@ def decode_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
     return {"facts": facts, "notes": notes, "tables": [table], "figures": figures}
 
 
-@section("virtual_stain", "Virtual staining", scope="run", order=50)
+@section("virtual_stain", "Virtual staining", scope="run", order=55)
 def virtual_stain_section(ctx: ReportContext) -> dict[str, Any] | None:
     """Held-out metrics of every virtual_stain dataset, example maps and the fraction scatter."""
     root = ctx.results / "virtual_stain"
@@ -1162,3 +1162,126 @@ def virtual_stain_section(ctx: ReportContext) -> dict[str, Any] | None:
                           "of the estimated and fluorescence-measured positive fraction over the held-out images. "
                           "The original study: F1 0.77, accuracy 0.96, AUC 0.98, r 0.99.")
     return {"tables": [table], "figures": figures}
+# --------------------------------------------------------------------------------------------
+# classify / gradcam / compare (docs/classify.md)
+# --------------------------------------------------------------------------------------------
+
+
+def _offdiag(z: np.ndarray) -> np.ndarray:
+    i, j = np.triu_indices(len(z), 1)
+    return z[i, j]
+
+
+def _classifier_metrics(ctx: ReportContext) -> list[dict[str, Any]]:
+    """Every results/classifier/{group}/metrics.json (cached)."""
+    def load() -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in sorted((ctx.results / "classifier").glob("*/metrics.json"))]
+
+    return ctx.cached(("classifier_metrics",), load)
+
+
+@section("classifier", "Stimulation classifier", scope="condition", order=50)
+def classifier_section(ctx: ReportContext, condition: str, sessions: list[SessionInfo]) -> dict[str, Any] | None:
+    """Held-out accuracy per session and per target, train vs test, and the confusion matrix."""
+    names = {s.name for s in sessions}
+    found = [(m, s, v) for m in _classifier_metrics(ctx) for s, v in m["sessions"].items() if s in names]
+    if not found:
+        return None
+    rows, per_target, figures = [], [], []
+    for m, s, v in found:
+        t = v["test"]
+        rows.append([Link(s, f"#s-{s}"), m["group"], fmt(v["n_trials"]), fmt(t["n_stimulated_frames"]),
+                     fmt(t["accuracy"]), fmt(v["train_accuracy"]), fmt(t["none_accuracy"])])
+        per_target += [[s, tid, fmt(x["frames"]), fmt(x["accuracy"])] for tid, x in t["per_target"].items()]
+        conf = np.asarray(t["confusion"]["counts"], float)
+        frac = conf / np.maximum(conf.sum(axis=1, keepdims=True), 1)
+        fig, ax = plt.subplots(figsize=(4.6, 4.6))
+        ax.imshow(frac, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(t["confusion"]["columns"])), t["confusion"]["columns"], rotation=90, fontsize=6)
+        ax.set_yticks(range(len(t["confusion"]["rows"])), t["confusion"]["rows"], fontsize=6)
+        ax.set_xlabel("top output")
+        ax.set_ylabel("stimulated pattern")
+        fig.tight_layout()
+        figures.append(figure_from_mpl(fig, f"Confusion, {s}", "Held-out frames: fraction of each stimulated "
+                                       "pattern's frames whose top output is each target (or none)."))
+    acc = [v["test"]["accuracy"] for _, _, v in found if v["test"]["accuracy"] is not None]
+    facts = [("rule", "a frame is correct when the top output is one of its stimulated targets (held-out "
+                      "trial blocks, cross-fitted)"),
+             ("mean held-out accuracy", fmt(float(np.mean(acc))) if acc else "–")]
+    tables = [Table(columns=["session", "model", "trials", "stimulated frames", "test accuracy", "train accuracy",
+                             "none-frame accuracy"], rows=rows),
+              Table(columns=["session", "target", "frames", "test accuracy"], rows=per_target,
+                    title="Accuracy per target", collapsed=True)]
+    return {"facts": facts, "tables": tables, "figures": figures}
+
+
+@section("zncc", "Grad-CAM ZNCC matrices", scope="condition", order=60)
+def zncc_section(ctx: ReportContext, condition: str, sessions: list[SessionInfo]) -> dict[str, Any] | None:
+    """The pattern x pattern ZNCC matrices of the condition's sessions side by side."""
+    have = [s for s in sessions if (s.dir / "gradcam.zarr").is_dir()]
+    if not have:
+        return None
+    fig, axes = plt.subplots(1, len(have), figsize=(4.2 * len(have), 4.2), squeeze=False)
+    rows = []
+    for ax, s in zip(axes[0], have, strict=True):
+        g = open_group(s.dir / "gradcam.zarr")
+        z = np.asarray(g["zncc"][:])
+        names = list(g.attrs["patterns"])
+        ax.imshow(z, cmap="RdBu_r", vmin=-1, vmax=1)
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(names)), names, fontsize=6)
+        ax.set_title(s.name, fontsize=9)
+        off = _offdiag(z)
+        row = [Link(s.name, "#" + s.anchor), fmt(len(z)), fmt(float(np.nansum(off))), fmt(float(np.nanmean(off)))]
+        if "trace_corr" in g:
+            row.append(fmt(float(np.nanmean(_offdiag(np.asarray(g["trace_corr"][:]))))))
+        else:
+            row.append("–")
+        rows.append(row)
+    fig.tight_layout()
+    return {"figures": [figure_from_mpl(fig, "ZNCC between the Grad-CAM maps of every pattern pair",
+                                        "Rows and columns: stimulation patterns (targets, pairs); colour: ZNCC of "
+                                        "their held-out Grad-CAM maps.", wide=True)],
+            "tables": [Table(columns=["session", "patterns", "summed off-diagonal ZNCC", "mean off-diagonal ZNCC",
+                                      "mean trace r (cnmf)"], rows=rows)]}
+
+
+@section("gradcam", "Grad-CAM maps", scope="session", order=60)
+def gradcam_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
+    d = s.plots / "gradcam"
+    figs = [f for f in (
+        figure_from_png(d / "maps.png", "Grad-CAM per pattern", "Mean Grad-CAM (ReLU, upsampled) over the held-out "
+                        "trials of each stimulation pattern, on the session's mean image.", wide=True),
+        figure_from_png(d / "zncc.png", "ZNCC matrix", "ZNCC between the layer-resolution maps of every pair of "
+                        "patterns."),
+    ) if f is not None]
+    if not figs:
+        return None
+    return {"figures": figs}
+
+
+@section("compare", "Condition comparison", scope="run", order=50)
+def compare_section(ctx: ReportContext) -> dict[str, Any] | None:
+    files = sorted((ctx.results / "compare").glob("*_vs_*.json"))
+    if not files:
+        return None
+    rows, figures = [], []
+    for f in files:
+        r = json.loads(f.read_text())
+        for c in (r["a"], r["b"]):
+            x = r["conditions"][c]
+            rows.append([f"{r['a']} vs {r['b']}", c, fmt(x["zncc_sum_offdiag"]),
+                         f"{x['zncc_sum_offdiag_ci'][0]:.2f} – {x['zncc_sum_offdiag_ci'][1]:.2f}",
+                         fmt(x["zncc_mean_offdiag"]),
+                         f"{x['zncc_mean_offdiag_ci'][0]:.3f} – {x['zncc_mean_offdiag_ci'][1]:.3f}",
+                         fmt(x.get("classifier_test_accuracy")), fmt(r["p_permutation"], 4)])
+        fig = figure_from_png(f.with_suffix(".png"), f"{r['a']} vs {r['b']}",
+                              "ZNCC matrices per animal and condition; mean off-diagonal ZNCC with bootstrap CIs.",
+                              wide=True)
+        if fig is not None:
+            figures.append(fig)
+    return {"facts": [("permutation unit", "held-out trials, condition labels shuffled within (animal, pattern, "
+                                           "fold); two-sided")],
+            "tables": [Table(columns=["comparison", "condition", "summed off-diag ZNCC", "95% CI", "mean off-diag ZNCC",
+                                      "95% CI", "classifier accuracy", "p (permutation)"], rows=rows)],
+            "figures": figures}

@@ -17,6 +17,11 @@ REPORT_RUN_INPUTS = [
     lambda w: expand("results/{session}/segment_eval.json", session=sessions_with_masks()),
     lambda w: decode_targets(),  # decode.json of sessions with a stim log (decode.smk)
     lambda w: virtual_stain_targets(),  # metrics.json of every virtual_stain dataset (virtual_stain.smk)
+    # classify / gradcam / compare (only sessions with a stim log and targets)
+    lambda w: expand("results/classifier/{group}/metrics.json", group=list(CLASSIFY_GROUPS)),
+    lambda w: expand("results/{session}/gradcam.zarr", session=CLASSIFY_SESSIONS),
+    lambda w: expand("results/{session}/plots/gradcam", session=CLASSIFY_SESSIONS),
+    lambda w: [f"results/compare/{a}_vs_{b}.{ext}" for a, b in COMPARE_PAIRS for ext in ("json", "png")],
 ]
 
 

@@ -1,0 +1,657 @@
+"""Stimulation classifier: which target cell(s) were photo-stimulated in each frame.
+
+A small CNN (:class:`StimNet`) maps one motion-corrected frame to N + 1 logits: one per target of
+the session's targets table and a last "none" output (no target stimulated). Training is
+multi-label (sigmoid + binary cross-entropy against the multi-hot labels of the stim log), with
+random brightness/contrast augmentation and an optional binary mask that hides everything outside
+the cells (``mask: cells``, from footprints.zarr) or outside the targets' neighbourhoods
+(``mask: targets``).
+
+One model is trained per *target group* (:func:`group_of`): the sessions of one animal, which share
+the targets table (ids and positions), pooled over conditions. The condition comparison then looks
+at the same network's maps of held-out trials of both conditions, which is what makes its
+trial-level permutation test exact (docs/classify.md).
+
+Cross-fitting by trial blocks (never by single frames, neighbouring frames leak): the trials of
+every session are cut, in time order, into ``n_folds`` contiguous blocks; a frame belongs to the
+block of the trial it follows (the trial plus its inter-trial interval). Model ``f`` trains on every
+block but ``f`` and is tested on block ``f``, so every frame has a held-out prediction and a
+held-out Grad-CAM map; training frames whose input window (``context`` frames each side) reaches
+into block ``f`` are left out of its training. Metrics: accuracy under "correct when the top prediction is among the
+stimulated targets" (frames with a stimulation), per-target accuracy, a confusion matrix (true
+pattern x top output), train vs test.
+
+Frames are block-averaged by ``downsample`` while streaming the movie (memory: T x (H/d) x (W/d)
+float32), then normalised per session: ``(frame - mean image) / std`` of the whole movie (a
+dF-like input: what changes, not the anatomy).
+
+Determinism: model initialisation from ``torch.manual_seed(1000 * seed + fold)``; every iteration
+draws its batch and augmentation from ``numpy.random.default_rng([seed, fold, iteration])`` and
+re-seeds torch (dropout) from the same triple, so a run
+resumed from ``fold{f}_last.pt`` ends with the same weights as an uninterrupted one. Checkpoints
+and the model file hold tensors and plain values only (``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from calflow.config import check_stim_log, check_targets
+from calflow.errors import CalflowInputError
+from calflow.io import MovieReader
+from calflow.params import from_section
+
+log = logging.getLogger("calflow.classify")
+
+NONE = "none"
+
+
+# --------------------------------------------------------------------------------------------
+# parameters
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClassifyParams:
+    """The ``classify`` config section (docs/classify.md explains every key)."""
+
+    downsample: int = 2  # block-average frames by this factor (128 -> 64 px)
+    context: int = 3  # input channels: frames t - context .. t + context (clamped at the movie's ends)
+    depth: int = 2  # conv blocks (each: two 3x3 conv + ReLU; 2x2 max-pool between blocks)
+    width: int = 8  # channels of the first block (doubling per block, capped at 4 x width)
+    head_channels: int = 4  # 1x1 conv channels before the position-aware linear head
+    dropout: float = 0.25
+    mask: str = "none"  # none | cells | targets
+    mask_radius: float = 8.0  # targets mask: px (full resolution) around each target
+    mask_dilate: int = 2  # cells mask: dilation of the footprint union, px (full resolution)
+    brightness: float = 0.2  # additive jitter in normalised units
+    contrast: float = 0.2  # gain drawn from [1 - c, 1 + c]
+    shift: int = 1  # random translation by up to this many px (classifier resolution), residual motion
+    mix: float = 0.0  # probability of adding an unstimulated training window (other spontaneous activity)
+    n_folds: int = 2  # cross-fitting folds of contiguous trial blocks
+    iterations: int = 400
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    checkpoint_every: int = 100
+    seed: int = 0
+    device: str = "auto"
+    group_by: str = "animal"  # animal (sessions '<animal><sep><condition>' share one model) | session
+    animal_separator: str = "_"
+    num_threads: int = 0  # torch CPU threads (0 = leave as set by the runner)
+
+    def __post_init__(self) -> None:
+        def bad(key: str, fix: str) -> CalflowInputError:
+            return CalflowInputError(f"classify.{key} = {getattr(self, key)!r}", file="config", fix=fix)
+
+        if self.mask not in ("none", "cells", "targets"):
+            raise bad("mask", "use none, cells or targets")
+        if self.group_by not in ("animal", "session"):
+            raise bad("group_by", "use animal or session")
+        if self.n_folds < 2:
+            raise bad("n_folds", "use 2 or more (every frame needs a held-out prediction)")
+        if self.downsample < 1 or self.depth < 1 or self.width < 1 or self.iterations < 1 or self.batch_size < 1:
+            raise bad("downsample" if self.downsample < 1 else "depth", "use positive integers")
+        if not 0 <= self.dropout < 1:
+            raise bad("dropout", "use a value in [0, 1)")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | ClassifyParams | None) -> ClassifyParams:
+        return from_section(cls, "classify", config)
+
+
+def group_of(session: str, group_by: str = "animal", separator: str = "_") -> str:
+    """Model group of a session: the animal (name before ``separator``) or the session itself."""
+    if group_by == "session" or not separator:
+        return session
+    return session.split(separator, 1)[0]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+# --------------------------------------------------------------------------------------------
+# inputs: targets, stim log, trials, folds, frames
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Targets:
+    """A session's targets table: ids (N,), positions (N, 2) (y, x) px, radii (N,) px (NaN if absent)."""
+
+    ids: list[str]
+    yx: np.ndarray
+    radius: np.ndarray
+
+    def same_as(self, other: Targets) -> bool:
+        return self.ids == other.ids and np.allclose(self.yx, other.yx) and np.allclose(
+            self.radius, other.radius, equal_nan=True)
+
+
+def read_targets(path: str | Path) -> Targets:
+    """Read and validate ``id,y,x[,radius]`` (calflow.config.check_targets)."""
+    df = check_targets(path)
+    ids = [str(int(float(v))) for v in df["id"]]
+    yx = df[["y", "x"]].astype(float).to_numpy()
+    radius = df["radius"].astype(float).to_numpy() if "radius" in df.columns else np.full(len(ids), np.nan)
+    if not ids:
+        raise CalflowInputError("the targets table has no rows", file=path, fix="list at least one target")
+    return Targets(ids, yx, radius)
+
+
+def read_labels(path: str | Path, targets: Targets, n_frames: int) -> np.ndarray:
+    """Multi-hot labels (T, N + 1) float32 from a stim log; the last column is "none".
+
+    Frames missing from the log are unstimulated. An unknown target id or a frame outside the
+    movie is a :class:`CalflowInputError` naming the row.
+    """
+    df = check_stim_log(path)
+    index = {t: j for j, t in enumerate(targets.ids)}
+    n = len(targets.ids)
+    labels = np.zeros((n_frames, n + 1), np.float32)
+    for i, (frame, tg) in enumerate(zip(df["frame"], df["targets"], strict=True)):
+        t = int(frame)
+        if t >= n_frames:
+            raise CalflowInputError(f"row {i + 2}, field 'frame': frame {t} is past the movie's {n_frames} frames",
+                                    file=path, fix="the stim log must describe this session's movie")
+        for tok in filter(None, (x.strip() for x in tg.split(";"))):
+            key = str(int(tok))
+            if key not in index:
+                raise CalflowInputError(f"row {i + 2}, field 'targets': target id {tok} is not in the targets table",
+                                        file=path, fix=f"use the ids of the targets table ({', '.join(targets.ids)})")
+            labels[t, index[key]] = 1.0
+    labels[:, n] = labels[:, :n].sum(axis=1) == 0
+    return labels
+
+
+@dataclass
+class Trials:
+    """Trials of a session: maximal runs of frames with the same non-empty set of targets.
+
+    ``start``/``stop`` (n,) frames, ``pattern`` (n,) tuples of target indices, ``unit`` (T,) the
+    trial each frame belongs to (the trial plus the frames up to the next trial; frames before the
+    first trial belong to it), ``fold`` (n,) the cross-fitting fold of each trial.
+    """
+
+    start: np.ndarray
+    stop: np.ndarray
+    pattern: list[tuple[int, ...]]
+    unit: np.ndarray
+    fold: np.ndarray
+
+    @property
+    def frame_fold(self) -> np.ndarray:
+        return self.fold[self.unit] if len(self.fold) else np.zeros(len(self.unit), np.int64)
+
+
+def find_trials(labels: np.ndarray, n_folds: int) -> Trials:
+    """Trials and their folds (contiguous blocks of trials in time order) from the labels."""
+    stim = labels[:, :-1] > 0.5
+    T = len(labels)
+    starts, stops, pats = [], [], []
+    prev: tuple[int, ...] = ()
+    for t in range(T):
+        cur = tuple(np.flatnonzero(stim[t]).tolist())
+        if cur and cur != prev:
+            if starts and stops[-1] is None:
+                stops[-1] = t
+            starts.append(t)
+            stops.append(None)
+            pats.append(cur)
+        elif not cur and prev:
+            stops[-1] = t
+        prev = cur
+    if stops and stops[-1] is None:
+        stops[-1] = T
+    start = np.array(starts, np.int64)
+    unit = np.zeros(T, np.int64)
+    for i, s in enumerate(start[1:], 1):
+        unit[s:] = i
+    n = len(start)
+    fold = (np.arange(n) * n_folds // max(n, 1)).astype(np.int64)
+    return Trials(start, np.array(stops, np.int64), pats, unit, fold)
+
+
+def load_frames(store: str | Path, downsample: int, block_frames: int = 200) -> tuple[np.ndarray, dict]:
+    """Stream a movie store, block-average frames by ``downsample``, normalise per session.
+
+    Returns ``(frames (T, H/d, W/d) float32, info)`` with ``info`` = mean image, std (scalar) and
+    the full-resolution frame shape. Peak memory: the downsampled movie plus one block.
+    """
+    reader = MovieReader(store)
+    T, H, W = reader.shape
+    d = int(downsample)
+    h, w = H // d, W // d
+    if h < 4 or w < 4:
+        raise CalflowInputError(f"frames {H}x{W} are too small for classify.downsample = {d}", file=store,
+                                fix="use a smaller downsample factor")
+    out = np.empty((T, h, w), np.float32)
+    for a, block in reader.iter_blocks(block_frames):
+        b = np.asarray(block, np.float32)[:, : h * d, : w * d]
+        out[a : a + len(b)] = b.reshape(len(b), h, d, w, d).mean(axis=(2, 4))
+    if not np.isfinite(out).all():
+        raise CalflowInputError("the movie has NaN or infinite pixels", file=store, fix="re-run motion correction")
+    mean = out.mean(axis=0)
+    out -= mean
+    std = float(out.std()) or 1.0
+    out /= std
+    return out, {"mean_image": mean, "std": std, "frame_shape": [int(H), int(W)]}
+
+
+def target_mask(targets: Targets, frame_shape: Sequence[int], radius: float) -> np.ndarray:
+    """(H, W) bool: discs of ``radius`` px around every target (full resolution)."""
+    yy, xx = np.mgrid[: frame_shape[0], : frame_shape[1]]
+    m = np.zeros(tuple(frame_shape), bool)
+    for y, x in targets.yx:
+        m |= (yy - y) ** 2 + (xx - x) ** 2 <= radius**2
+    return m
+
+
+def cell_mask(footprints_store: str | Path, dilate: int) -> np.ndarray:
+    """(H, W) bool: the union of the segmenter's footprints, dilated by ``dilate`` px."""
+    from scipy import ndimage
+
+    from calflow.segment.infer import read_footprints
+
+    fp, attrs = read_footprints(footprints_store)
+    shape = tuple(attrs["frame_shape"])
+    m = (np.asarray(fp.sum(axis=0)).ravel() > 0).reshape(shape)
+    if dilate > 0:
+        m = ndimage.binary_dilation(m, iterations=int(dilate))
+    return m
+
+
+def downsample_mask(mask: np.ndarray, d: int) -> np.ndarray:
+    """Full-resolution bool mask -> float32 mask at the classifier's resolution (any pixel kept)."""
+    h, w = mask.shape[0] // d, mask.shape[1] // d
+    return mask[: h * d, : w * d].reshape(h, d, w, d).any(axis=(1, 3)).astype(np.float32)
+
+
+@dataclass
+class SessionData:
+    """Everything the classifier needs of one session (frames at the classifier's resolution)."""
+
+    session: str
+    condition: str
+    frames: np.ndarray  # (T, h, w) float32 normalised
+    labels: np.ndarray  # (T, N + 1)
+    trials: Trials
+    mask: np.ndarray  # (h, w) float32, ones when no mask
+    info: dict
+
+
+def load_session(entry: Mapping[str, Any], targets: Targets, p: ClassifyParams) -> SessionData:
+    """``entry``: session, condition, motion (store), stim_log, [footprints]."""
+    frames, info = load_frames(entry["motion"], p.downsample)
+    labels = read_labels(entry["stim_log"], targets, len(frames))
+    if labels[:, :-1].sum() == 0:
+        raise CalflowInputError("the stim log has no stimulated frame", file=entry["stim_log"],
+                                fix="give a stim log with at least one stimulated frame per fold")
+    trials = find_trials(labels, p.n_folds)
+    if len(trials.start) < p.n_folds:
+        raise CalflowInputError(f"{len(trials.start)} trial(s) for {p.n_folds} folds", file=entry["stim_log"],
+                                fix="use fewer classify.n_folds or a longer session")
+    shape = info["frame_shape"]
+    if p.mask == "targets":
+        full = target_mask(targets, shape, p.mask_radius)
+    elif p.mask == "cells":
+        if not entry.get("footprints"):
+            raise CalflowInputError("classify.mask = cells needs the session's footprints.zarr",
+                                    file=entry["motion"], fix="run the segment stage or use mask: targets/none")
+        full = cell_mask(entry["footprints"], p.mask_dilate)
+        if tuple(full.shape) != tuple(shape):
+            raise CalflowInputError(f"footprints frame shape {full.shape} != movie {tuple(shape)}",
+                                    file=entry["footprints"], fix="re-run segment on this session")
+    else:
+        full = np.ones(shape, bool)
+    return SessionData(str(entry["session"]), str(entry.get("condition", "")), frames, labels, trials,
+                       downsample_mask(full, p.downsample), info)
+
+
+# --------------------------------------------------------------------------------------------
+# the network
+# --------------------------------------------------------------------------------------------
+
+
+class StimNet(nn.Module):
+    """``depth`` conv blocks (two 3x3 conv + ReLU each, 2x2 max-pool between blocks), then a
+    position-aware head (1x1 conv to ``reduce`` channels -> flatten -> dropout -> linear) to ``n_out`` logits.
+
+    The head is not a global average pool: which target was stimulated is a question of *where*
+    the activity is. ``features[i]`` is block i; Grad-CAM reads any of them (default the last).
+    Input (B, C, h, w) (C = 2 * context + 1 frames around the labelled one) with h, w multiples of ``2**(depth - 1)``.
+    """
+
+    def __init__(self, n_out: int, frame_hw: Sequence[int], depth: int = 3, width: int = 16, dropout: float = 0.25,
+                 in_channels: int = 1, reduce: int = 4):
+        super().__init__()
+        chans = [min(width * 2**i, 4 * width) for i in range(depth)]
+        blocks: list[nn.Module] = []
+        cin = in_channels
+        for i, c in enumerate(chans):
+            layers: list[nn.Module] = [nn.MaxPool2d(2)] if i > 0 else []
+            layers += [nn.Conv2d(cin, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1), nn.ReLU()]
+            blocks.append(nn.Sequential(*layers))
+            cin = c
+        self.features = nn.Sequential(*blocks)
+        f = 2 ** (depth - 1)
+        self.layer_hw = (int(frame_hw[0]) // f, int(frame_hw[1]) // f)
+        self.head = nn.Sequential(nn.Conv2d(cin, reduce, 1), nn.Flatten(), nn.Dropout(dropout),
+                                  nn.Linear(reduce * self.layer_hw[0] * self.layer_hw[1], n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_model(arch: Mapping[str, Any]) -> StimNet:
+    return StimNet(int(arch["n_out"]), arch["frame_hw"], int(arch["depth"]), int(arch["width"]),
+                   float(arch.get("dropout", 0.0)), int(arch.get("in_channels", 1)),
+                   int(arch.get("reduce", 4)))
+
+
+def crop_hw(h: int, w: int, depth: int) -> tuple[int, int]:
+    """The largest frame size the network takes (a multiple of ``2**(depth-1)``)."""
+    f = 2 ** (depth - 1)
+    return (h // f) * f, (w // f) * f
+
+
+def save_model(path: str | Path, model: nn.Module, arch: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+    """Weights-only model file ``{"state_dict", "arch", "meta"}`` written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "arch": json.loads(json.dumps(dict(arch))),
+                "meta": json.loads(json.dumps(dict(meta)))}, tmp)
+    os.replace(tmp, path)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[StimNet, dict]:
+    """Load a classifier file with ``weights_only=True``; returns (model in eval mode, blob sans weights)."""
+    blob = torch.load(path, map_location=device, weights_only=True)
+    model = build_model(blob["arch"])
+    model.load_state_dict(blob["state_dict"])
+    model.to(device).eval()
+    return model, {"arch": blob["arch"], "meta": blob.get("meta", {})}
+
+
+# --------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------
+
+
+def window(s: SessionData, idx: np.ndarray, context: int) -> np.ndarray:
+    """(B, 2 * context + 1, h, w): frames idx - context .. idx + context, clamped at the ends."""
+    offs = np.arange(-context, context + 1)
+    t = np.clip(np.asarray(idx)[:, None] + offs[None], 0, len(s.frames) - 1)
+    return s.frames[t]
+
+
+def _net_input(s: SessionData, frames: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(B, C, h, w) frames windows -> cropped to the network's size and masked."""
+    return np.ascontiguousarray(frames[:, :, : hw[0], : hw[1]] * s.mask[: hw[0], : hw[1]])
+
+
+def training_frames(frame_fold: np.ndarray, fold: int, context: int) -> np.ndarray:
+    """Frames fold ``fold``'s model may train on: outside the fold, and with no frame of the fold in
+    their input window (t - context .. t + context)."""
+    held = (frame_fold == fold).astype(np.int64)
+    near = np.convolve(held, np.ones(2 * context + 1, np.int64), mode="same") > 0 if context else held > 0
+    return np.flatnonzero(~near)
+
+
+def _fingerprint(p: ClassifyParams, data: Sequence[SessionData], fold: int) -> str:
+    keep = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("device", "num_threads", "checkpoint_every")}
+    h = hashlib.sha256(json.dumps({**keep, "fold": fold}, sort_keys=True).encode())
+    for s in data:
+        h.update(s.frames[:: max(1, len(s.frames) // 50)].tobytes())
+        h.update(s.labels.tobytes())
+        h.update(s.mask.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _batch(data: Sequence[SessionData], pools: list[np.ndarray], p: ClassifyParams, fold: int, it: int,
+           hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng([p.seed, fold, it])
+    sizes = np.array([len(x) for x in pools], float)
+    pool_none = [pool[data[k].labels[pool, -1] > 0.5] for k, pool in enumerate(pools)]
+    which = rng.choice(len(pools), size=p.batch_size, p=sizes / sizes.sum())
+    xs, ys = [], []
+    for i, k in enumerate(which):
+        pool = pools[k]
+        stim = pool[data[k].labels[pool, -1] < 0.5]
+        if i % 2 == 0 and len(stim):  # every other frame a stimulated one: balanced against "none"
+            pool = stim
+        t = int(pool[rng.integers(0, len(pool))])
+        s = data[k]
+        gain = rng.uniform(1 - p.contrast, 1 + p.contrast)
+        offset = rng.uniform(-p.brightness, p.brightness)
+        x = window(s, np.array([t]), p.context)[0]
+        if p.mix and rng.random() < p.mix:  # background mixing: the label stays, the spontaneous activity changes
+            quiet = pool_none[k]
+            if len(quiet):
+                x = x + rng.uniform(0.5, 1.0) * window(s, np.array([int(quiet[rng.integers(0, len(quiet))])]),
+                                                       p.context)[0]
+        x = x * gain + offset
+        if p.shift:
+            dy, dx = rng.integers(-p.shift, p.shift + 1, size=2)
+            x = np.roll(x, (int(dy), int(dx)), axis=(1, 2))
+        xs.append(_net_input(s, x[None].astype(np.float32), hw)[0])
+        ys.append(s.labels[t])
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+def train_fold(data: Sequence[SessionData], p: ClassifyParams, fold: int, checkpoint_dir: str | Path,
+               stop_at: int | None = None) -> tuple[StimNet, dict]:
+    """Train the model of ``fold`` on every other fold's frames; resumable from ``fold{f}_last.pt``."""
+    device = resolve_device(p.device)
+    h, w = data[0].frames.shape[1:]
+    hw = crop_hw(h, w, p.depth)
+    n_out = data[0].labels.shape[1]
+    arch = {"n_out": n_out, "in_channels": 2 * p.context + 1, "frame_hw": list(hw), "depth": p.depth,
+            "width": p.width, "dropout": p.dropout, "context": p.context, "reduce": p.head_channels}
+    torch.manual_seed(p.seed * 1000 + fold)
+    model = build_model(arch).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    pools = [training_frames(s.trials.frame_fold, fold, p.context) for s in data]
+    if not any(len(x) for x in pools):
+        raise CalflowInputError(f"fold {fold} leaves no training frames", fix="use fewer classify.n_folds")
+    ckdir = Path(checkpoint_dir)
+    ckdir.mkdir(parents=True, exist_ok=True)
+    last = ckdir / f"fold{fold}_last.pt"
+    fp = _fingerprint(p, data, fold)
+    it, history, resumed = 0, [], None
+    if last.exists():
+        ck = torch.load(last, map_location=device, weights_only=True)
+        if ck.get("fingerprint") == fp:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            it, history, resumed = int(ck["iteration"]), list(ck["history"]), int(ck["iteration"])
+            log.info("fold %d: resuming from %s at iteration %d", fold, last, it)
+        else:
+            log.info("fold %d: ignoring %s (other data or settings)", fold, last)
+    bce = nn.BCEWithLogitsLoss()
+    end = p.iterations if stop_at is None else min(stop_at, p.iterations)
+    model.train()
+    t0 = time.perf_counter()
+    while it < end:
+        for g in opt.param_groups:  # cosine decay
+            g["lr"] = float(p.lr * 0.5 * (1 + np.cos(np.pi * it / p.iterations)))
+        x, y = _batch(data, pools, p, fold, it, hw)
+        torch.manual_seed(int(np.random.default_rng([p.seed, fold, it, 1]).integers(2**62)))  # dropout: per iteration
+        loss = bce(model(x.to(device)), y.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        it += 1
+        if it % p.checkpoint_every == 0 or it == end:
+            history.append({"iteration": it, "loss": float(loss.item())})
+            log.info("fold %d iteration %d loss %.4f", fold, it, loss.item())
+            tmp = ckdir / f".fold{fold}_last.pt.tmp"
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it,
+                        "history": history, "fingerprint": fp}, tmp)
+            os.replace(tmp, last)
+    model.eval()
+    return model, {"fold": fold, "iterations": it, "history": history, "resumed_from": resumed,
+                   "seconds": time.perf_counter() - t0, "arch": arch, "fingerprint": fp}
+
+
+@torch.no_grad()
+def predict(model: StimNet, s: SessionData, frames: np.ndarray | None = None, batch: int = 256) -> np.ndarray:
+    """Sigmoid outputs (T, N + 1) of ``model`` on the session's frames (or the given indices)."""
+    device = next(model.parameters()).device
+    hw = tuple(model.layer_hw[i] * 2 ** (len(model.features) - 1) for i in range(2))
+    idx = np.arange(len(s.frames)) if frames is None else np.asarray(frames)
+    out = np.empty((len(idx), model.head[-1].out_features), np.float32)
+    model.eval()
+    for a in range(0, len(idx), batch):
+        ctx = (model.features[0][0].in_channels - 1) // 2
+        x = torch.from_numpy(_net_input(s, window(s, idx[a : a + batch], ctx), hw)).to(device)
+        out[a : a + batch] = torch.sigmoid(model(x)).cpu().numpy()
+    return out
+
+
+def frame_metrics(prob: np.ndarray, labels: np.ndarray, target_ids: Sequence[str]) -> dict:
+    """Accuracy ("top prediction among the stimulated targets", stimulated frames), per target,
+    none-frame accuracy, and the confusion matrix (true pattern x top output)."""
+    n = len(target_ids)
+    stim = labels[:, :n] > 0.5
+    is_stim = stim.any(axis=1)
+    top = prob.argmax(axis=1)
+    correct = np.zeros(len(labels), bool)
+    correct[is_stim] = stim[is_stim, np.minimum(top[is_stim], n - 1)] & (top[is_stim] < n)
+    none_ok = top[~is_stim] == n
+    per_target = {}
+    for j, tid in enumerate(target_ids):
+        sel = stim[:, j]
+        per_target[tid] = {"accuracy": float(correct[sel].mean()) if sel.any() else None, "frames": int(sel.sum())}
+    patterns = sorted({tuple(np.flatnonzero(r)) for r in stim[is_stim]}, key=lambda t: (len(t), t))
+    names = ["+".join(target_ids[j] for j in pat) for pat in patterns] + [NONE]
+    rows = {pat: i for i, pat in enumerate(patterns)}
+    conf = np.zeros((len(names), n + 1), np.int64)
+    for t in range(len(labels)):
+        r = rows[tuple(np.flatnonzero(stim[t]))] if is_stim[t] else len(names) - 1
+        conf[r, top[t]] += 1
+    return {
+        "accuracy": float(correct[is_stim].mean()) if is_stim.any() else None,
+        "n_stimulated_frames": int(is_stim.sum()),
+        "none_accuracy": float(none_ok.mean()) if none_ok.size else None,
+        "n_none_frames": int((~is_stim).sum()),
+        "per_target": per_target,
+        "confusion": {"rows": names, "columns": [*target_ids, NONE], "counts": conf.tolist()},
+    }
+
+
+def train_group(entries: Sequence[Mapping[str, Any]], targets_path: str | Path, section: Mapping[str, Any] | ClassifyParams,
+                out_dir: str | Path, *, seed: int = 0, group: str = "", stop_at: int | None = None) -> dict:
+    """Train the cross-fitted classifier of one target group and write its outputs.
+
+    ``entries``: one mapping per session (session, condition, motion, stim_log, targets,
+    [footprints]). Writes ``out_dir/model.pt`` (every fold's weights), ``out_dir/metrics.json``
+    and ``out_dir/predictions.npz``; checkpoints in ``out_dir/checkpoints/``. Returns the metrics.
+    """
+    cfg = dict(section) if not isinstance(section, ClassifyParams) else dataclasses.asdict(section)
+    cfg["seed"] = int(cfg.get("seed", 0)) + int(seed)
+    p = ClassifyParams.from_config(cfg)
+    if p.num_threads:
+        torch.set_num_threads(p.num_threads)
+    targets = read_targets(targets_path)
+    for e in entries:
+        other = read_targets(e["targets"])
+        if not other.same_as(targets):
+            raise CalflowInputError(
+                f"session {e['session']}'s targets differ from {targets_path} of its group {group!r}",
+                file=e["targets"], fix="give the sessions of one animal the same targets table, or set "
+                                       "classify.group_by: session")
+    data = [load_session(e, targets, p) for e in entries]
+    shapes = {s.frames.shape[1:] for s in data}
+    if len(shapes) > 1:
+        raise CalflowInputError(f"the group's sessions have different frame shapes {sorted(shapes)}",
+                                file=entries[0]["motion"], fix="group only sessions of one field of view")
+    out_dir = Path(out_dir)
+    if stop_at is not None:
+        for f in range(p.n_folds):
+            train_fold(data, p, f, out_dir / "checkpoints", stop_at=stop_at)
+        return {"stopped_at": stop_at}
+    models, runs = [], []
+    for f in range(p.n_folds):
+        m, r = train_fold(data, p, f, out_dir / "checkpoints")
+        models.append(m)
+        runs.append(r)
+    ids = targets.ids
+    per_session, preds = {}, {}
+    for s in data:
+        ff = s.trials.frame_fold
+        prob_test = np.zeros(s.labels.shape, np.float32)
+        train_m = []
+        for f, m in enumerate(models):
+            sel = np.flatnonzero(ff == f)
+            prob_test[sel] = predict(m, s, sel)
+            tr = np.flatnonzero(ff != f)
+            train_m.append(frame_metrics(predict(m, s, tr), s.labels[tr], ids))
+        test = frame_metrics(prob_test, s.labels, ids)
+        train_acc = [t["accuracy"] for t in train_m if t["accuracy"] is not None]
+        per_session[s.session] = {"condition": s.condition, "test": test,
+                                  "train_accuracy": float(np.mean(train_acc)) if train_acc else None,
+                                  "train_none_accuracy": float(np.mean([t["none_accuracy"] for t in train_m
+                                                                        if t["none_accuracy"] is not None])),
+                                  "n_trials": int(len(s.trials.start))}
+        preds[s.session] = prob_test
+    per_condition: dict[str, dict] = {}
+    for cond in sorted({s.condition for s in data}):
+        ss = [s for s in data if s.condition == cond]
+        lab = np.concatenate([s.labels for s in ss])
+        pr = np.concatenate([preds[s.session] for s in ss])
+        m = frame_metrics(pr, lab, ids)
+        per_condition[cond] = {"sessions": [s.session for s in ss], "test_accuracy": m["accuracy"],
+                               "test_none_accuracy": m["none_accuracy"],
+                               "train_accuracy": float(np.mean([per_session[s.session]["train_accuracy"] for s in ss])),
+                               "per_target": m["per_target"]}
+    arch = runs[0]["arch"]
+    meta = {"group": group, "sessions": [s.session for s in data], "target_ids": ids, "params": dataclasses.asdict(p),
+            "downsample": p.downsample, "folds": p.n_folds, "outputs": [*ids, NONE]}
+    path = out_dir / "model.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save({"folds": [{k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for m in models],
+                "arch": json.loads(json.dumps(arch)), "meta": json.loads(json.dumps(meta))}, tmp)
+    os.replace(tmp, path)
+    metrics = {"group": group, "target_ids": ids, "outputs": [*ids, NONE], "rule": "top prediction among the "
+               "stimulated targets, on frames with a stimulation (held-out fold of every frame)",
+               "device": str(resolve_device(p.device)), "arch": arch, "n_folds": p.n_folds,
+               "sessions": per_session, "conditions": per_condition,
+               "training": [{k: r[k] for k in ("fold", "iterations", "seconds", "resumed_from", "history")} for r in runs]}
+    tmpj = out_dir / f".metrics.json.tmp-{os.getpid()}"
+    tmpj.write_text(json.dumps(metrics, indent=2))
+    os.replace(tmpj, out_dir / "metrics.json")
+    tmpn = out_dir / f".predictions.tmp-{os.getpid()}.npz"
+    np.savez_compressed(tmpn, **{s: v for s, v in preds.items()})
+    os.replace(tmpn, out_dir / "predictions.npz")
+    return metrics
+
+
+def load_fold_models(path: str | Path, device: torch.device | str = "cpu") -> tuple[list[StimNet], dict]:
+    """Every fold's model of a group's ``model.pt`` (``weights_only=True``) and its arch/meta."""
+    blob = torch.load(path, map_location=device, weights_only=True)
+    models = []
+    for state in blob["folds"]:
+        m = build_model(blob["arch"])
+        m.load_state_dict(state)
+        models.append(m.to(device).eval())
+    return models, {"arch": blob["arch"], "meta": blob["meta"]}

@@ -1,0 +1,341 @@
+"""Grad-CAM maps of the stimulation classifier and ZNCC matrices between stimulation patterns.
+
+Hand-written rather than taken from pytorch-grad-cam or captum: the maps are the product of this
+stage (kept signed and at layer resolution, averaged per held-out trial and per pattern, compared
+between conditions), and the computation is a few lines; ``tests/test_gradcam.py`` checks it
+against captum's ``LayerGradCam`` on the same model and input.
+
+Grad-CAM (Selvaraju et al. 2017) of a score y (here the sum of the logits of a pattern's targets)
+at a layer with activations A (C, h, w): ``alpha_c = mean_xy dy/dA_c``, ``cam = sum_c alpha_c A_c``
+(signed, layer resolution). For display: ``ReLU(cam)`` bilinearly upsampled to the frame.
+
+Per session (:func:`session_gradcam`): every trial's map is the mean over its stimulated frames of
+the Grad-CAM of the pattern's targets, computed with the fold model that did not train on that
+trial (cross-fitting, calflow.classify); a pattern's map is the mean of its trials' maps. ZNCC
+(zero-normalised cross-correlation, the Pearson r of two maps' pixels) between the ReLU-ed
+layer-resolution maps of all patterns is the pattern x pattern matrix. Units: maps are in logit
+units per activation unit (only their shape matters for ZNCC, which is scale-free).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import zarr
+from torch import nn
+
+from calflow.classify import ClassifyParams, load_fold_models, load_session, read_targets, window
+from calflow.errors import CalflowInputError
+from calflow.io import atomic_output, open_group, write_array
+from calflow.params import from_section
+
+log = logging.getLogger("calflow.gradcam")
+
+
+@dataclass(frozen=True)
+class GradcamParams:
+    """The ``gradcam`` config section (docs/classify.md)."""
+
+    layer: str = "last"  # "last" or the index of a conv block of the classifier (0 = first)
+    zncc_map: str = "signed"  # signed | relu (Grad-CAM as displayed): which layer-resolution maps ZNCC compares
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.zncc_map not in ("relu", "signed"):
+            raise CalflowInputError(f"gradcam.zncc_map = {self.zncc_map!r}", file="config", fix="use relu or signed")
+        if self.layer != "last" and not str(self.layer).isdigit():
+            raise CalflowInputError(f"gradcam.layer = {self.layer!r}", file="config",
+                                    fix="use 'last' or the index of a conv block, e.g. '1'")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | GradcamParams | None) -> GradcamParams:
+        cfg = dict(config) if isinstance(config, Mapping) else config
+        if isinstance(cfg, dict) and "layer" in cfg:
+            cfg["layer"] = str(cfg["layer"])
+        return from_section(cls, "gradcam", cfg)
+
+
+def get_layer(model: nn.Module, layer: str | int) -> nn.Module:
+    """The conv block ``layer`` of a :class:`calflow.classify.StimNet` ("last" or an index)."""
+    blocks = model.features  # type: ignore[attr-defined]
+    if str(layer) == "last":
+        return blocks[len(blocks) - 1]
+    i = int(layer)
+    if not 0 <= i < len(blocks):
+        raise CalflowInputError(f"gradcam.layer = {layer} but the classifier has {len(blocks)} blocks",
+                                file="config", fix=f"use 'last' or 0..{len(blocks) - 1}")
+    return blocks[i]
+
+
+def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, weights: torch.Tensor) -> np.ndarray:
+    """Signed Grad-CAM (B, h, w) at ``layer`` of the score ``sum_k weights[b, k] * logits[b, k]``.
+
+    ``x`` (B, C, H, W); ``weights`` (B, n_out), e.g. one-hot of a target output, or ones on every
+    target of a pattern. Samples are independent (the network has no batch statistics).
+    """
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+        store["a"] = out
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        model.eval()
+        with torch.enable_grad():
+            logits = model(x)
+            score = (logits * weights.to(logits.dtype)).sum()
+            (grad,) = torch.autograd.grad(score, store["a"])
+    finally:
+        handle.remove()
+    a = store["a"].detach()
+    alpha = grad.mean(dim=(2, 3), keepdim=True)
+    return (alpha * a).sum(dim=1).cpu().numpy()
+
+
+def display_maps(cam: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """ReLU then bilinear upsampling (align_corners=False) of (B, h, w) maps to (B, *size)."""
+    t = torch.from_numpy(np.maximum(np.asarray(cam, np.float32), 0))[:, None]
+    return F.interpolate(t, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)[:, 0].numpy()
+
+
+def zncc(a: np.ndarray, b: np.ndarray) -> float:
+    """Zero-normalised cross-correlation of two maps (Pearson r of their pixels); NaN if one is flat."""
+    a = np.asarray(a, np.float64).ravel() - np.mean(a)
+    b = np.asarray(b, np.float64).ravel() - np.mean(b)
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
+def zncc_matrix(maps: np.ndarray) -> np.ndarray:
+    """(P, P) ZNCC between every pair of (P, ...) maps; a flat map's row and column are NaN."""
+    m = np.asarray(maps, np.float64).reshape(len(maps), -1)
+    m = m - m.mean(axis=1, keepdims=True)
+    norm = np.sqrt((m * m).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (m @ m.T) / np.outer(norm, norm)
+    z[norm == 0] = np.nan
+    z[:, norm == 0] = np.nan
+    return z
+
+
+def offdiag(z: np.ndarray) -> np.ndarray:
+    """The upper-triangle (i < j) entries of a square matrix."""
+    i, j = np.triu_indices(len(z), 1)
+    return z[i, j]
+
+
+def pattern_name(pattern: Sequence[int], ids: Sequence[str]) -> str:
+    return "+".join(ids[j] for j in pattern)
+
+
+# --------------------------------------------------------------------------------------------
+# cnmf traces (optional input; the contract is in docs/classify.md)
+# --------------------------------------------------------------------------------------------
+
+
+def cnmf_target_correlation(store: str | Path, target_yx: np.ndarray, max_distance: float = 6.0,
+                            trace: str = "dff") -> dict[str, np.ndarray]:
+    """Trace correlation between the targets' CNMF components (accepted, nearest centroid).
+
+    Returns ``component`` (N,) int64 (-1 where no accepted component lies within
+    ``max_distance`` px) and ``corr`` (N, N) Pearson r of their ``trace`` rows (NaN where missing).
+    """
+    g = open_group(store)
+    names = set(g.array_keys())
+    for need in ("centroids", trace):
+        if need not in names:
+            raise CalflowInputError(f"cnmf store has no '{need}' array", file=store,
+                                    fix="re-run the cnmf stage (see the cnmf.zarr contract)")
+    cents = np.asarray(g["centroids"][:], np.float64)
+    accepted = np.asarray(g["accepted"][:], bool) if "accepted" in names else np.ones(len(cents), bool)
+    traces = np.asarray(g[trace][:], np.float64)
+    comp = np.full(len(target_yx), -1, np.int64)
+    for j, yx in enumerate(np.asarray(target_yx, np.float64)):
+        d = np.hypot(*(cents - yx).T)
+        d[~accepted] = np.inf
+        if len(d) and d.min() <= max_distance:
+            comp[j] = int(d.argmin())
+    n = len(comp)
+    corr = np.full((n, n), np.nan)
+    ok = np.flatnonzero(comp >= 0)
+    if len(ok):
+        corr[np.ix_(ok, ok)] = np.corrcoef(traces[comp[ok]]) if len(ok) > 1 else 1.0
+    return {"component": comp, "corr": corr}
+
+
+# --------------------------------------------------------------------------------------------
+# the stage
+# --------------------------------------------------------------------------------------------
+
+
+def trial_maps(models: Sequence[nn.Module], data: Any, p: GradcamParams, context: int) -> dict[str, np.ndarray]:
+    """Signed layer-resolution Grad-CAM of every trial (mean over its stimulated frames), each from
+    the fold model that did not train on it. Returns trial_maps (n, h, w), trial_pattern (n,) index
+    into ``patterns`` and ``patterns`` (list of target-index tuples)."""
+    tr = data.trials
+    patterns = sorted(set(tr.pattern), key=lambda t: (len(t), t))
+    index = {pat: i for i, pat in enumerate(patterns)}
+    n_out = data.labels.shape[1]
+    maps = []
+    for i in range(len(tr.start)):
+        model = models[int(tr.fold[i])]
+        layer = get_layer(model, p.layer)
+        hw = (model.layer_hw[0] * 2 ** (len(model.features) - 1), model.layer_hw[1] * 2 ** (len(model.features) - 1))
+        frames = np.arange(tr.start[i], tr.stop[i])
+        w = np.zeros((len(frames), n_out), np.float32)
+        w[:, list(tr.pattern[i])] = 1.0
+        acc = []
+        for a in range(0, len(frames), p.batch_size):
+            idx = frames[a : a + p.batch_size]
+            x = window(data, idx, context)[:, :, : hw[0], : hw[1]] * data.mask[: hw[0], : hw[1]]
+            dev = next(model.parameters()).device
+            acc.append(grad_cam(model, layer, torch.from_numpy(np.ascontiguousarray(x)).to(dev),
+                                torch.from_numpy(w[a : a + p.batch_size]).to(dev)))
+        maps.append(np.concatenate(acc).mean(axis=0))
+    return {"trial_maps": np.stack(maps).astype(np.float32),
+            "trial_pattern": np.array([index[t] for t in tr.pattern], np.int64), "patterns": patterns}
+
+
+def pattern_means(trial_maps: np.ndarray, trial_pattern: np.ndarray, n_patterns: int) -> np.ndarray:
+    """(P, h, w) mean of the trial maps of each pattern (NaN for a pattern without trials)."""
+    out = np.full((n_patterns, *trial_maps.shape[1:]), np.nan, np.float64)
+    for k in range(n_patterns):
+        sel = trial_pattern == k
+        if sel.any():
+            out[k] = trial_maps[sel].mean(axis=0)
+    return out
+
+
+def maps_for_zncc(maps: np.ndarray, how: str) -> np.ndarray:
+    return np.maximum(maps, 0) if how == "relu" else maps
+
+
+def session_gradcam(entry: Mapping[str, Any], model_path: str | Path, section: Mapping[str, Any] | GradcamParams,
+                    out_store: str | Path, *, plots_dir: str | Path | None = None,
+                    cnmf_store: str | Path | None = None) -> dict:
+    """Grad-CAM maps and the ZNCC matrix of one session -> ``gradcam.zarr`` (+ figures).
+
+    ``entry``: session, condition, motion, stim_log, targets, [footprints] (as for classify).
+    """
+    p = GradcamParams.from_config(section)
+    models, info = load_fold_models(model_path)
+    meta = info["meta"]
+    cp = ClassifyParams.from_config(meta["params"])
+    targets = read_targets(entry["targets"])
+    if targets.ids != list(meta["target_ids"]):
+        raise CalflowInputError(f"target ids {targets.ids} differ from the classifier's {meta['target_ids']}",
+                                file=entry["targets"], fix="re-train the classifier of this session's group")
+    data = load_session(entry, targets, cp)
+    tm = trial_maps(models, data, p, int(info["arch"].get("context", 0)))
+    patterns = tm["patterns"]
+    pm = pattern_means(tm["trial_maps"], tm["trial_pattern"], len(patterns))
+    z = zncc_matrix(maps_for_zncc(pm, p.zncc_map))
+    frame_shape = data.info["frame_shape"]
+    disp = display_maps(pm, frame_shape)
+    names = [pattern_name(t, targets.ids) for t in patterns]
+    counts = np.bincount(tm["trial_pattern"], minlength=len(patterns))
+    cnmf = None
+    if cnmf_store and Path(cnmf_store).is_dir():
+        cnmf = cnmf_target_correlation(cnmf_store, targets.yx)
+    with atomic_output(out_store) as tmp:
+        g = zarr.open_group(tmp, mode="w", zarr_format=3)
+        g.attrs.update({"session": str(entry["session"]), "condition": str(entry.get("condition", "")),
+                        "group": meta.get("group", ""), "model": str(model_path), "layer": p.layer,
+                        "zncc_map": p.zncc_map, "patterns": names, "target_ids": targets.ids,
+                        "frame_shape": list(frame_shape), "downsample": cp.downsample,
+                        "layer_shape": list(pm.shape[1:]), "n_folds": cp.n_folds,
+                        "heldout": "every trial's map comes from the fold model that did not train on it",
+                        "cnmf": str(cnmf_store) if cnmf is not None else None})
+        write_array(tmp, "pattern_maps", pm.astype(np.float32), ("pattern", "ly", "lx"))
+        write_array(tmp, "pattern_maps_relu", np.maximum(pm, 0).astype(np.float32), ("pattern", "ly", "lx"))
+        write_array(tmp, "display_maps", disp.astype(np.float32), ("pattern", "y", "x"))
+        write_array(tmp, "zncc", z.astype(np.float64), ("pattern", "pattern2"))
+        write_array(tmp, "pattern_targets", np.array([list(t) + [-1] * (2 - len(t)) if len(t) <= 2 else list(t[:2])
+                                                      for t in patterns], np.int64), ("pattern", "member"))
+        write_array(tmp, "pattern_trials", counts.astype(np.int64), ("pattern",))
+        write_array(tmp, "trial_maps", tm["trial_maps"], ("trial", "ly", "lx"))
+        write_array(tmp, "trial_pattern", tm["trial_pattern"], ("trial",))
+        write_array(tmp, "trial_fold", data.trials.fold.astype(np.int64), ("trial",))
+        write_array(tmp, "trial_start", data.trials.start.astype(np.int64), ("trial",))
+        write_array(tmp, "mean_image", data.info["mean_image"].astype(np.float32), ("cy", "cx"))
+        write_array(tmp, "target_yx", targets.yx.astype(np.float64), ("target", "axis"))
+        if cnmf is not None:
+            write_array(tmp, "trace_corr", cnmf["corr"], ("target", "target2"))
+            write_array(tmp, "trace_component", cnmf["component"], ("target",))
+    if plots_dir is not None:
+        plot_session(out_store, plots_dir)
+    off = offdiag(z)
+    return {"patterns": len(names), "trials": int(len(tm["trial_pattern"])),
+            "zncc_sum_offdiag": float(np.nansum(off)), "zncc_mean_offdiag": float(np.nanmean(off)) if off.size else None}
+
+
+def plot_session(store: str | Path, plots_dir: str | Path) -> list[Path]:
+    """``zncc.png`` (pattern x pattern heatmap) and ``maps.png`` (Grad-CAM overlays on the mean image)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = open_group(store)
+    names = list(g.attrs["patterns"])
+    z = np.asarray(g["zncc"][:])
+    disp = np.asarray(g["display_maps"][:])
+    mean = np.asarray(g["mean_image"][:])
+    out_dir = Path(plots_dir)
+    out = []
+    with atomic_output(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        fig = zncc_figure(z, names, f"{g.attrs['session']}: ZNCC of Grad-CAM maps")
+        fig.savefig(tmp / "zncc.png", dpi=100)
+        plt.close(fig)
+        fig = overlay_figure(mean, disp, names, str(g.attrs["session"]))
+        fig.savefig(tmp / "maps.png", dpi=80)
+        plt.close(fig)
+        out = [out_dir / "zncc.png", out_dir / "maps.png"]
+    return out
+
+
+def zncc_figure(z: np.ndarray, names: Sequence[str], title: str, ax: Any = None) -> Any:
+    import matplotlib.pyplot as plt
+
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5.5, 5))
+    im = ax.imshow(z, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+    ax.set_yticks(range(len(names)), names, fontsize=6)
+    ax.set_title(title, fontsize=9)
+    if fig is not None:
+        fig.colorbar(im, ax=ax, shrink=0.8, label="ZNCC")
+        fig.tight_layout()
+    return fig
+
+
+def overlay_figure(mean: np.ndarray, disp: np.ndarray, names: Sequence[str], title: str) -> Any:
+    import matplotlib.pyplot as plt
+
+    n = len(names)
+    cols = min(8, max(n, 1))
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.7 * rows + 0.3), squeeze=False)
+    H, W = disp.shape[1:]
+    ext = (-0.5, W - 0.5, H - 0.5, -0.5)
+    for k, ax in enumerate(axes.ravel()):
+        ax.set_axis_off()
+        if k >= n:
+            continue
+        ax.imshow(mean, cmap="gray", extent=ext)
+        m = disp[k]
+        top = float(np.nanmax(m)) if np.isfinite(m).any() else 0.0
+        ax.imshow(np.ma.masked_less_equal(m, 0.15 * top if top > 0 else 0), cmap="inferno", alpha=0.6, extent=ext)
+        ax.set_title(names[k], fontsize=7)
+    fig.suptitle(f"{title}: Grad-CAM per pattern (held-out trials)", fontsize=9)
+    fig.tight_layout()
+    return fig

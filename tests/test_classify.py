@@ -1,0 +1,256 @@
+"""Stimulation classifier, Grad-CAM (against captum), ZNCC, and the condition comparison's statistics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from calflow import classify as cl
+from calflow import compare as cmp
+from calflow import gradcam as gc
+from calflow.errors import CalflowInputError
+from calflow.io import MovieWriter, open_group, write_array
+from calflow.simulate import SimParams, write_session
+
+TINY = SimParams(n_frames=420, height=40, width=40, n_cells=6, n_targets=3, n_pairs=1, radius_min=4.0,
+                 radius_max=4.5, trial_frames=8, iti_frames=10, iti_jitter_frames=2, stim_start_frame=10,
+                 motion=False, bg_rank=0, neuropil_level=0.1, stim_gain=25.0)
+FAST = {"downsample": 1, "context": 1, "depth": 2, "width": 4, "iterations": 60, "batch_size": 16,
+        "checkpoint_every": 20, "lr": 0.005, "device": "cpu"}
+
+
+def _session(tmp, name, condition, w_gain=1.0, seed=1):
+    d = tmp / "demo" / name
+    files = write_session(d, dataclasses.replace(TINY, w_gain=w_gain), seed=seed, anatomy_seed=7, threads=1)
+    import tifffile
+
+    movie = tifffile.imread(files["movie"])
+    store = tmp / name / "motion.zarr"
+    with MovieWriter(store, movie.shape, movie.dtype, fps=30.0, chunk_frames=100) as w:
+        w.write(movie)
+    return {"session": name, "condition": condition, "motion": str(store), "stim_log": str(files["stim_log"]),
+            "targets": str(files["targets"]), "truth": str(files["ground_truth"])}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("classify")
+    entries = [_session(tmp, "a1_A", "A", 1.0, seed=1), _session(tmp, "a1_B", "B", 2.0, seed=2)]
+    out = tmp / "classifier" / "a1"
+    metrics = cl.train_group(entries, entries[0]["targets"], FAST, out, group="a1")
+    return tmp, entries, out, metrics
+
+
+def test_labels_trials_and_folds_follow_trial_blocks(trained):
+    _, entries, _, _ = trained
+    t = cl.read_targets(entries[0]["targets"])
+    lab = cl.read_labels(entries[0]["stim_log"], t, TINY.n_frames)
+    truth = np.load(entries[0]["truth"])
+    np.testing.assert_array_equal(lab[:, :-1] > 0, truth["stim"])
+    np.testing.assert_array_equal(lab[:, -1] > 0, ~truth["stim"].any(axis=1))
+    tr = cl.find_trials(lab, 2)
+    np.testing.assert_array_equal(tr.start, truth["trial_start"])
+    ff = tr.frame_fold
+    # contiguous blocks: the fold changes once, and never inside a trial or its inter-trial interval
+    assert np.count_nonzero(np.diff(ff)) == 1
+    assert ff[tr.start[tr.fold == 1][0]] == 1 and ff[tr.start[tr.fold == 1][0] - 1] == 0
+    cut = int(np.flatnonzero(np.diff(ff))[0]) + 1
+    assert cut in set(tr.start.tolist())
+    # fold 1's model: no training frame whose 2 * 3 + 1 frame input window reaches into fold 1
+    train1 = cl.training_frames(ff, 1, 3)
+    assert train1.max() == cut - 4 and not np.isin(np.arange(cut, len(ff)), train1).any()
+    train0 = cl.training_frames(ff, 0, 3)
+    assert train0.min() == cut + 3 and len(train0) == len(ff) - cut - 3
+
+
+def test_bad_stim_log_names_the_file_and_row(tmp_path):
+    (tmp_path / "t.csv").write_text("id,y,x\n0,5,5\n1,9,9\n")
+    (tmp_path / "s.csv").write_text("frame,targets\n0,\n1,0\n2,7\n")
+    t = cl.read_targets(tmp_path / "t.csv")
+    with pytest.raises(CalflowInputError, match=r"s\.csv: row 4, field 'targets': target id 7"):
+        cl.read_labels(tmp_path / "s.csv", t, 10)
+    with pytest.raises(CalflowInputError, match="past the movie"):
+        cl.read_labels(tmp_path / "s.csv", t, 2)
+    with pytest.raises(CalflowInputError, match="classify.mask"):
+        cl.ClassifyParams.from_config({"mask": "everything"})
+
+
+def test_classifier_metrics_are_held_out_and_above_chance(trained):
+    _, entries, out, m = trained
+    assert set(m["sessions"]) == {"a1_A", "a1_B"} and set(m["conditions"]) == {"A", "B"}
+    for s in m["sessions"].values():
+        t = s["test"]
+        assert set(t["per_target"]) == {"0", "1", "2"}
+        conf = np.asarray(t["confusion"]["counts"])
+        assert conf.sum() == TINY.n_frames and conf.shape[1] == 4
+        # 3 targets + 1 pair: a random top output would be right on ~1/3 of stimulated frames
+        assert t["accuracy"] > 0.6, t["accuracy"]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["sessions"]["a1_A"]["test"]["accuracy"] == m["sessions"]["a1_A"]["test"]["accuracy"]
+    blob = torch.load(out / "model.pt", weights_only=True)
+    assert len(blob["folds"]) == 2 and blob["meta"]["target_ids"] == ["0", "1", "2"]
+
+
+def test_training_resumes_to_the_same_weights(trained, tmp_path):
+    tmp, entries, out, _ = trained
+    cl.train_group(entries, entries[0]["targets"], FAST, tmp_path, group="a1", stop_at=20)
+    assert (tmp_path / "checkpoints" / "fold0_last.pt").exists()
+    cl.train_group(entries, entries[0]["targets"], FAST, tmp_path, group="a1")
+    a = torch.load(out / "model.pt", weights_only=True)["folds"]
+    b = torch.load(tmp_path / "model.pt", weights_only=True)["folds"]
+    for fa, fb in zip(a, b, strict=True):
+        for k in fa:
+            assert torch.equal(fa[k], fb[k]), k
+    assert json.loads((tmp_path / "metrics.json").read_text())["training"][0]["resumed_from"] == 20
+
+
+def test_gradcam_matches_captum_layer_gradcam():
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    torch.manual_seed(0)
+    model = cl.StimNet(5, (32, 32), depth=3, width=4, dropout=0.0, in_channels=3).eval()
+    x = torch.randn(4, 3, 32, 32)
+    for layer_name in ("last", "1"):
+        layer = gc.get_layer(model, layer_name)
+        ref = LayerGradCam(model, layer)
+        for target in (0, 3):
+            w = torch.zeros(4, 5)
+            w[:, target] = 1
+            ours = gc.grad_cam(model, layer, x, w)
+            theirs = ref.attribute(x, target=target, relu_attributions=False).detach()[:, 0].numpy()
+            assert ours.shape == theirs.shape == ((4, 8, 8) if layer_name == "last" else (4, 16, 16))
+            np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7)
+            relu = ref.attribute(x, target=target, relu_attributions=True)
+            up = LayerAttribution.interpolate(relu, (32, 32), interpolate_mode="bilinear").detach()[:, 0].numpy()
+            np.testing.assert_allclose(gc.display_maps(ours, (32, 32)), up, rtol=1e-5, atol=1e-7)
+            assert np.abs(ours).max() > 0
+
+
+def test_zncc():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(8, 8)), rng.normal(size=(8, 8))
+    assert gc.zncc(a, a) == pytest.approx(1.0)
+    assert gc.zncc(a, -2 * a + 3) == pytest.approx(-1.0)
+    assert gc.zncc(a, 5 * b + 1) == pytest.approx(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+    maps = rng.normal(size=(4, 6, 6))
+    z = gc.zncc_matrix(maps)
+    assert z[1, 3] == pytest.approx(gc.zncc(maps[1], maps[3])) and np.allclose(np.diag(z), 1)
+    assert np.isnan(gc.zncc_matrix(np.stack([a, np.zeros_like(a)]))[0, 1])
+
+
+def test_session_gradcam_store(trained):
+    tmp, entries, out, _ = trained
+    store = tmp / "a1_A" / "gradcam.zarr"
+    info = gc.session_gradcam(entries[0], out / "model.pt", {}, store, plots_dir=tmp / "a1_A" / "plots" / "gradcam")
+    g = open_group(store)
+    assert list(g.attrs["patterns"]) == ["0", "1", "2", g.attrs["patterns"][3]] and "+" in g.attrs["patterns"][3]
+    z = np.asarray(g["zncc"][:])
+    assert z.shape == (4, 4) and np.allclose(np.diag(z), 1) and np.allclose(z, z.T)
+    tm, tp = np.asarray(g["trial_maps"][:]), np.asarray(g["trial_pattern"][:])
+    np.testing.assert_allclose(np.asarray(g["pattern_maps"][:])[2], tm[tp == 2].mean(axis=0), rtol=1e-5)
+    assert np.asarray(g["display_maps"][:]).shape == (4, 40, 40)
+    assert info["trials"] == len(tp) and (tmp / "a1_A" / "plots" / "gradcam" / "zncc.png").is_file()
+    assert "trace_corr" not in g  # no cnmf store given
+
+
+def test_cnmf_trace_correlation_reads_the_contract(tmp_path):
+    import zarr
+
+    store = tmp_path / "cnmf.zarr"
+    zarr.open_group(store, mode="w", zarr_format=3).attrs.update({"format": "csr", "n_components": 3})
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=200)
+    dff = np.stack([base + 0.1 * rng.normal(size=200), rng.normal(size=200), base + 0.1 * rng.normal(size=200)])
+    write_array(store, "dff", dff.astype(np.float32), ("component", "time"))
+    write_array(store, "centroids", np.array([[5.0, 5.0], [20.0, 20.0], [30.0, 8.0]]), ("component", "axis"))
+    write_array(store, "accepted", np.array([True, True, False]), ("component",))
+    res = gc.cnmf_target_correlation(store, np.array([[6.0, 5.0], [30.0, 8.0], [19.0, 21.0]]))
+    np.testing.assert_array_equal(res["component"], [0, -1, 1])  # the rejected component is not used
+    assert np.isnan(res["corr"][0, 1]) and abs(res["corr"][0, 2]) < 0.3 and res["corr"][0, 0] == pytest.approx(1)
+
+
+def _fake_store(path, session, condition, trial_maps, trial_pattern, folds, names):
+    import zarr
+
+    g = zarr.open_group(path, mode="w", zarr_format=3)
+    g.attrs.update({"session": session, "condition": condition, "group": "g1", "patterns": names,
+                    "zncc_map": "signed"})
+    write_array(path, "trial_maps", trial_maps.astype(np.float32), ("trial", "ly", "lx"))
+    write_array(path, "trial_pattern", trial_pattern, ("trial",))
+    write_array(path, "trial_fold", folds, ("trial",))
+
+
+def _synthetic_condition(rng, shared: float, n_per=4, n_pat=6, hw=12):
+    """Trial maps: each pattern a blob of its own plus ``shared`` x a common blob, plus noise."""
+    yy, xx = np.mgrid[:hw, :hw]
+    own = [np.exp(-((yy - rng.integers(2, hw - 2)) ** 2 + (xx - rng.integers(2, hw - 2)) ** 2) / 4) for _ in range(n_pat)]
+    common = np.exp(-((yy - hw / 2) ** 2 + (xx - hw / 2) ** 2) / 8)
+    maps, pats = [], []
+    for k in range(n_pat):
+        for _ in range(n_per):
+            maps.append(own[k] + shared * common + 0.6 * rng.normal(size=(hw, hw)))
+            pats.append(k)
+    pats = np.array(pats)
+    return np.stack(maps), pats, (np.arange(len(pats)) % 2).astype(np.int64)
+
+
+def _compare(tmp_path, shared_a, shared_b, seed):
+    names = [str(k) for k in range(6)]
+    stores = []
+    for cond, shared in (("A", shared_a), ("B", shared_b)):
+        rng = np.random.default_rng([seed, 0])  # same blob positions in both conditions (one animal)
+        maps, pats, folds = _synthetic_condition(rng, shared)
+        noise_rng = np.random.default_rng([seed, ord(cond)])
+        maps = maps + 0.6 * noise_rng.normal(size=maps.shape)
+        st = tmp_path / f"{seed}_{cond}.zarr"
+        _fake_store(st, f"g1_{cond}", cond, maps, pats, folds, names)
+        stores.append(st)
+    return cmp.compare_conditions(stores, "A", "B", {"n_permutations": 300, "n_bootstrap": 100, "seed": seed})
+
+
+def test_compare_detects_more_shared_structure_and_is_calibrated_under_the_null(tmp_path):
+    res = _compare(tmp_path, 0.2, 1.2, seed=1)
+    assert res["p_permutation"] < 0.01
+    assert res["conditions"]["B"]["zncc_mean_offdiag"] > res["conditions"]["A"]["zncc_mean_offdiag"]
+    lo, hi = res["difference_mean_offdiag_ci"]
+    assert 0 < lo < hi
+    null_p = [_compare(tmp_path, 0.5, 0.5, seed=s)["p_permutation"] for s in range(10, 30)]
+    assert np.mean(np.array(null_p) > 0.05) >= 0.85, null_p  # 20 null seeds: ~95% expected above 0.05
+    out = tmp_path / "c" / "A_vs_B.json"
+    cmp.write_comparison(res, out, tmp_path / "c" / "A_vs_B.png")
+    saved = json.loads(out.read_text())
+    assert saved["p_permutation"] == res["p_permutation"] and (tmp_path / "c" / "A_vs_B.png").is_file()
+
+
+def test_report_sections_show_classifier_gradcam_and_comparison(trained):
+    from calflow import report as rp
+
+    tmp, entries, out, _ = trained
+    stores = []
+    for e in entries:
+        st = tmp / e["session"] / "gradcam.zarr"
+        if not st.is_dir():
+            gc.session_gradcam(e, out / "model.pt", {}, st, plots_dir=tmp / e["session"] / "plots" / "gradcam")
+        stores.append(st)
+    res = cmp.compare_conditions(stores, "A", "B", {"n_permutations": 20, "n_bootstrap": 10},
+                                 [out / "metrics.json"])
+    cmp.write_comparison(res, tmp / "compare" / "A_vs_B.json", tmp / "compare" / "A_vs_B.png")
+    sessions = rp.sessions_from_records([{"session": e["session"], "condition": e["condition"], "movie": "",
+                                          "fps": 30.0} for e in entries], tmp)
+    ctx = rp.ReportContext(results=tmp, sessions=sessions)
+    cls = rp.classifier_section(ctx, "A", sessions[:1])
+    assert cls["tables"][0].rows[0][4] == rp.fmt(json.loads((out / "metrics.json").read_text())
+                                                 ["sessions"]["a1_A"]["test"]["accuracy"])
+    assert len(cls["figures"]) == 1
+    assert len(rp.zncc_section(ctx, "B", sessions[1:])["figures"]) == 1
+    assert len(rp.gradcam_section(ctx, sessions[0])["figures"]) == 2
+    comp = rp.compare_section(ctx)
+    assert len(comp["tables"][0].rows) == 2 and comp["tables"][0].rows[0][-1] == rp.fmt(res["p_permutation"], 4)
+    empty = rp.sessions_from_records([{"session": "none1", "condition": "C", "movie": "", "fps": 30.0}], tmp)
+    assert rp.classifier_section(ctx, "C", empty) is None and rp.gradcam_section(ctx, empty[0]) is None
+    assert rp.zncc_section(ctx, "C", empty) is None

@@ -1,0 +1,80 @@
+# Stimulation classifier (GPU in profiles/slurm), Grad-CAM maps + ZNCC matrices, condition comparison.
+# docs/classify.md: one cross-fitted classifier per animal (sessions '<animal>_<condition>' sharing
+# a targets table), trained on every condition of that animal; models in results/classifier/{group}/.
+# Helpers are in classify_common.smk.
+
+
+rule train_classifier:
+    """Cross-fitted stimulation classifier of one animal (all its sessions and conditions)."""
+    input:
+        unpack(lambda w: _classify_entry_inputs(CLASSIFY_GROUPS[w.group])),
+    output:
+        model="results/classifier/{group}/model.pt",
+        metrics="results/classifier/{group}/metrics.json",
+        predictions="results/classifier/{group}/predictions.npz",
+    params:
+        classify=CLS,
+        seed=config["seed"],
+        sessions=lambda w: CLASSIFY_GROUPS[w.group],
+        conditions=lambda w: [SESSIONS.loc[s, "condition"] for s in CLASSIFY_GROUPS[w.group]],
+        checkpoint_dir=lambda w: f"results/classifier/{w.group}/checkpoints",
+    conda:
+        "../../envs/torch.yaml"
+    log:
+        "results/logs/train_classifier/{group}.log",
+    threads: 1
+    resources:
+        mem_mb=3000,
+    script:
+        "../scripts/train_classifier.py"
+
+
+rule gradcam:
+    """Grad-CAM maps per stimulation pattern (held-out trials) and the pattern x pattern ZNCC matrix."""
+    input:
+        unpack(lambda w: {k: v[0] for k, v in _classify_entry_inputs([w.session]).items()}),
+        model=lambda w: f"results/classifier/{classifier_group(w.session)}/model.pt",
+        # the trace-correlation matrix of the same targets, for comparison with the ZNCC matrix
+        cnmf="results/{session}/cnmf.zarr",
+    output:
+        store=directory("results/{session}/gradcam.zarr"),
+        plots=report(
+            directory("results/{session}/plots/gradcam"),
+            patterns=["{name}.png"],
+            caption="../report/gradcam.rst",
+            category="Grad-CAM",
+            subcategory="{session}",
+            labels={"session": "{session}", "figure": "{name}"},
+        ),
+    params:
+        gradcam=config["gradcam"],
+        condition=lambda w: SESSIONS.loc[w.session, "condition"],
+    conda:
+        "../../envs/torch.yaml"
+    log:
+        "results/logs/gradcam/{session}.log",
+    threads: 1
+    resources:
+        mem_mb=3000,
+    script:
+        "../scripts/gradcam.py"
+
+
+rule compare:
+    """Summed / mean off-diagonal ZNCC per condition, bootstrap CIs, permutation p-value, accuracy."""
+    input:
+        unpack(_compare_inputs),
+    output:
+        json="results/compare/{a}_vs_{b}.json",
+        figure=report("results/compare/{a}_vs_{b}.png", caption="../report/compare.rst", category="Comparison"),
+    params:
+        compare=config["compare"],
+    conda:
+        "../../envs/torch.yaml"
+    log:
+        "results/logs/compare/{a}_vs_{b}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    script:
+        "../scripts/compare.py"

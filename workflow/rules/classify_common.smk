@@ -1,0 +1,56 @@
+# Helpers of workflow/rules/classify.smk: which sessions take part, model groups (animals), compared pairs.
+CLS = config["classify"]
+
+
+def classify_sessions():
+    """Sessions with a stim log and a targets table."""
+    return [s for s in SESSION_NAMES
+            if all(isinstance(SESSIONS.loc[s, c], str) and SESSIONS.loc[s, c] for c in ("stim_log", "targets"))]
+
+
+def classifier_group(session):
+    if CLS["group_by"] == "session":
+        return session
+    return session.split(CLS["animal_separator"], 1)[0] if CLS["animal_separator"] else session
+
+
+CLASSIFY_SESSIONS = classify_sessions()
+CLASSIFY_GROUPS = {}
+for _s in CLASSIFY_SESSIONS:
+    CLASSIFY_GROUPS.setdefault(classifier_group(_s), []).append(_s)
+
+
+def compare_pairs():
+    """compare.pairs (or every pair of conditions in sheet order) that some group has both of."""
+    conds = list(dict.fromkeys(SESSIONS.loc[CLASSIFY_SESSIONS, "condition"])) if CLASSIFY_SESSIONS else []
+    pairs = [tuple(p) for p in config["compare"]["pairs"]] or [
+        (a, b) for i, a in enumerate(conds) for b in conds[i + 1:]]
+    have = {(g, SESSIONS.loc[s, "condition"]) for g, ss in CLASSIFY_GROUPS.items() for s in ss}
+    return [(a, b) for a, b in pairs if any((g, a) in have and (g, b) in have for g in CLASSIFY_GROUPS)]
+
+
+COMPARE_PAIRS = compare_pairs()
+
+
+wildcard_constraints:
+    group="|".join(map(re.escape, CLASSIFY_GROUPS)) or "NO_GROUP",
+    a="|".join(map(re.escape, sorted({c for p in COMPARE_PAIRS for c in p}))) or "NO_CONDITION",
+    b="|".join(map(re.escape, sorted({c for p in COMPARE_PAIRS for c in p}))) or "NO_CONDITION",
+
+
+def _classify_entry_inputs(sessions):
+    files = {
+        "motion": [f"results/{s}/motion.zarr" for s in sessions],
+        "stim_log": [SESSIONS.loc[s, "stim_log"] for s in sessions],
+        "targets": [SESSIONS.loc[s, "targets"] for s in sessions],
+    }
+    if CLS["mask"] == "cells":
+        files["footprints"] = [f"results/{s}/footprints.zarr" for s in sessions]
+    return files
+
+
+def _compare_inputs(w):
+    sessions = [s for s in CLASSIFY_SESSIONS if SESSIONS.loc[s, "condition"] in (w.a, w.b)]
+    groups = sorted({classifier_group(s) for s in sessions})
+    return {"gradcam": [f"results/{s}/gradcam.zarr" for s in sessions],
+            "metrics": [f"results/classifier/{g}/metrics.json" for g in groups]}

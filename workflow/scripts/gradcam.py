@@ -1,0 +1,18 @@
+"""Thin wrapper: snakemake rule `gradcam` -> calflow.gradcam.session_gradcam."""
+import logging
+
+from calflow.gradcam import session_gradcam
+from calflow.runner import run_script
+
+
+def main(smk):
+    entry = {"session": smk.wildcards.session, "condition": smk.params.condition, "motion": smk.input.motion,
+             "stim_log": smk.input.stim_log, "targets": smk.input.targets}
+    if "footprints" in smk.input.keys():
+        entry["footprints"] = smk.input.footprints
+    info = session_gradcam(entry, smk.input.model, smk.params.gradcam, smk.output.store,
+                           plots_dir=smk.output.plots, cnmf_store=smk.input.cnmf)
+    logging.getLogger("calflow.gradcam").info("gradcam: %s", info)
+
+
+run_script(snakemake, main)  # noqa: F821 - injected by snakemake
