@@ -27,7 +27,7 @@ TINY_CONFIG = {
     },
     "ingest": {"chunk_frames": 50},
     "motion": {"patch_size": 32, "overlap": 16, "max_shift": 8, "template_frames": 60, "batch_size": 50},
-    # decode (runs once rule cnmf exists): ~4 trials of 6 patterns here, so mostly "too few trials"; cheap
+    # decode: ~4 trials of 6 patterns here, so mostly "too few trials"; cheap
     "decode": {"classifiers": ["logistic"], "folds": 2, "n_permutations": 10, "remove_spontaneous_pcs": 2},
     # 5 simulated 64 x 64 pairs (TINY_VS_PAIRS), one optuna trial of a 2-epoch CNN: a few seconds
     "virtual_stain": {"sheet": "config/virtual_stain.tsv", "n_trials": 1, "epochs": 2, "device": "cpu",
