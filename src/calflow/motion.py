@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 import zarr
 
+from calflow.device import resolve_device
 from calflow.errors import CalflowInputError
 from calflow.io import MovieReader, MovieWriter, atomic_output, write_array
 from calflow.params import from_section
@@ -180,9 +181,7 @@ class MotionParams:
         return dataclasses.asdict(self)
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device, key="motion.device")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from calflow.cnmf.config import CNMFParams
 from calflow.cnmf.store import read_seeds, write_cnmf
+from calflow.device import resolve_device
 from calflow.errors import CalflowInputError
 from calflow.io import MovieReader, open_group
 
@@ -40,14 +41,6 @@ def load_seeds(footprints_store: str | Path, frame_shape: tuple[int, int]) -> sp
     if seeds.nnz and not np.isfinite(seeds.data).all():
         raise CalflowInputError("footprints hold NaN or infinite weights", file=path, fix="rerun rule segment")
     return seeds
-
-
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def run_cnmf(movie_store: str | Path, footprints_store: str | Path, out_store: str | Path, *,
@@ -81,7 +74,7 @@ def run_cnmf(movie_store: str | Path, footprints_store: str | Path, out_store: s
             raise CalflowInputError(f"mean image of shape {mean.shape} (or not finite) for frames {(H, W)}",
                                     file=summary_store, fix="rerun rule summary")
     settings = FitSettings(**{k: getattr(p, k) for k in FitSettings.__dataclass_fields__ if k != "device"},
-                           device=_device(p.device))
+                           device=resolve_device(p.device, key="cnmf.device"))
     res = fit(reader, seeds, settings, mean)
     t_fit = time.perf_counter() - t0
     t1 = time.perf_counter()

@@ -21,15 +21,10 @@ import torch
 import zarr
 from scipy import ndimage
 
+from calflow.device import resolve_device
 from calflow.io import atomic_output, write_array
 from calflow.segment.data import dihedral, dihedral_inverse, load_inputs
 from calflow.segment.model import build_model
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @torch.no_grad()

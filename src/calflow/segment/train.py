@@ -35,11 +35,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from calflow.device import resolve_device
 from calflow.errors import CalflowInputError
 from calflow.metrics import match_iou, pixel_iou
 from calflow.params import from_section
 from calflow.segment.data import Sample, dihedral
-from calflow.segment.infer import instances_from_maps, predict, resolve_device
+from calflow.segment.infer import instances_from_maps, predict
 from calflow.segment.model import build_model
 
 log = logging.getLogger("calflow.segment")

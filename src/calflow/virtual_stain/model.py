@@ -14,12 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-
-def pick_device(device: str = "auto") -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+from calflow.device import resolve_device
 
 
 class BlockCNN(nn.Module):
@@ -70,7 +65,7 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def train_model(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, device: str = "auto") -> BlockCNN:
     """Train a :class:`BlockCNN` on blocks ``x`` (N, s, s) float32 with labels ``y`` (N,) {0, 1}."""
-    dev = pick_device(device)
+    dev = resolve_device(device, key="virtual_stain.device")
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     model = BlockCNN(cfg.channels, cfg.dropout).to(dev)

@@ -159,8 +159,9 @@ def run_dataset(images: Sequence[Mapping[str, str]], out_dir: str | Path, params
     """Train, evaluate and map one dataset. ``images``: dicts with image, label_free, fluorescence, split."""
     import torch
 
+    from calflow.device import resolve_device
     from calflow.io import atomic_output, write_array
-    from calflow.virtual_stain.model import TrainConfig, pick_device, predict, train_model
+    from calflow.virtual_stain.model import TrainConfig, predict, train_model
     from calflow.virtual_stain.search import search
 
     p = from_section(VirtualStainParams, "virtual_stain", params)
@@ -195,7 +196,7 @@ def run_dataset(images: Sequence[Mapping[str, str]], out_dir: str | Path, params
     result: dict[str, Any] = {
         "dataset": dataset,
         "params": asdict(p),
-        "device": str(pick_device(p.device)),
+        "device": str(resolve_device(p.device, key="virtual_stain.device")),
         "n_train_images": len(train), "n_validation_images": n_val, "n_test_images": len(test),
         "n_train_blocks": int(len(y_tr)), "train_positive_fraction": float(y_tr.mean()),
         "test": _metrics(prob_all, lab_all),
