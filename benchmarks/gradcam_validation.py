@@ -79,7 +79,8 @@ def truth_similarity(store: Path, truth: Path) -> dict[str, float]:
     return {"spearman_w_rows": float(r_w), "spearman_response_maps": float(r_m)}
 
 
-def run_seed(seed: int, gain_b: float, section: dict, sim: SimParams, n_perm: int) -> dict:
+def run_seed(seed: int, gain_b: float, section: dict, sim: SimParams, n_perm: int,
+             gradcam: dict | None = None) -> dict:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         t0 = time.perf_counter()
@@ -91,7 +92,7 @@ def run_seed(seed: int, gain_b: float, section: dict, sim: SimParams, n_perm: in
         stores, sims = [], []
         for e in entries:
             st = tmp / e["session"] / "gradcam.zarr"
-            session_gradcam(e, tmp / "classifier" / "model.pt", {}, st)
+            session_gradcam(e, tmp / "classifier" / "model.pt", gradcam or {}, st)
             stores.append(st)
             sims.append(truth_similarity(st, Path(e["truth"])))
         res = compare_conditions(stores, "A", "B", {"n_permutations": n_perm, "n_bootstrap": 200, "seed": seed},
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--permutations", type=int, default=1000)
     ap.add_argument("--design", choices=sorted(DESIGNS), default="criteria",
                     help="simulated animal: the demo's or one designed for the criteria")
+    ap.add_argument("--layer", default="last", help="gradcam.layer")
     ap.add_argument("--set", nargs="*", default=[], help="classify keys, e.g. mask=targets iterations=400")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind, seeds, gain in (("effect", range(args.effect_seeds), args.gain),
                               ("null", range(args.null_start, args.null_start + args.null_seeds), 1.0)):
         for s in seeds:
-            r = run_seed(s, gain, section, DESIGNS[args.design], args.permutations)
+            r = run_seed(s, gain, section, DESIGNS[args.design], args.permutations, {"layer": args.layer})
             r["kind"] = kind
             rows.append(r)
             print(f"{kind:6s} seed {s:3d}  acc A {r['accuracy']['A']:.3f} B {r['accuracy']['B']:.3f}  "
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     eff = [r for r in rows if r["kind"] == "effect"]
     nul = [r for r in rows if r["kind"] == "null"]
     summary = {
-        "classify": section, "gain": args.gain, "design": args.design,
+        "classify": section, "gain": args.gain, "design": args.design, "layer": args.layer,
         "effect_detected_p_lt_0.01": f"{sum(r['p'] < 0.01 for r in eff)}/{len(eff)}",
         "null_p_gt_0.05": f"{sum(r['p'] > 0.05 for r in nul)}/{len(nul)}",
         "mean_accuracy": float(np.mean([v for r in rows for v in r["accuracy"].values()])),
