@@ -23,7 +23,8 @@ pattern x top output), train vs test.
 
 Frames are block-averaged by ``downsample`` while streaming the movie (memory: T x (H/d) x (W/d)
 float32), then normalised per session: ``(frame - mean image) / std`` of the whole movie (a
-dF-like input: what changes, not the anatomy).
+dF-like input: what changes, not the anatomy), or with ``normalise: pixel`` by each pixel's own
+temporal std.
 
 Determinism: model initialisation from ``torch.manual_seed(1000 * seed + fold)``; every iteration
 draws its batch and augmentation from ``numpy.random.default_rng([seed, fold, iteration])`` and
@@ -69,23 +70,24 @@ class ClassifyParams:
     """The ``classify`` config section (docs/classify.md explains every key)."""
 
     downsample: int = 2  # block-average frames by this factor (128 -> 64 px)
+    normalise: str = "global"  # global: (F - mean image) / std of the movie | pixel: per-pixel z-score over time
     context: int = 3  # input channels: frames t - context .. t + context (clamped at the movie's ends)
     depth: int = 2  # conv blocks (each: two 3x3 conv + ReLU; 2x2 max-pool between blocks)
     width: int = 8  # channels of the first block (doubling per block, capped at 4 x width)
     head_channels: int = 4  # 1x1 conv channels before the position-aware linear head
-    dropout: float = 0.25
+    dropout: float = 0.5
     mask: str = "none"  # none | cells | targets
     mask_radius: float = 8.0  # targets mask: px (full resolution) around each target
     mask_dilate: int = 2  # cells mask: dilation of the footprint union, px (full resolution)
-    brightness: float = 0.2  # additive jitter in normalised units
-    contrast: float = 0.2  # gain drawn from [1 - c, 1 + c]
-    shift: int = 1  # random translation by up to this many px (classifier resolution), residual motion
+    brightness: float = 0.4  # additive jitter in normalised units
+    contrast: float = 0.4  # gain drawn from [1 - c, 1 + c]
+    shift: int = 2  # random translation by up to this many px (classifier resolution), residual motion
     mix: float = 0.0  # probability of adding an unstimulated training window (other spontaneous activity)
     n_folds: int = 2  # cross-fitting folds of contiguous trial blocks
     iterations: int = 400
     batch_size: int = 32
     lr: float = 2e-3
-    weight_decay: float = 1e-4
+    weight_decay: float = 0.01
     checkpoint_every: int = 100
     seed: int = 0
     device: str = "auto"
@@ -99,6 +101,8 @@ class ClassifyParams:
 
         if self.mask not in ("none", "cells", "targets"):
             raise bad("mask", "use none, cells or targets")
+        if self.normalise not in ("global", "pixel"):
+            raise bad("normalise", "use global or pixel")
         if self.group_by not in ("animal", "session"):
             raise bad("group_by", "use animal or session")
         if self.n_folds < 2:
@@ -228,11 +232,16 @@ def find_trials(labels: np.ndarray, n_folds: int) -> Trials:
     return Trials(start, np.array(stops, np.int64), pats, unit, fold)
 
 
-def load_frames(store: str | Path, downsample: int, block_frames: int = 200) -> tuple[np.ndarray, dict]:
+def load_frames(store: str | Path, downsample: int, block_frames: int = 200,
+                normalise: str = "global") -> tuple[np.ndarray, dict]:
     """Stream a movie store, block-average frames by ``downsample``, normalise per session.
 
-    Returns ``(frames (T, H/d, W/d) float32, info)`` with ``info`` = mean image, std (scalar) and
-    the full-resolution frame shape. Peak memory: the downsampled movie plus one block.
+    ``normalise``: ``global`` = (frame - mean image) / std of the whole movie (scalar);
+    ``pixel`` = (frame - mean image) / per-pixel temporal std (each pixel a z-score: bright
+    anatomy and dark background weigh the same, only each pixel's change counts).
+    Returns ``(frames (T, H/d, W/d) float32, info)`` with ``info`` = mean image, std (scalar, or
+    the (H/d, W/d) std image) and the full-resolution frame shape. Peak memory: the downsampled
+    movie plus one block.
     """
     reader = MovieReader(store)
     T, H, W = reader.shape
@@ -249,8 +258,14 @@ def load_frames(store: str | Path, downsample: int, block_frames: int = 200) -> 
         raise CalflowInputError("the movie has NaN or infinite pixels", file=store, fix="re-run motion correction")
     mean = out.mean(axis=0)
     out -= mean
-    std = float(out.std()) or 1.0
-    out /= std
+    std: float | np.ndarray
+    if normalise == "pixel":
+        std = out.std(axis=0)
+        floor = float(np.median(std)) * 1e-3 or 1.0  # constant pixels (e.g. a masked border) stay 0
+        out /= np.maximum(std, floor)
+    else:
+        std = float(out.std()) or 1.0
+        out /= std
     return out, {"mean_image": mean, "std": std, "frame_shape": [int(H), int(W)]}
 
 
@@ -298,7 +313,7 @@ class SessionData:
 
 def load_session(entry: Mapping[str, Any], targets: Targets, p: ClassifyParams) -> SessionData:
     """``entry``: session, condition, motion (store), stim_log, [footprints]."""
-    frames, info = load_frames(entry["motion"], p.downsample)
+    frames, info = load_frames(entry["motion"], p.downsample, normalise=p.normalise)
     labels = read_labels(entry["stim_log"], targets, len(frames))
     if labels[:, :-1].sum() == 0:
         raise CalflowInputError("the stim log has no stimulated frame", file=entry["stim_log"],

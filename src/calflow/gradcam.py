@@ -131,6 +131,25 @@ def offdiag(z: np.ndarray) -> np.ndarray:
     return z[i, j]
 
 
+def expected_response_maps(W: np.ndarray, target_cells: Sequence[int], footprints: np.ndarray, w_gain: float,
+                           layer_shape: Sequence[int]) -> np.ndarray:
+    """Ground-truth functional footprint of each single target (validation on simulated data).
+
+    Target j's expected response map is its own footprint plus the footprints of the cells it
+    drives weighted by ``w_gain * W[target, k]`` (the simulator's extra rate per unit of the
+    target's), block-averaged to the Grad-CAM layer's resolution. ``W`` (K, K) W[source, target],
+    ``footprints`` (K, H, W); returns (N, ly, lx). Their ZNCC is the "true connectivity
+    similarity" the single-target Grad-CAM ZNCC is validated against.
+    """
+    K = W.shape[0]
+    cells = [int(c) for c in target_cells]
+    resp = np.eye(K)[cells] + float(w_gain) * np.asarray(W)[cells]
+    ly, lx = int(layer_shape[0]), int(layer_shape[1])
+    f = footprints.shape[1] // ly
+    maps = np.einsum("pk,khw->phw", resp, np.asarray(footprints, np.float64))
+    return maps[:, : ly * f, : lx * f].reshape(len(cells), ly, f, lx, f).mean((2, 4))
+
+
 def pattern_name(pattern: Sequence[int], ids: Sequence[str]) -> str:
     return "+".join(ids[j] for j in pattern)
 
