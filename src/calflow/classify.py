@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from calflow.config import check_stim_log, check_targets
+from calflow.device import resolve_device
 from calflow.errors import CalflowInputError
 from calflow.io import MovieReader
 from calflow.params import from_section
@@ -122,12 +123,6 @@ def group_of(session: str, group_by: str = "animal", separator: str = "_") -> st
     if group_by == "session" or not separator:
         return session
     return session.split(separator, 1)[0]
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,7 +470,7 @@ def _batch(data: Sequence[SessionData], pools: list[np.ndarray], p: ClassifyPara
 def train_fold(data: Sequence[SessionData], p: ClassifyParams, fold: int, checkpoint_dir: str | Path,
                stop_at: int | None = None) -> tuple[StimNet, dict]:
     """Train the model of ``fold`` on every other fold's frames; resumable from ``fold{f}_last.pt``."""
-    device = resolve_device(p.device)
+    device = resolve_device(p.device, key="classify.device")
     h, w = data[0].frames.shape[1:]
     hw = crop_hw(h, w, p.depth)
     n_out = data[0].labels.shape[1]
@@ -649,7 +644,7 @@ def train_group(entries: Sequence[Mapping[str, Any]], targets_path: str | Path, 
     os.replace(tmp, path)
     metrics = {"group": group, "target_ids": ids, "outputs": [*ids, NONE], "rule": "top prediction among the "
                "stimulated targets, on frames with a stimulation (held-out fold of every frame)",
-               "device": str(resolve_device(p.device)), "arch": arch, "n_folds": p.n_folds,
+               "device": str(resolve_device(p.device, key="classify.device")), "arch": arch, "n_folds": p.n_folds,
                "sessions": per_session, "conditions": per_condition,
                "training": [{k: r[k] for k in ("fold", "iterations", "seconds", "resumed_from", "history")} for r in runs]}
     tmpj = out_dir / f".metrics.json.tmp-{os.getpid()}"
