@@ -175,6 +175,18 @@ def test_decode_session_from_cnmf_store(tmp_path, truth):
     assert (plots / "confusion.png").stat().st_size > 1000
 
 
+def test_a_session_without_accepted_components_is_recorded_not_failed(tmp_path, truth):
+    store = tmp_path / "cnmf.zarr"
+    write_cnmf(store, truth.calcium, truth.fps, accepted=np.zeros(truth.n_cells, bool))
+    log = tmp_path / "stim.csv"
+    log.write_text("frame,targets\n" + "".join(f"{i},{t}\n" for i, t in enumerate(truth.stim_log())))
+    out, plots = tmp_path / "decode.json", tmp_path / "plots" / "decode"
+    decode_session(store, log, out, plots, {"classifiers": ["logistic"], "n_permutations": 5})
+    saved = json.loads(out.read_text())
+    assert saved["status"] == "no components" and saved["n_neurons"] == 0 and saved["components"] == []
+    assert saved["classifiers"] == {} and plots.is_dir() and not list(plots.iterdir())
+
+
 @pytest.mark.parametrize("problem", ["nan", "traces", "params"])
 def test_bad_input_is_one_error_and_no_output(tmp_path, truth, problem):
     store = tmp_path / "cnmf.zarr"

@@ -342,7 +342,10 @@ def decode(traces: np.ndarray, trials: Trials, fps: float, params: DecodeParams 
 
 
 def load_traces(store: str | Path, kind: str = "dff", accepted_only: bool = True) -> tuple[np.ndarray, float, np.ndarray]:
-    """(traces (K', T) float64, fps, component indices) from a cnmf.zarr (the agreed contract)."""
+    """(traces (K', T) float64, fps, component indices) from a cnmf.zarr (the agreed contract).
+
+    K' is 0 when the session has no (accepted) components; :func:`decode_session` records that.
+    """
     from calflow.io import open_group
 
     store = Path(store)
@@ -364,9 +367,6 @@ def load_traces(store: str | Path, kind: str = "dff", accepted_only: bool = True
             raise CalflowInputError(f"accepted has shape {acc.shape}, {kind} {x.shape}", file=store,
                                     fix="rerun the cnmf stage")
         idx = idx[acc]
-    if idx.size == 0:
-        raise CalflowInputError("no accepted components to decode from", file=store,
-                                fix="set decode.accepted_only false or loosen the cnmf acceptance criteria")
     if not np.isfinite(x[idx]).all():
         raise CalflowInputError(f"{kind} holds NaN or infinite values", file=store, fix="rerun the cnmf stage")
     return x[idx], fps, idx
@@ -416,7 +416,14 @@ def decode_session(cnmf_store: str | Path, stim_log: str | Path, out_json: str |
     if len(trials) and trials.onset.max() >= traces.shape[1]:
         raise CalflowInputError(f"stimulus onset at frame {int(trials.onset.max())} but the traces have "
                                 f"{traces.shape[1]} frames", file=stim_log, fix="check that the stim log belongs to the movie")
-    result = decode(traces, trials, fps, p, n_jobs=n_jobs)
+    if traces.shape[0] == 0:
+        # a session CNMF found no (accepted) cells in is a result, not an error: the rest of the run goes on
+        result = {"params": asdict(p), "fps": fps, "n_neurons": 0, "n_frames": int(traces.shape[1]),
+                  "n_trials_total": len(trials), "classifiers": {}, "status": "no components",
+                  "note": "cnmf.zarr has no accepted components (set decode.accepted_only false or loosen "
+                          "the cnmf acceptance criteria)"}
+    else:
+        result = decode(traces, trials, fps, p, n_jobs=n_jobs)
     result.update(cnmf=str(cnmf_store), stim_log=str(stim_log), components=idx.tolist())
     with atomic_output(plot_dir) as tmp:
         tmp.mkdir(parents=True)
