@@ -81,6 +81,87 @@ def test_frames_are_normalised_globally_or_per_pixel(trained):
         cl.ClassifyParams(normalise="dff")
 
 
+def _in_ram_reference(store, d, normalise):
+    """The normalised movie computed the way classify did before it streamed (all frames in RAM)."""
+    from calflow.io import MovieReader
+
+    movie = MovieReader(store)[:].astype(np.float32)
+    T, H, W = movie.shape
+    h, w = H // d, W // d
+    out = movie[:, : h * d, : w * d].reshape(T, h, d, w, d).mean(axis=(2, 4))
+    mean = out.mean(axis=0)
+    out -= mean
+    if normalise == "pixel":
+        std = out.std(axis=0)
+        out /= np.maximum(std, float(np.median(std)) * 1e-3 or 1.0)
+    else:
+        std = float(out.std()) or 1.0
+        out /= std
+    return out, mean, std
+
+
+@pytest.mark.parametrize("normalise", ["global", "pixel"])
+def test_streamed_frames_and_windows_equal_the_in_ram_version(trained, tmp_path, normalise):
+    _, entries, _, _ = trained
+    ref, mean, std = _in_ram_reference(entries[0]["motion"], 2, normalise)
+    p = cl.ClassifyParams(downsample=2, context=3, normalise=normalise, scratch_dir=str(tmp_path))
+    with cl.load_session(entries[0], cl.read_targets(entries[0]["targets"]), p) as s:
+        assert isinstance(s.frames, cl.ScratchMovie) and s.frames.shape == ref.shape and len(s.frames) == len(ref)
+        np.testing.assert_array_equal(s.info["mean_image"], mean)
+        np.testing.assert_allclose(s.info["std"], std, rtol=1e-5)
+        np.testing.assert_allclose(s.frames[:], ref, rtol=1e-5, atol=2e-5)  # float32 rounding of the old std
+        idx = np.array([0, 1, 2, 200, 57, 200, len(ref) - 2, len(ref) - 1])  # both ends clamped, a repeat
+        t = np.clip(idx[:, None] + np.arange(-3, 4)[None], 0, len(ref) - 1)
+        win = cl.window(s, idx, 3)
+        assert win.shape == (len(idx), 7, 20, 20) and win.dtype == np.float32
+        np.testing.assert_allclose(win, ref[t], rtol=1e-5, atol=2e-5)
+        np.testing.assert_allclose(s.frames[::50], ref[::50], rtol=1e-5, atol=2e-5)  # the checkpoint fingerprint
+        np.testing.assert_allclose(s.frames[-1], ref[-1], rtol=1e-5, atol=2e-5)
+        assert s.frames[np.array([], np.int64)].shape == (0, 20, 20)
+    assert list(tmp_path.iterdir()) == []  # the scratch dir went with the session
+
+
+def test_scratch_dir_is_deleted_on_close_and_collection(trained, tmp_path):
+    import gc
+    import subprocess
+    import sys
+
+    _, entries, _, _ = trained
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"calflow-classify-{cl._HOST}-{int(dead.stdout)}-abc"  # a killed job's scratch
+    stale.mkdir()
+    movie = cl.open_movie(entries[0]["motion"], 2, scratch_dir=str(tmp_path))
+    assert not stale.exists()  # removed: its process is gone
+    scratch = movie.path.parent
+    assert movie.path.stat().st_size == TINY.n_frames * 20 * 20 * 4
+    movie.close()
+    assert not scratch.exists() and movie.closed
+    with pytest.raises(ValueError, match="closed"):
+        movie[0]
+    movie = cl.open_movie(entries[0]["motion"], 2, scratch_dir=str(tmp_path))
+    scratch = movie.path.parent
+    del movie
+    gc.collect()
+    assert not scratch.exists()
+    with pytest.raises(CalflowInputError, match=r"classify\.scratch_dir = '/no/such/dir'.*Fix: create it"):
+        cl.ClassifyParams.from_config({"scratch_dir": "/no/such/dir"})
+
+
+def test_nan_block_names_the_file_and_leaves_no_scratch(tmp_path):
+    movie = np.random.default_rng(0).normal(100, 5, size=(300, 16, 16)).astype(np.float32)
+    movie[250, 3, 4] = np.nan  # in the second 200-frame block: the first block is already on disk
+    store = tmp_path / "bad" / "motion.zarr"
+    with MovieWriter(store, movie.shape, movie.dtype, fps=30.0, chunk_frames=100) as w:
+        w.write(movie)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with pytest.raises(CalflowInputError) as err:
+        cl.open_movie(store, 2, scratch_dir=str(scratch))
+    msg = str(err.value)
+    assert msg.startswith(f"{store}: the movie has NaN or infinite pixels (frames 200-299)") and "\n" not in msg
+    assert list(scratch.iterdir()) == []
+
+
 def test_bad_stim_log_names_the_file_and_row(tmp_path):
     (tmp_path / "t.csv").write_text("id,y,x\n0,5,5\n1,9,9\n")
     (tmp_path / "s.csv").write_text("frame,targets\n0,\n1,0\n2,7\n")
@@ -113,7 +194,11 @@ def test_training_resumes_to_the_same_weights(trained, tmp_path):
     tmp, entries, out, _ = trained
     cl.train_group(entries, entries[0]["targets"], FAST, tmp_path, group="a1", stop_at=20)
     assert (tmp_path / "checkpoints" / "fold0_last.pt").exists()
-    cl.train_group(entries, entries[0]["targets"], FAST, tmp_path, group="a1")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    # another scratch_dir is not another model: the checkpoint's fingerprint ignores it
+    cl.train_group(entries, entries[0]["targets"], {**FAST, "scratch_dir": str(scratch)}, tmp_path, group="a1")
+    assert list(scratch.iterdir()) == []  # the sessions' scratch files are gone after training
     a = torch.load(out / "model.pt", weights_only=True)["folds"]
     b = torch.load(tmp_path / "model.pt", weights_only=True)["folds"]
     for fa, fb in zip(a, b, strict=True):

@@ -21,10 +21,32 @@ into block ``f`` are left out of its training. Metrics: accuracy under "correct 
 stimulated targets" (frames with a stimulation), per-target accuracy, a confusion matrix (true
 pattern x top output), train vs test.
 
-Frames are block-averaged by ``downsample`` while streaming the movie (memory: T x (H/d) x (W/d)
-float32), then normalised per session: ``(frame - mean image) / std`` of the whole movie (a
-dF-like input: what changes, not the anatomy), or with ``normalise: pixel`` by each pixel's own
-temporal std.
+Frames are block-averaged by ``downsample`` while the movie is streamed once, and normalised per
+session: ``(frame - mean image) / std`` of the whole movie (a dF-like input: what changes, not the
+anatomy), or with ``normalise: pixel`` by each pixel's own temporal std.
+
+Memory (out of core, DESIGN.md): the block-averaged movie (T x h x w float32, 14 GB for 30 min of
+512 x 512 at 30 Hz and d = 2) is never held in RAM. :func:`open_movie` writes it to a raw float32
+scratch file while accumulating float64 per-pixel sums for the mean and std; training batches,
+predictions and Grad-CAM windows read 2 * context + 1 consecutive frames with one ``os.preadv``
+each and normalise on read (:class:`ScratchMovie`). Why this design:
+
+* a raw file, not zarr/HDF5: the windows are random, small and contiguous in time, i.e. one
+  positioned read of ``(2 * context + 1) * h * w * 4`` bytes; chunked compressed stores would
+  decode whole chunks per window, and the file is read back by the same process only;
+* ``pread``, not ``np.memmap``: mapped pages that were touched count toward the process's RSS
+  (and a cgroup limit would see them as the job's memory), growing with the movie as training
+  samples it; pread copies into a fresh array and leaves the file to the page cache, which the
+  kernel reclaims under pressure;
+* normalise on read, not on write: the statistics are only known after the last block; a
+  second pass to rewrite the file would double the I/O, the subtraction and division per window
+  cost microseconds;
+* a ``tempfile.TemporaryDirectory`` under ``classify.scratch_dir`` (default: the system temp
+  dir, i.e. $TMPDIR, node-local scratch on clusters), named ``calflow-classify-{host}-{pid}-*``:
+  deleted when the session is closed, garbage collected, on interpreter exit, or when streaming
+  fails; a job killed by a signal (SIGKILL, SIGTERM) leaves its directory, and the next classify job on the same host
+  deletes it (the process is gone). Nothing goes under results/. If $TMPDIR is a RAM-backed tmpfs
+  the file costs RAM after all: point ``scratch_dir`` at a disk then.
 
 Determinism: model initialisation from ``torch.manual_seed(1000 * seed + fold)``; every iteration
 draws its batch and augmentation from ``numpy.random.default_rng([seed, fold, iteration])`` and
@@ -35,12 +57,18 @@ and the model file hold tensors and plain values only (``torch.load(weights_only
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import glob
 import hashlib
 import json
 import logging
 import os
+import re
+import shutil
+import tempfile
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +81,7 @@ from torch import nn
 from calflow.config import check_stim_log, check_targets
 from calflow.device import resolve_device
 from calflow.errors import CalflowInputError
-from calflow.io import MovieReader
+from calflow.io import _HOST, MovieReader, _pid_alive
 from calflow.params import from_section
 
 log = logging.getLogger("calflow.classify")
@@ -95,6 +123,7 @@ class ClassifyParams:
     group_by: str = "animal"  # animal (sessions '<animal><sep><condition>' share one model) | session
     animal_separator: str = "_"
     num_threads: int = 0  # torch CPU threads (0 = leave as set by the runner)
+    scratch_dir: str = ""  # directory of the downsampled movie's scratch file ("" = system temp dir, $TMPDIR)
 
     def __post_init__(self) -> None:
         def bad(key: str, fix: str) -> CalflowInputError:
@@ -112,6 +141,7 @@ class ClassifyParams:
             raise bad("downsample" if self.downsample < 1 else "depth", "use positive integers")
         if not 0 <= self.dropout < 1:
             raise bad("dropout", "use a value in [0, 1)")
+        scratch_root(self.scratch_dir)  # an existing writable directory, or ""
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | ClassifyParams | None) -> ClassifyParams:
@@ -227,16 +257,153 @@ def find_trials(labels: np.ndarray, n_folds: int) -> Trials:
     return Trials(start, np.array(stops, np.int64), pats, unit, fold)
 
 
-def load_frames(store: str | Path, downsample: int, block_frames: int = 200,
-                normalise: str = "global") -> tuple[np.ndarray, dict]:
-    """Stream a movie store, block-average frames by ``downsample``, normalise per session.
+def scratch_root(scratch_dir: str = "") -> Path:
+    """Directory the scratch files go to: ``scratch_dir`` (``~`` and ``$VARS`` expanded) or, when
+    empty, the system temp dir (``tempfile.gettempdir()``: $TMPDIR, i.e. node-local scratch on most
+    clusters). A bad directory is a :class:`CalflowInputError` naming ``classify.scratch_dir``."""
+    if not scratch_dir:
+        return Path(tempfile.gettempdir())
+    path = Path(os.path.expandvars(os.path.expanduser(str(scratch_dir))))
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        raise CalflowInputError(f"classify.scratch_dir = {scratch_dir!r}: {path} is not an existing writable directory",
+                                file="config", fix="create it (node-local disk with room for the downsampled movie) "
+                                                   "or use '' for the system temp dir ($TMPDIR)")
+    return path
+
+
+_SCRATCH_PREFIX = "calflow-classify-"
+
+
+def _remove_stale_scratch(root: Path) -> None:
+    """Delete scratch dirs of killed jobs on this host (``calflow-classify-{host}-{pid}-*``, process gone)."""
+    pattern = re.compile(rf"^{re.escape(_SCRATCH_PREFIX)}{re.escape(_HOST)}-(\d+)-")
+    for d in root.glob(f"{_SCRATCH_PREFIX}{glob.escape(_HOST)}-*"):
+        m = pattern.match(d.name)
+        if m and d.is_dir() and not _pid_alive(int(m[1])):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _release(fd: int, tmpdir: tempfile.TemporaryDirectory) -> None:
+    os.close(fd)
+    tmpdir.cleanup()
+
+
+class ScratchMovie:
+    """A session's block-averaged movie, (T, h, w) float32, in a raw scratch file, normalised on read.
+
+    Built by :func:`open_movie`. ``movie[key]`` (an int, a slice, or an integer array of any shape
+    S) returns normalised float32 frames (h, w), (n, h, w) or (*S, h, w): ``(x - mean image) /
+    std`` with the scalar or per-pixel std of ``info``. Frames are read with ``os.preadv``, one
+    contiguous read per run of consecutive frames, into a fresh array: no memory map, so the
+    process's RSS holds only what was asked for (the OS page cache keeps the hot parts of the file,
+    outside RSS). :meth:`close` (or garbage collection, or interpreter exit) closes the file and
+    deletes its temporary directory.
+    """
+
+    def __init__(self, path: Path, tmpdir: tempfile.TemporaryDirectory, shape: tuple[int, int, int], info: dict):
+        self.shape = shape
+        self.dtype = np.dtype(np.float32)
+        self.info = info
+        self.path = path
+        self._frame_items = shape[1] * shape[2]
+        self._mean = np.asarray(info["mean_image"], np.float32)
+        std = info["std"]
+        if np.ndim(std):
+            floor = float(np.median(std)) * 1e-3 or 1.0  # constant pixels (e.g. a masked border) stay 0
+            self._scale: float | np.ndarray = np.maximum(np.asarray(std, np.float32), floor)
+        else:
+            self._scale = float(std)
+        self._fd = os.open(path, os.O_RDONLY)
+        self._finalizer = weakref.finalize(self, _release, self._fd, tmpdir)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def close(self) -> None:
+        """Close the scratch file and delete its directory (idempotent)."""
+        self._finalizer()
+
+    def __enter__(self) -> ScratchMovie:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read_raw(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Frames ``start:stop`` as stored (block-averaged, not normalised), (n, h, w) float32, read
+        into ``out`` (C-contiguous) when given."""
+        if self.closed:
+            raise ValueError("read from a closed ScratchMovie")
+        n = stop - start
+        out = np.empty((n, *self.shape[1:]), np.float32) if out is None else out
+        view = memoryview(out.reshape(-1)).cast("B")
+        offset, done = start * self._frame_items * 4, 0
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done:]], offset + done)
+            if got <= 0:
+                raise OSError(f"{self.path}: scratch file ended at byte {offset + done}")
+            done += got
+        return out
+
+    def _normalise(self, x: np.ndarray) -> np.ndarray:
+        x -= self._mean
+        x /= self._scale
+        return x
+
+    def _read_frames(self, idx: np.ndarray) -> np.ndarray:
+        """Normalised frames ``idx`` (1-d int64, in range): one read per run of consecutive frames."""
+        step = np.diff(idx)
+        if len(idx) and ((step == 0) | (step == 1)).all():  # one window (clamped ends repeat a frame): one read
+            buf = self._normalise(self.read_raw(int(idx[0]), int(idx[-1]) + 1))
+            return buf if len(buf) == len(idx) else buf[idx - idx[0]]
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        buf = np.empty((len(uniq), *self.shape[1:]), np.float32)
+        if not len(uniq):
+            return buf
+        cuts = np.flatnonzero(np.diff(uniq) != 1) + 1
+        starts, stops = np.concatenate(([0], cuts)), np.concatenate((cuts, [len(uniq)]))
+        for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
+            self.read_raw(int(uniq[a]), int(uniq[a]) + b - a, buf[a:b])
+        return self._normalise(buf)[inverse]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        T = self.shape[0]
+        if isinstance(key, int | np.integer):
+            t = int(key) + T if key < 0 else int(key)
+            if not 0 <= t < T:
+                raise IndexError(f"frame {key} is outside the movie's {T} frames")
+            return self._normalise(self.read_raw(t, t + 1))[0]
+        if isinstance(key, slice):
+            a, b, step = key.indices(T)
+            if step == 1:
+                return self._normalise(self.read_raw(a, max(a, b)))
+            return self._read_frames(np.arange(a, b, step))
+        idx = np.asarray(key)
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"frames are indexed by ints, slices or integer arrays, not {idx.dtype}")
+        if idx.size and (idx.min() < -T or idx.max() >= T):
+            raise IndexError(f"frame indices outside the movie's {T} frames")
+        flat = np.where(idx < 0, idx + T, idx).ravel().astype(np.int64)
+        return self._read_frames(flat).reshape(*idx.shape, *self.shape[1:])
+
+
+def open_movie(store: str | Path, downsample: int, block_frames: int = 200, normalise: str = "global",
+               scratch_dir: str = "") -> ScratchMovie:
+    """Stream a movie store once: block-average frames by ``downsample`` into a scratch file and
+    accumulate the per-pixel statistics of the normalisation.
 
     ``normalise``: ``global`` = (frame - mean image) / std of the whole movie (scalar);
-    ``pixel`` = (frame - mean image) / per-pixel temporal std (each pixel a z-score: bright
-    anatomy and dark background weigh the same, only each pixel's change counts).
-    Returns ``(frames (T, H/d, W/d) float32, info)`` with ``info`` = mean image, std (scalar, or
-    the (H/d, W/d) std image) and the full-resolution frame shape. Peak memory: the downsampled
-    movie plus one block.
+    ``pixel`` = (frame - mean image) / per-pixel temporal std (each pixel a z-score: bright anatomy
+    and dark background weigh the same, only each pixel's change counts), floored at 1e-3 x the
+    median std. Statistics: float64 sums of ``x - K`` and ``(x - K)**2`` per pixel, ``K`` the first
+    block's mean image (a shift that keeps the sum of squares from cancelling). The scratch file
+    (T x h x w float32) lives in a fresh ``calflow-classify-*`` directory under
+    :func:`scratch_root`; it is deleted if streaming fails (NaN pixels, a full disk, ...), and
+    otherwise when the returned movie is closed or collected. Peak memory: one block.
     """
     reader = MovieReader(store)
     T, H, W = reader.shape
@@ -245,23 +412,62 @@ def load_frames(store: str | Path, downsample: int, block_frames: int = 200,
     if h < 4 or w < 4:
         raise CalflowInputError(f"frames {H}x{W} are too small for classify.downsample = {d}", file=store,
                                 fix="use a smaller downsample factor")
-    out = np.empty((T, h, w), np.float32)
-    for a, block in reader.iter_blocks(block_frames):
-        b = np.asarray(block, np.float32)[:, : h * d, : w * d]
-        out[a : a + len(b)] = b.reshape(len(b), h, d, w, d).mean(axis=(2, 4))
-    if not np.isfinite(out).all():
-        raise CalflowInputError("the movie has NaN or infinite pixels", file=store, fix="re-run motion correction")
-    mean = out.mean(axis=0)
-    out -= mean
-    std: float | np.ndarray
-    if normalise == "pixel":
-        std = out.std(axis=0)
-        floor = float(np.median(std)) * 1e-3 or 1.0  # constant pixels (e.g. a masked border) stay 0
-        out /= np.maximum(std, floor)
-    else:
-        std = float(out.std()) or 1.0
-        out /= std
-    return out, {"mean_image": mean, "std": std, "frame_shape": [int(H), int(W)]}
+    if T == 0:
+        raise CalflowInputError("the movie has no frames", file=store, fix="re-run motion correction")
+    root = scratch_root(scratch_dir)
+    need = T * h * w * 4
+    free = shutil.disk_usage(root).free
+    if free < need:
+        raise CalflowInputError(f"the classifier's scratch file needs {need / 1e9:.2f} GB but {root} has "
+                                f"{free / 1e9:.2f} GB free", file=store,
+                                fix="set classify.scratch_dir to a directory with more room (node-local disk)")
+    _remove_stale_scratch(root)
+    tmpdir = tempfile.TemporaryDirectory(prefix=f"{_SCRATCH_PREFIX}{_HOST}-{os.getpid()}-", dir=root)
+    path = Path(tmpdir.name) / "frames.f32"
+    try:
+        shift = s1 = s2 = None
+        with open(path, "wb") as f:
+            for a, block in reader.iter_blocks(block_frames):
+                b = np.asarray(block, np.float32)[:, : h * d, : w * d]
+                b = b.reshape(len(b), h, d, w, d).mean(axis=(2, 4))
+                if not np.isfinite(b).all():
+                    raise CalflowInputError(f"the movie has NaN or infinite pixels (frames {a}-{a + len(b) - 1})",
+                                            file=store, fix="re-run motion correction")
+                try:
+                    f.write(np.ascontiguousarray(b, np.float32).data)
+                except OSError as err:
+                    raise CalflowInputError(f"cannot write the classifier's scratch file in {root} ({err.strerror})",
+                                            file=store, fix="set classify.scratch_dir to a directory with room "
+                                                            f"for {need / 1e9:.2f} GB") from err
+                x = b.astype(np.float64)
+                if shift is None:
+                    shift = x.mean(axis=0)
+                    s1, s2 = np.zeros_like(shift), np.zeros_like(shift)
+                x -= shift
+                s1 += x.sum(axis=0)
+                s2 += np.einsum("tij,tij->ij", x, x)
+        m1 = s1 / T
+        var = np.maximum(s2 / T - m1 * m1, 0.0)  # population variance per pixel, as numpy's std
+        mean = (shift + m1).astype(np.float32)
+        std: float | np.ndarray
+        if normalise == "pixel":
+            std = np.sqrt(var).astype(np.float32)
+        else:
+            std = float(np.sqrt(var.mean())) or 1.0
+        info = {"mean_image": mean, "std": std, "frame_shape": [int(H), int(W)]}
+        return ScratchMovie(path, tmpdir, (int(T), h, w), info)
+    except BaseException:
+        tmpdir.cleanup()
+        raise
+
+
+def load_frames(store: str | Path, downsample: int, block_frames: int = 200,
+                normalise: str = "global", scratch_dir: str = "") -> tuple[np.ndarray, dict]:
+    """The whole normalised movie in RAM, ``(frames (T, H/d, W/d) float32, info)``: :func:`open_movie`
+    read back at once, for small movies and tests (the stages use the :class:`ScratchMovie`).
+    ``info``: mean image (h, w), std (scalar, or the (h, w) std image), full-resolution frame shape."""
+    with open_movie(store, downsample, block_frames, normalise, scratch_dir) as movie:
+        return movie[:], movie.info
 
 
 def target_mask(targets: Targets, frame_shape: Sequence[int], radius: float) -> np.ndarray:
@@ -295,21 +501,39 @@ def downsample_mask(mask: np.ndarray, d: int) -> np.ndarray:
 
 @dataclass
 class SessionData:
-    """Everything the classifier needs of one session (frames at the classifier's resolution)."""
+    """Everything the classifier needs of one session (frames at the classifier's resolution).
+
+    ``frames``: the normalised movie, (T, h, w) float32, as a :class:`ScratchMovie` (on disk,
+    read window by window) or an in-RAM array. :meth:`close` (or ``with``) deletes the scratch file.
+    """
 
     session: str
     condition: str
-    frames: np.ndarray  # (T, h, w) float32 normalised
+    frames: ScratchMovie | np.ndarray  # (T, h, w) float32 normalised
     labels: np.ndarray  # (T, N + 1)
     trials: Trials
     mask: np.ndarray  # (h, w) float32, ones when no mask
     info: dict
 
+    def close(self) -> None:
+        if isinstance(self.frames, ScratchMovie):
+            self.frames.close()
+
+    def __enter__(self) -> SessionData:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def load_session(entry: Mapping[str, Any], targets: Targets, p: ClassifyParams) -> SessionData:
-    """``entry``: session, condition, motion (store), stim_log, [footprints]."""
-    frames, info = load_frames(entry["motion"], p.downsample, normalise=p.normalise)
-    labels = read_labels(entry["stim_log"], targets, len(frames))
+    """``entry``: session, condition, motion (store), stim_log, [footprints].
+
+    The stim log and the mask are checked before the movie is streamed (:func:`open_movie`, into
+    ``p.scratch_dir``); close the returned session (or use ``with``) to delete its scratch file.
+    """
+    n_frames = MovieReader(entry["motion"]).shape[0]
+    labels = read_labels(entry["stim_log"], targets, n_frames)
     if labels[:, :-1].sum() == 0:
         raise CalflowInputError("the stim log has no stimulated frame", file=entry["stim_log"],
                                 fix="give a stim log with at least one stimulated frame per fold")
@@ -317,21 +541,26 @@ def load_session(entry: Mapping[str, Any], targets: Targets, p: ClassifyParams) 
     if len(trials.start) < p.n_folds:
         raise CalflowInputError(f"{len(trials.start)} trial(s) for {p.n_folds} folds", file=entry["stim_log"],
                                 fix="use fewer classify.n_folds or a longer session")
-    shape = info["frame_shape"]
-    if p.mask == "targets":
-        full = target_mask(targets, shape, p.mask_radius)
-    elif p.mask == "cells":
-        if not entry.get("footprints"):
-            raise CalflowInputError("classify.mask = cells needs the session's footprints.zarr",
-                                    file=entry["motion"], fix="run the segment stage or use mask: targets/none")
-        full = cell_mask(entry["footprints"], p.mask_dilate)
-        if tuple(full.shape) != tuple(shape):
-            raise CalflowInputError(f"footprints frame shape {full.shape} != movie {tuple(shape)}",
-                                    file=entry["footprints"], fix="re-run segment on this session")
-    else:
-        full = np.ones(shape, bool)
+    frames = open_movie(entry["motion"], p.downsample, normalise=p.normalise, scratch_dir=p.scratch_dir)
+    try:
+        shape = frames.info["frame_shape"]
+        if p.mask == "targets":
+            full = target_mask(targets, shape, p.mask_radius)
+        elif p.mask == "cells":
+            if not entry.get("footprints"):
+                raise CalflowInputError("classify.mask = cells needs the session's footprints.zarr",
+                                        file=entry["motion"], fix="run the segment stage or use mask: targets/none")
+            full = cell_mask(entry["footprints"], p.mask_dilate)
+            if tuple(full.shape) != tuple(shape):
+                raise CalflowInputError(f"footprints frame shape {full.shape} != movie {tuple(shape)}",
+                                        file=entry["footprints"], fix="re-run segment on this session")
+        else:
+            full = np.ones(shape, bool)
+    except BaseException:
+        frames.close()
+        raise
     return SessionData(str(entry["session"]), str(entry.get("condition", "")), frames, labels, trials,
-                       downsample_mask(full, p.downsample), info)
+                       downsample_mask(full, p.downsample), frames.info)
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,7 +636,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[St
 
 
 def window(s: SessionData, idx: np.ndarray, context: int) -> np.ndarray:
-    """(B, 2 * context + 1, h, w): frames idx - context .. idx + context, clamped at the ends."""
+    """(B, 2 * context + 1, h, w) float32 normalised: frames idx - context .. idx + context, clamped at
+    the ends (from a :class:`ScratchMovie`: one contiguous read per window, or per run of overlapping ones)."""
     offs = np.arange(-context, context + 1)
     t = np.clip(np.asarray(idx)[:, None] + offs[None], 0, len(s.frames) - 1)
     return s.frames[t]
@@ -426,8 +656,12 @@ def training_frames(frame_fold: np.ndarray, fold: int, context: int) -> np.ndarr
     return np.flatnonzero(~near)
 
 
+# settings of the machine a job runs on, not of the model: they leave the checkpoint fingerprint alone
+_RUNTIME_KEYS = ("device", "num_threads", "checkpoint_every", "scratch_dir")
+
+
 def _fingerprint(p: ClassifyParams, data: Sequence[SessionData], fold: int) -> str:
-    keep = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("device", "num_threads", "checkpoint_every")}
+    keep = {k: v for k, v in dataclasses.asdict(p).items() if k not in _RUNTIME_KEYS}
     h = hashlib.sha256(json.dumps({**keep, "fold": fold}, sort_keys=True).encode())
     for s in data:
         h.update(s.frames[:: max(1, len(s.frames) // 50)].tobytes())
@@ -589,12 +823,18 @@ def train_group(entries: Sequence[Mapping[str, Any]], targets_path: str | Path, 
                 f"session {e['session']}'s targets differ from {targets_path} of its group {group!r}",
                 file=e["targets"], fix="give the sessions of one animal the same targets table, or set "
                                        "classify.group_by: session")
-    data = [load_session(e, targets, p) for e in entries]
+    with contextlib.ExitStack() as stack:  # every session's scratch file is deleted, also when a step fails
+        data = [stack.enter_context(load_session(e, targets, p)) for e in entries]
+        return _train_loaded(data, entries, targets, p, Path(out_dir), group, stop_at)
+
+
+def _train_loaded(data: Sequence[SessionData], entries: Sequence[Mapping[str, Any]], targets: Targets,
+                  p: ClassifyParams, out_dir: Path, group: str, stop_at: int | None) -> dict:
+    """:func:`train_group` once its sessions are loaded."""
     shapes = {s.frames.shape[1:] for s in data}
     if len(shapes) > 1:
         raise CalflowInputError(f"the group's sessions have different frame shapes {sorted(shapes)}",
                                 file=entries[0]["motion"], fix="group only sessions of one field of view")
-    out_dir = Path(out_dir)
     if stop_at is not None:
         for f in range(p.n_folds):
             train_fold(data, p, f, out_dir / "checkpoints", stop_at=stop_at)
@@ -634,7 +874,9 @@ def train_group(entries: Sequence[Mapping[str, Any]], targets_path: str | Path, 
                                "train_accuracy": float(np.mean([per_session[s.session]["train_accuracy"] for s in ss])),
                                "per_target": m["per_target"]}
     arch = runs[0]["arch"]
-    meta = {"group": group, "sessions": [s.session for s in data], "target_ids": ids, "params": dataclasses.asdict(p),
+    # the scratch dir is a path of the training machine; the gradcam job uses its own
+    params_meta = {k: v for k, v in dataclasses.asdict(p).items() if k != "scratch_dir"}
+    meta = {"group": group, "sessions": [s.session for s in data], "target_ids": ids, "params": params_meta,
             "downsample": p.downsample, "folds": p.n_folds, "outputs": [*ids, NONE]}
     path = out_dir / "model.pt"
     path.parent.mkdir(parents=True, exist_ok=True)

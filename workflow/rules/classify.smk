@@ -13,7 +13,7 @@ rule train_classifier:
         metrics="results/classifier/{group}/metrics.json",
         predictions="results/classifier/{group}/predictions.npz",
     params:
-        classify=CLS,
+        classify=CLS_PARAMS,
         seed=config["seed"],
         sessions=lambda w: CLASSIFY_GROUPS[w.group],
         conditions=lambda w: [SESSIONS.loc[s, "condition"] for s in CLASSIFY_GROUPS[w.group]],

@@ -14,7 +14,9 @@ def main(smk):
             e["footprints"] = smk.input.footprints[i]
         entries.append(e)
     out_dir = str(smk.output.model).rsplit("/", 1)[0]
-    m = train_group(entries, entries[0]["targets"], smk.params.classify, out_dir, seed=int(smk.params.seed),
+    # scratch_dir is not a param (changing it must not re-run the job): read from the config
+    section = {**smk.params.classify, "scratch_dir": smk.config.get("classify", {}).get("scratch_dir", "")}
+    m = train_group(entries, entries[0]["targets"], section, out_dir, seed=int(smk.params.seed),
                     group=smk.wildcards.group)
     for s, v in m["sessions"].items():
         logging.getLogger("calflow.classify").info("%s: held-out accuracy %s, train %s", s, v["test"]["accuracy"],
