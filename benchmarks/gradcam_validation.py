@@ -9,13 +9,16 @@ seed: held-out accuracy per condition, Spearman between the single-target ZNCC a
 connectivity similarity (ZNCC of the targets' W rows; and of their expected response maps), the
 contrast D and its p-value.
 
-Two simulated designs (``--design``): ``criteria`` (default; 3000 frames of 96 x 96, 24 cells,
-6 single targets and no pairs, connection_prob 0.25: targets share driven cells and every pattern
-has ~15 trials per session, so there is connectivity to recover) and ``demo`` (the demo's
-900 x 128 x 128, 40 cells, 8 targets + 8 pairs, connection_prob 0.1: most target pairs share no
-driven cell, so the true similarity is mostly 0 by construction).
+Simulated designs (``--design``): ``criteria`` (default; 18,000 frames of 96 x 96, 32 cells, 8 single
+targets, connection_prob 0.4, W in 0.1-0.3: targets share driven cells, strengthening W changes
+their similarity, ~40 trials per pattern and session), ``strong_w`` (the first design: 3000 frames,
+24 cells, 6 targets, connection_prob 0.25, W in 0.2-0.8: x1.8 barely changes the similarity) and
+``demo`` (the demo's 900 x 128 x 128, 40 cells, 8 targets + 8 pairs, connection_prob 0.1: most target
+pairs share no driven cell, so the true similarity is mostly 0 by construction). ``--truth-only``
+prints each design's true effect (mean off-diagonal ZNCC of the expected response maps at w_gain 1
+and ``--gain``) without training anything.
 
-    python benchmarks/gradcam_validation.py --effect-seeds 3 --null-seeds 5 --permutations 500
+    python benchmarks/gradcam_validation.py --effect-seeds 3 --null-seeds 10 --permutations 1000
 """
 
 from __future__ import annotations
@@ -41,14 +44,20 @@ from calflow.simulate import SimParams, write_session
 
 OUT = Path(__file__).resolve().parent / "out"
 DEMO = SimParams(n_frames=900, height=128, width=128, n_cells=40, n_targets=8)
-# Designed for the criteria: connectivity exists to be recovered (targets share driven cells:
-# connection_prob 0.25 over 24 cells gives each target ~6 driven cells and each pair of targets
-# ~1.5 shared ones) and every pattern is seen often (6 single targets, no pairs, 3000 frames: ~15
-# trials per pattern and session). The demo's sparse W (0.1 over 40 cells) gives most target
-# pairs no shared driven cell, so its "true similarity" is mostly 0 by construction.
-CRITERIA = SimParams(n_frames=3000, height=96, width=96, n_cells=24, n_targets=6, n_pairs=0,
+# Designed for the criteria: connectivity exists to be recovered and strengthening it changes the
+# functional similarity. connection_prob 0.4 over 32 cells: each of the 8 targets drives ~13 cells
+# and two targets share ~5; weak weights (0.1-0.3): a target's own response dominates its map at
+# w_gain 1, so w_gain 1.8 makes shared driven cells visibly more important (the mean off-diagonal
+# ZNCC of the expected response maps rises by ~0.1). 18,000 frames (10 min at 30 Hz), 8 single
+# targets, no pairs: ~40 trials per pattern and session. The demo's sparse W (0.1 over 40 cells)
+# gives most target pairs no shared driven cell, so its "true similarity" is mostly 0 by construction.
+CRITERIA = SimParams(n_frames=18000, height=96, width=96, n_cells=32, n_targets=8, n_pairs=0,
+                     connection_prob=0.4, w_min=0.1, w_max=0.3)
+# The first design (W up to 0.8): the driven cells already dominate the maps at w_gain 1, so x1.8
+# raises the true similarity by only ~0.02 (docs/classify.md).
+STRONG_W = SimParams(n_frames=3000, height=96, width=96, n_cells=24, n_targets=6, n_pairs=0,
                      connection_prob=0.25)
-DESIGNS = {"demo": DEMO, "criteria": CRITERIA}
+DESIGNS = {"demo": DEMO, "criteria": CRITERIA, "strong_w": STRONG_W}
 
 
 def make_session(tmp: Path, name: str, condition: str, w_gain: float, seed: int, anatomy_seed: int,
@@ -108,6 +117,24 @@ def run_seed(seed: int, gain_b: float, section: dict, sim: SimParams, n_perm: in
                 "seconds": {"simulate": t1 - t0, "train": t2 - t1, "gradcam_compare": time.perf_counter() - t2}}
 
 
+def truth_effect(gain: float, seeds: int = 5) -> int:
+    """Mean off-diagonal ZNCC of the expected response maps at w_gain 1 and ``gain``, per design."""
+    from calflow.simulate import simulate
+
+    print(f"{'design':10s} {'w_gain 1':>9s} {'w_gain ' + str(gain):>11s} {'effect':>8s}")
+    for name, sim in DESIGNS.items():
+        z = []
+        for s in range(seeds):
+            t = simulate(dataclasses.replace(sim, n_frames=200, motion=False), seed=s, anatomy_seed=5000 + s)
+            cells = list(t.target_cells)
+            shape = (sim.height // 4, sim.width // 4)  # the Grad-CAM layer (downsample 2, depth 2)
+            z.append([float(np.mean(offdiag(zncc_matrix(expected_response_maps(t.W, cells, t.footprints, g, shape)))))
+                      for g in (1.0, gain)])
+        z = np.array(z)
+        print(f"{name:10s} {z[:, 0].mean():9.3f} {z[:, 1].mean():11.3f} {np.mean(z[:, 1] - z[:, 0]):+8.3f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--null-seeds", type=int, default=10)
@@ -119,17 +146,22 @@ def main(argv: list[str] | None = None) -> int:
                     help="simulated animal: the demo's or one designed for the criteria")
     ap.add_argument("--layer", default="last", help="gradcam.layer")
     ap.add_argument("--set", nargs="*", default=[], help="classify keys, e.g. mask=targets iterations=400")
+    ap.add_argument("--sim", nargs="*", default=[], help="SimParams overrides of the design, e.g. connection_prob=0.4")
+    ap.add_argument("--truth-only", action="store_true", help="only the designs' true effect (no training)")
     args = ap.parse_args(argv)
+    if args.truth_only:
+        return truth_effect(args.gain)
     torch.set_num_threads(1)
     section: dict = {"device": "cpu"}
     for kv in args.set:
         k, v = kv.split("=", 1)
         section[k] = json.loads(v) if v[:1].isdigit() or v[:1] in "-[" else v
+    sim = dataclasses.replace(DESIGNS[args.design], **{k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.sim)})
     rows = []
     for kind, seeds, gain in (("effect", range(args.effect_seeds), args.gain),
                               ("null", range(args.null_start, args.null_start + args.null_seeds), 1.0)):
         for s in seeds:
-            r = run_seed(s, gain, section, DESIGNS[args.design], args.permutations, {"layer": args.layer})
+            r = run_seed(s, gain, section, sim, args.permutations, {"layer": args.layer})
             r["kind"] = kind
             rows.append(r)
             print(f"{kind:6s} seed {s:3d}  acc A {r['accuracy']['A']:.3f} B {r['accuracy']['B']:.3f}  "
@@ -139,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     eff = [r for r in rows if r["kind"] == "effect"]
     nul = [r for r in rows if r["kind"] == "null"]
     summary = {
-        "classify": section, "gain": args.gain, "design": args.design, "layer": args.layer,
+        "classify": section, "gain": args.gain, "design": args.design, "sim": args.sim, "layer": args.layer,
+
         "effect_detected_p_lt_0.01": f"{sum(r['p'] < 0.01 for r in eff)}/{len(eff)}",
         "null_p_gt_0.05": f"{sum(r['p'] > 0.05 for r in nul)}/{len(nul)}",
         "mean_accuracy": float(np.mean([v for r in rows for v in r["accuracy"].values()])),

@@ -19,6 +19,7 @@ units per activation unit (only their shape matters for ZNCC, which is scale-fre
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -194,6 +195,22 @@ def cnmf_target_correlation(store: str | Path, target_yx: np.ndarray, max_distan
 # --------------------------------------------------------------------------------------------
 
 
+def _mean_cam(model: nn.Module, layer: nn.Module, data: Any, frames: np.ndarray, targets: Sequence[int],
+              context: int, batch_size: int) -> np.ndarray:
+    """Mean signed Grad-CAM (h, w) over ``frames`` of the score summed over the ``targets`` outputs."""
+    hw = (model.layer_hw[0] * 2 ** (len(model.features) - 1), model.layer_hw[1] * 2 ** (len(model.features) - 1))
+    dev = next(model.parameters()).device
+    w = np.zeros((len(frames), data.labels.shape[1]), np.float32)
+    w[:, list(targets)] = 1.0
+    acc = []
+    for a in range(0, len(frames), batch_size):
+        idx = frames[a : a + batch_size]
+        x = window(data, idx, context)[:, :, : hw[0], : hw[1]] * data.mask[: hw[0], : hw[1]]
+        acc.append(grad_cam(model, layer, torch.from_numpy(np.ascontiguousarray(x)).to(dev),
+                            torch.from_numpy(w[a : a + batch_size]).to(dev)))
+    return np.concatenate(acc).mean(axis=0)
+
+
 def trial_maps(models: Sequence[nn.Module], data: Any, p: GradcamParams, context: int) -> dict[str, np.ndarray]:
     """Signed layer-resolution Grad-CAM of every trial (mean over its stimulated frames), each from
     the fold model that did not train on it. Returns trial_maps (n, h, w), trial_pattern (n,) index
@@ -201,23 +218,11 @@ def trial_maps(models: Sequence[nn.Module], data: Any, p: GradcamParams, context
     tr = data.trials
     patterns = sorted(set(tr.pattern), key=lambda t: (len(t), t))
     index = {pat: i for i, pat in enumerate(patterns)}
-    n_out = data.labels.shape[1]
     maps = []
     for i in range(len(tr.start)):
         model = models[int(tr.fold[i])]
-        layer = get_layer(model, p.layer)
-        hw = (model.layer_hw[0] * 2 ** (len(model.features) - 1), model.layer_hw[1] * 2 ** (len(model.features) - 1))
-        frames = np.arange(tr.start[i], tr.stop[i])
-        w = np.zeros((len(frames), n_out), np.float32)
-        w[:, list(tr.pattern[i])] = 1.0
-        acc = []
-        for a in range(0, len(frames), p.batch_size):
-            idx = frames[a : a + p.batch_size]
-            x = window(data, idx, context)[:, :, : hw[0], : hw[1]] * data.mask[: hw[0], : hw[1]]
-            dev = next(model.parameters()).device
-            acc.append(grad_cam(model, layer, torch.from_numpy(np.ascontiguousarray(x)).to(dev),
-                                torch.from_numpy(w[a : a + p.batch_size]).to(dev)))
-        maps.append(np.concatenate(acc).mean(axis=0))
+        maps.append(_mean_cam(model, get_layer(model, p.layer), data, np.arange(tr.start[i], tr.stop[i]),
+                              tr.pattern[i], context, p.batch_size))
     return {"trial_maps": np.stack(maps).astype(np.float32),
             "trial_pattern": np.array([index[t] for t in tr.pattern], np.int64), "patterns": patterns}
 
@@ -238,10 +243,11 @@ def maps_for_zncc(maps: np.ndarray, how: str) -> np.ndarray:
 
 def session_gradcam(entry: Mapping[str, Any], model_path: str | Path, section: Mapping[str, Any] | GradcamParams,
                     out_store: str | Path, *, plots_dir: str | Path | None = None,
-                    cnmf_store: str | Path | None = None) -> dict:
+                    cnmf_store: str | Path | None = None, scratch_dir: str = "") -> dict:
     """Grad-CAM maps and the ZNCC matrix of one session -> ``gradcam.zarr`` (+ figures).
 
-    ``entry``: session, condition, motion, stim_log, targets, [footprints] (as for classify).
+    ``entry``: session, condition, motion, stim_log, targets, [footprints] (as for classify);
+    ``scratch_dir``: where the session's streamed frames go (``classify.scratch_dir``; "" = $TMPDIR).
     """
     p = GradcamParams.from_config(section)
     models, info = load_fold_models(model_path)
@@ -251,12 +257,13 @@ def session_gradcam(entry: Mapping[str, Any], model_path: str | Path, section: M
     if targets.ids != list(meta["target_ids"]):
         raise CalflowInputError(f"target ids {targets.ids} differ from the classifier's {meta['target_ids']}",
                                 file=entry["targets"], fix="re-train the classifier of this session's group")
-    data = load_session(entry, targets, cp)
-    tm = trial_maps(models, data, p, int(info["arch"].get("context", 0)))
+    with load_session(entry, targets, dataclasses.replace(cp, scratch_dir=scratch_dir)) as data:
+        tm = trial_maps(models, data, p, int(info["arch"].get("context", 0)))
+        data_info, data_trials = data.info, data.trials
     patterns = tm["patterns"]
     pm = pattern_means(tm["trial_maps"], tm["trial_pattern"], len(patterns))
     z = zncc_matrix(maps_for_zncc(pm, p.zncc_map))
-    frame_shape = data.info["frame_shape"]
+    frame_shape = data_info["frame_shape"]
     disp = display_maps(pm, frame_shape)
     names = [pattern_name(t, targets.ids) for t in patterns]
     counts = np.bincount(tm["trial_pattern"], minlength=len(patterns))
@@ -281,9 +288,9 @@ def session_gradcam(entry: Mapping[str, Any], model_path: str | Path, section: M
         write_array(tmp, "pattern_trials", counts.astype(np.int64), ("pattern",))
         write_array(tmp, "trial_maps", tm["trial_maps"], ("trial", "ly", "lx"))
         write_array(tmp, "trial_pattern", tm["trial_pattern"], ("trial",))
-        write_array(tmp, "trial_fold", data.trials.fold.astype(np.int64), ("trial",))
-        write_array(tmp, "trial_start", data.trials.start.astype(np.int64), ("trial",))
-        write_array(tmp, "mean_image", data.info["mean_image"].astype(np.float32), ("cy", "cx"))
+        write_array(tmp, "trial_fold", data_trials.fold.astype(np.int64), ("trial",))
+        write_array(tmp, "trial_start", data_trials.start.astype(np.int64), ("trial",))
+        write_array(tmp, "mean_image", data_info["mean_image"].astype(np.float32), ("cy", "cx"))
         write_array(tmp, "target_yx", targets.yx.astype(np.float64), ("target", "axis"))
         if cnmf is not None:
             write_array(tmp, "trace_corr", cnmf["corr"], ("target", "target2"))

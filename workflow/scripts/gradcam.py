@@ -1,8 +1,6 @@
 """Thin wrapper: snakemake rule `gradcam` -> calflow.gradcam.session_gradcam."""
 import logging
-import tempfile
 
-from calflow.classify import scratch_root
 from calflow.gradcam import session_gradcam
 from calflow.runner import run_script
 
@@ -12,10 +10,9 @@ def main(smk):
              "stim_log": smk.input.stim_log, "targets": smk.input.targets}
     if "footprints" in smk.input.keys():
         entry["footprints"] = smk.input.footprints
-    # classify.scratch_dir (not in model.pt, not a param): where the session's scratch file goes
-    tempfile.tempdir = str(scratch_root(smk.config.get("classify", {}).get("scratch_dir", "")))
     info = session_gradcam(entry, smk.input.model, smk.params.gradcam, smk.output.store,
-                           plots_dir=smk.output.plots, cnmf_store=smk.input.cnmf)
+                           plots_dir=smk.output.plots, cnmf_store=smk.input.cnmf,
+                           scratch_dir=smk.config.get("classify", {}).get("scratch_dir", ""))
     logging.getLogger("calflow.gradcam").info("gradcam: %s", info)
 
 
