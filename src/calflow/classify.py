@@ -81,7 +81,7 @@ from torch import nn
 from calflow.config import check_stim_log, check_targets
 from calflow.device import resolve_device
 from calflow.errors import CalflowInputError
-from calflow.io import _HOST, MovieReader, _pid_alive
+from calflow.io import _HOST, MovieReader, _pid_alive, atomic_output
 from calflow.params import from_section
 
 log = logging.getLogger("calflow.classify")
@@ -594,6 +594,12 @@ class StimNet(nn.Module):
         self.head = nn.Sequential(nn.Conv2d(cin, reduce, 1), nn.Flatten(), nn.Dropout(dropout),
                                   nn.Linear(reduce * self.layer_hw[0] * self.layer_hw[1], n_out))
 
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """(h, w) of the input the head was built for (frames are cropped to it)."""
+        f = 2 ** (len(self.features) - 1)
+        return self.layer_hw[0] * f, self.layer_hw[1] * f
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
@@ -612,13 +618,10 @@ def crop_hw(h: int, w: int, depth: int) -> tuple[int, int]:
 
 def save_model(path: str | Path, model: nn.Module, arch: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
     """Weights-only model file ``{"state_dict", "arch", "meta"}`` written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "arch": json.loads(json.dumps(dict(arch))),
-                "meta": json.loads(json.dumps(dict(meta)))}, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save({"state_dict": state, "arch": json.loads(json.dumps(dict(arch))),
+                    "meta": json.loads(json.dumps(dict(meta)))}, tmp)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[StimNet, dict]:
@@ -670,16 +673,31 @@ def _fingerprint(p: ClassifyParams, data: Sequence[SessionData], fold: int) -> s
     return h.hexdigest()[:16]
 
 
-def _batch(data: Sequence[SessionData], pools: list[np.ndarray], p: ClassifyParams, fold: int, it: int,
+@dataclass
+class _Pools:
+    """A fold's training frames per session: all of them, the stimulated ones and the ``none`` ones
+    (computed once per fold, not per batch)."""
+
+    all: list[np.ndarray]
+    stim: list[np.ndarray]
+    none: list[np.ndarray]
+
+    @classmethod
+    def of(cls, data: Sequence[SessionData], pools: list[np.ndarray]) -> _Pools:
+        none = [s.labels[pool, -1] > 0.5 for s, pool in zip(data, pools, strict=True)]
+        return cls(pools, [pool[~m] for pool, m in zip(pools, none, strict=True)],
+                   [pool[m] for pool, m in zip(pools, none, strict=True)])
+
+
+def _batch(data: Sequence[SessionData], pools: _Pools, p: ClassifyParams, fold: int, it: int,
            hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     rng = np.random.default_rng([p.seed, fold, it])
-    sizes = np.array([len(x) for x in pools], float)
-    pool_none = [pool[data[k].labels[pool, -1] > 0.5] for k, pool in enumerate(pools)]
-    which = rng.choice(len(pools), size=p.batch_size, p=sizes / sizes.sum())
+    sizes = np.array([len(x) for x in pools.all], float)
+    which = rng.choice(len(pools.all), size=p.batch_size, p=sizes / sizes.sum())
     xs, ys = [], []
     for i, k in enumerate(which):
-        pool = pools[k]
-        stim = pool[data[k].labels[pool, -1] < 0.5]
+        pool = pools.all[k]
+        stim = pools.stim[k]
         if i % 2 == 0 and len(stim):  # every other frame a stimulated one: balanced against "none"
             pool = stim
         t = int(pool[rng.integers(0, len(pool))])
@@ -688,7 +706,7 @@ def _batch(data: Sequence[SessionData], pools: list[np.ndarray], p: ClassifyPara
         offset = rng.uniform(-p.brightness, p.brightness)
         x = window(s, np.array([t]), p.context)[0]
         if p.mix and rng.random() < p.mix:  # background mixing: the label stays, the spontaneous activity changes
-            quiet = pool_none[k]
+            quiet = pools.none[k]
             if len(quiet):
                 x = x + rng.uniform(0.5, 1.0) * window(s, np.array([int(quiet[rng.integers(0, len(quiet))])]),
                                                        p.context)[0]
@@ -716,6 +734,7 @@ def train_fold(data: Sequence[SessionData], p: ClassifyParams, fold: int, checkp
     pools = [training_frames(s.trials.frame_fold, fold, p.context) for s in data]
     if not any(len(x) for x in pools):
         raise CalflowInputError(f"fold {fold} leaves no training frames", fix="use fewer classify.n_folds")
+    batch_pools = _Pools.of(data, pools)
     ckdir = Path(checkpoint_dir)
     ckdir.mkdir(parents=True, exist_ok=True)
     last = ckdir / f"fold{fold}_last.pt"
@@ -737,7 +756,7 @@ def train_fold(data: Sequence[SessionData], p: ClassifyParams, fold: int, checkp
     while it < end:
         for g in opt.param_groups:  # cosine decay
             g["lr"] = float(p.lr * 0.5 * (1 + np.cos(np.pi * it / p.iterations)))
-        x, y = _batch(data, pools, p, fold, it, hw)
+        x, y = _batch(data, batch_pools, p, fold, it, hw)
         torch.manual_seed(int(np.random.default_rng([p.seed, fold, it, 1]).integers(2**62)))  # dropout: per iteration
         loss = bce(model(x.to(device)), y.to(device))
         opt.zero_grad(set_to_none=True)
@@ -747,10 +766,9 @@ def train_fold(data: Sequence[SessionData], p: ClassifyParams, fold: int, checkp
         if it % p.checkpoint_every == 0 or it == end:
             history.append({"iteration": it, "loss": float(loss.item())})
             log.info("fold %d iteration %d loss %.4f", fold, it, loss.item())
-            tmp = ckdir / f".fold{fold}_last.pt.tmp"
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it,
-                        "history": history, "fingerprint": fp}, tmp)
-            os.replace(tmp, last)
+            with atomic_output(last) as tmp:
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it,
+                            "history": history, "fingerprint": fp}, tmp)
     model.eval()
     return model, {"fold": fold, "iterations": it, "history": history, "resumed_from": resumed,
                    "seconds": time.perf_counter() - t0, "arch": arch, "fingerprint": fp}
@@ -760,13 +778,12 @@ def train_fold(data: Sequence[SessionData], p: ClassifyParams, fold: int, checkp
 def predict(model: StimNet, s: SessionData, frames: np.ndarray | None = None, batch: int = 256) -> np.ndarray:
     """Sigmoid outputs (T, N + 1) of ``model`` on the session's frames (or the given indices)."""
     device = next(model.parameters()).device
-    hw = tuple(model.layer_hw[i] * 2 ** (len(model.features) - 1) for i in range(2))
     idx = np.arange(len(s.frames)) if frames is None else np.asarray(frames)
     out = np.empty((len(idx), model.head[-1].out_features), np.float32)
     model.eval()
+    ctx = (model.features[0][0].in_channels - 1) // 2
     for a in range(0, len(idx), batch):
-        ctx = (model.features[0][0].in_channels - 1) // 2
-        x = torch.from_numpy(_net_input(s, window(s, idx[a : a + batch], ctx), hw)).to(device)
+        x = torch.from_numpy(_net_input(s, window(s, idx[a : a + batch], ctx), model.input_hw)).to(device)
         out[a : a + batch] = torch.sigmoid(model(x)).cpu().numpy()
     return out
 
@@ -878,23 +895,18 @@ def _train_loaded(data: Sequence[SessionData], entries: Sequence[Mapping[str, An
     params_meta = {k: v for k, v in dataclasses.asdict(p).items() if k != "scratch_dir"}
     meta = {"group": group, "sessions": [s.session for s in data], "target_ids": ids, "params": params_meta,
             "downsample": p.downsample, "folds": p.n_folds, "outputs": [*ids, NONE]}
-    path = out_dir / "model.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"folds": [{k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for m in models],
-                "arch": json.loads(json.dumps(arch)), "meta": json.loads(json.dumps(meta))}, tmp)
-    os.replace(tmp, path)
+    with atomic_output(out_dir / "model.pt") as tmp:
+        torch.save({"folds": [{k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for m in models],
+                    "arch": json.loads(json.dumps(arch)), "meta": json.loads(json.dumps(meta))}, tmp)
     metrics = {"group": group, "target_ids": ids, "outputs": [*ids, NONE], "rule": "top prediction among the "
                "stimulated targets, on frames with a stimulation (held-out fold of every frame)",
                "device": str(resolve_device(p.device, key="classify.device")), "arch": arch, "n_folds": p.n_folds,
                "sessions": per_session, "conditions": per_condition,
                "training": [{k: r[k] for k in ("fold", "iterations", "seconds", "resumed_from", "history")} for r in runs]}
-    tmpj = out_dir / f".metrics.json.tmp-{os.getpid()}"
-    tmpj.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmpj, out_dir / "metrics.json")
-    tmpn = out_dir / f".predictions.tmp-{os.getpid()}.npz"
-    np.savez_compressed(tmpn, **{s: v for s, v in preds.items()})
-    os.replace(tmpn, out_dir / "predictions.npz")
+    with atomic_output(out_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2))
+    with atomic_output(out_dir / "predictions.npz") as tmp, open(tmp, "wb") as f:  # a file: no ".npz" appended
+        np.savez_compressed(f, **preds)
     return metrics
 
 

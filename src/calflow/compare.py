@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,11 +240,8 @@ def accuracy_by_condition(metrics_files: Sequence[str | Path]) -> dict[str, floa
 def write_comparison(result: dict, out_json: str | Path, out_png: str | Path | None = None) -> None:
     """The JSON (without the matrices) and a figure: the matrices side by side and the statistics."""
     mats = result.pop("_matrices", {})
-    out_json = Path(out_json)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_json.with_name(f".{out_json.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out_json)
+    with atomic_output(out_json) as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
     if out_png is None:
         return
     import matplotlib

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from calflow.errors import CalflowInputError
+from calflow.io import atomic_output
 from calflow.params import from_section
 
 log = logging.getLogger(__name__)
@@ -396,20 +396,15 @@ def confusion_figure(result: dict[str, Any], path: str | Path) -> Path | None:
         ax.set_xlabel("predicted", fontsize=7)
         ax.set_ylabel("stimulus", fontsize=7)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="fraction of trials")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def decode_session(cnmf_store: str | Path, stim_log: str | Path, out_json: str | Path, plot_dir: str | Path,
                    params: DecodeParams | dict | None = None, *, n_jobs: int = 1) -> dict[str, Any]:
     """Rule ``decode``: cnmf.zarr + stim log -> decode.json and plots/decode/confusion.png."""
-    from calflow.io import atomic_output
-
     p = from_section(DecodeParams, "decode", params)
     trials = read_trials(stim_log)
     traces, fps, idx = load_traces(cnmf_store, p.traces, p.accepted_only)

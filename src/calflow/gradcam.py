@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import zarr
 from torch import nn
 
-from calflow.classify import ClassifyParams, load_fold_models, load_session, read_targets, window
+from calflow.classify import ClassifyParams, _net_input, load_fold_models, load_session, read_targets, window
 from calflow.errors import CalflowInputError
 from calflow.io import atomic_output, open_group, write_array
 from calflow.params import from_section
@@ -198,15 +198,14 @@ def cnmf_target_correlation(store: str | Path, target_yx: np.ndarray, max_distan
 def _mean_cam(model: nn.Module, layer: nn.Module, data: Any, frames: np.ndarray, targets: Sequence[int],
               context: int, batch_size: int) -> np.ndarray:
     """Mean signed Grad-CAM (h, w) over ``frames`` of the score summed over the ``targets`` outputs."""
-    hw = (model.layer_hw[0] * 2 ** (len(model.features) - 1), model.layer_hw[1] * 2 ** (len(model.features) - 1))
     dev = next(model.parameters()).device
     w = np.zeros((len(frames), data.labels.shape[1]), np.float32)
     w[:, list(targets)] = 1.0
     acc = []
     for a in range(0, len(frames), batch_size):
         idx = frames[a : a + batch_size]
-        x = window(data, idx, context)[:, :, : hw[0], : hw[1]] * data.mask[: hw[0], : hw[1]]
-        acc.append(grad_cam(model, layer, torch.from_numpy(np.ascontiguousarray(x)).to(dev),
+        x = _net_input(data, window(data, idx, context), model.input_hw)
+        acc.append(grad_cam(model, layer, torch.from_numpy(x).to(dev),
                             torch.from_numpy(w[a : a + batch_size]).to(dev)))
     return np.concatenate(acc).mean(axis=0)
 
