@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -36,9 +37,9 @@ import tifffile
 import torch
 from scipy.stats import spearmanr
 
-from calflow.classify import train_group
+from calflow.classify import load_fold_models, train_group
 from calflow.compare import compare_conditions
-from calflow.gradcam import expected_response_maps, offdiag, session_gradcam, zncc_matrix
+from calflow.gradcam import expected_response_maps, offdiag, session_gradcam, true_response_maps, zncc_matrix
 from calflow.io import MovieWriter, open_group
 from calflow.simulate import SimParams, write_session
 
@@ -69,27 +70,52 @@ def make_session(tmp: Path, name: str, condition: str, w_gain: float, seed: int,
     with MovieWriter(store, movie.shape, movie.dtype, fps=sim.fps, chunk_frames=100) as w:
         w.write(movie)
     return {"session": name, "condition": condition, "motion": str(store), "stim_log": str(files["stim_log"]),
-            "targets": str(files["targets"]), "truth": str(files["ground_truth"])}
+            "targets": str(files["targets"]), "truth": str(files["ground_truth"]), "movie_tif": str(files["movie"])}
 
 
-def truth_similarity(store: Path, truth: Path) -> dict[str, float]:
-    """Spearman of the single-target ZNCC against W-row similarity and expected-response similarity."""
+def truth_similarity(store: Path, truth: Path, context: int, evoked: np.ndarray) -> dict[str, float]:
+    """Spearman of the single-target ZNCC against the true similarity (ZNCC of the expected
+    response maps, with each cell's calcium response; and with every cell alike), against the
+    W-row similarity, and of the input-level evoked maps (no network) against the truth."""
     g = open_group(store)
     names = list(g.attrs["patterns"])
     single = [i for i, n in enumerate(names) if "+" not in n]
-    z = np.asarray(g["zncc"][:])[np.ix_(single, single)]
+    z = offdiag(np.asarray(g["zncc"][:])[np.ix_(single, single)])
     gt = np.load(truth)
-    W, tc, fp = gt["W"], gt["target_cells"], gt["footprints"]
-    cells = [int(tc[int(names[i])]) for i in single]
-    w_rows = zncc_matrix(W[cells])
-    maps = expected_response_maps(W, cells, fp, float(gt["w_gain"]), g.attrs["layer_shape"])
-    r_w = spearmanr(offdiag(z), offdiag(w_rows)).statistic
-    r_m = spearmanr(offdiag(z), offdiag(zncc_matrix(maps))).statistic
-    return {"spearman_w_rows": float(r_w), "spearman_response_maps": float(r_m)}
+    cells = [int(gt["target_cells"][int(names[i])]) for i in single]
+    layer = g.attrs["layer_shape"]
+    truth_z = offdiag(zncc_matrix(true_response_maps(gt, cells, layer, context)))
+    unit_z = offdiag(zncc_matrix(true_response_maps(gt, cells, layer, context, kinetics=False)))
+    evoked_z = offdiag(zncc_matrix(evoked[[int(names[i]) for i in single]]))
+    return {"spearman_response_maps": float(spearmanr(z, truth_z).statistic),
+            "spearman_unit_response_maps": float(spearmanr(z, unit_z).statistic),
+            "spearman_w_rows": float(spearmanr(z, offdiag(zncc_matrix(gt["W"][cells]))).statistic),
+            "spearman_evoked": float(spearmanr(evoked_z, truth_z).statistic)}
+
+
+def evoked_maps(movie_tif: Path, truth: Path, layer_shape: list[int], context: int) -> np.ndarray:
+    """Input-level evoked map of each single target (P, ly, lx): mean over its trials of the movie
+    block-averaged to the layer's resolution over the trial's input windows minus the 10 frames
+    before the trial. What the data shows without a network (a diagnostic, not a calflow output)."""
+    gt = np.load(truth)
+    movie = tifffile.memmap(movie_tif, mode="r")  # paged in trial by trial
+    ly, lx = layer_shape
+    f = movie.shape[1] // ly
+    out = np.zeros((len(gt["target_cells"]), ly, lx))
+    count = np.zeros(len(out))
+    pats = gt["patterns"]
+    for a, b, k in zip(gt["trial_start"], gt["trial_stop"], gt["trial_pattern"], strict=True):
+        members = [int(j) for j in np.atleast_1d(pats[k]) if int(j) >= 0]
+        if len(members) != 1 or a < 10:
+            continue
+        m = movie[max(0, a - context): b + context].astype(np.float64).mean(0) - movie[a - 10: a].astype(np.float64).mean(0)
+        out[members[0]] += m[: ly * f, : lx * f].reshape(ly, f, lx, f).mean((1, 3))
+        count[members[0]] += 1
+    return out / np.maximum(count, 1)[:, None, None]
 
 
 def run_seed(seed: int, gain_b: float, section: dict, sim: SimParams, n_perm: int,
-             gradcam: dict | None = None) -> dict:
+             gradcam: dict | None = None, keep: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         t0 = time.perf_counter()
@@ -99,27 +125,35 @@ def run_seed(seed: int, gain_b: float, section: dict, sim: SimParams, n_perm: in
         m = train_group(entries, entries[0]["targets"], section, tmp / "classifier", group=f"a{seed}")
         t2 = time.perf_counter()
         stores, sims = [], []
+        context = int(load_fold_models(tmp / "classifier" / "model.pt")[1]["arch"]["context"])
         for e in entries:
             st = tmp / e["session"] / "gradcam.zarr"
             session_gradcam(e, tmp / "classifier" / "model.pt", gradcam or {}, st)
             stores.append(st)
-            sims.append(truth_similarity(st, Path(e["truth"])))
+            layer = list(open_group(st).attrs["layer_shape"])
+            evoked = evoked_maps(Path(e["movie_tif"]), Path(e["truth"]), layer, context)
+            sims.append(truth_similarity(st, Path(e["truth"]), context, evoked))
+            if keep is not None:
+                dst = keep / e["session"]
+                shutil.rmtree(dst, ignore_errors=True)
+                shutil.copytree(st, dst / "gradcam.zarr")
+                shutil.copy(e["truth"], dst / "ground_truth.npz")
+                np.save(dst / "evoked.npy", evoked)
         res = compare_conditions(stores, "A", "B", {"n_permutations": n_perm, "n_bootstrap": 200, "seed": seed},
                                  [tmp / "classifier" / "metrics.json"])
         res.pop("_matrices")
         return {"seed": seed, "gain_b": gain_b,
                 "accuracy": {c: m["conditions"][c]["test_accuracy"] for c in ("A", "B")},
                 "train_accuracy": {c: m["conditions"][c]["train_accuracy"] for c in ("A", "B")},
-                "spearman_w_rows": [s["spearman_w_rows"] for s in sims],
-                "spearman_response_maps": [s["spearman_response_maps"] for s in sims],
+                **{k: [s[k] for s in sims] for k in sims[0]},
                 "zncc_mean": {c: res["conditions"][c]["zncc_mean_offdiag"] for c in ("A", "B")},
                 "difference": res["difference_mean_offdiag"], "p": res["p_permutation"],
                 "seconds": {"simulate": t1 - t0, "train": t2 - t1, "gradcam_compare": time.perf_counter() - t2}}
 
 
-def truth_effect(gain: float, seeds: int = 5) -> int:
+def truth_effect(gain: float, seeds: int = 5, context: int = 3) -> int:
     """Mean off-diagonal ZNCC of the expected response maps at w_gain 1 and ``gain``, per design."""
-    from calflow.simulate import simulate
+    from calflow.simulate import evoked_calcium, simulate
 
     print(f"{'design':10s} {'w_gain 1':>9s} {'w_gain ' + str(gain):>11s} {'effect':>8s}")
     for name, sim in DESIGNS.items():
@@ -128,7 +162,9 @@ def truth_effect(gain: float, seeds: int = 5) -> int:
             t = simulate(dataclasses.replace(sim, n_frames=200, motion=False), seed=s, anatomy_seed=5000 + s)
             cells = list(t.target_cells)
             shape = (sim.height // 4, sim.width // 4)  # the Grad-CAM layer (downsample 2, depth 2)
-            z.append([float(np.mean(offdiag(zncc_matrix(expected_response_maps(t.W, cells, t.footprints, g, shape)))))
+            resp = evoked_calcium(t.g, t.spike_weight, sim.fps, sim.trial_frames, t.delay_frames, context)
+            z.append([float(np.mean(offdiag(zncc_matrix(expected_response_maps(t.W, cells, t.footprints, g, shape,
+                                                                               resp)))))
                       for g in (1.0, gain)])
         z = np.array(z)
         print(f"{name:10s} {z[:, 0].mean():9.3f} {z[:, 1].mean():11.3f} {np.mean(z[:, 1] - z[:, 0]):+8.3f}")
@@ -140,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--null-seeds", type=int, default=10)
     ap.add_argument("--effect-seeds", type=int, default=3)
     ap.add_argument("--null-start", type=int, default=100, help="first null seed")
+    ap.add_argument("--effect-start", type=int, default=0, help="first effect seed")
     ap.add_argument("--gain", type=float, default=1.8)
     ap.add_argument("--permutations", type=int, default=1000)
     ap.add_argument("--design", choices=sorted(DESIGNS), default="criteria",
@@ -147,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layer", default="last", help="gradcam.layer")
     ap.add_argument("--set", nargs="*", default=[], help="classify keys, e.g. mask=targets iterations=400")
     ap.add_argument("--sim", nargs="*", default=[], help="SimParams overrides of the design, e.g. connection_prob=0.4")
+    ap.add_argument("--keep", type=Path, help="copy each session's gradcam.zarr + ground truth + evoked maps here")
     ap.add_argument("--truth-only", action="store_true", help="only the designs' true effect (no training)")
     args = ap.parse_args(argv)
     if args.truth_only:
@@ -158,15 +196,16 @@ def main(argv: list[str] | None = None) -> int:
         section[k] = json.loads(v) if v[:1].isdigit() or v[:1] in "-[" else v
     sim = dataclasses.replace(DESIGNS[args.design], **{k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.sim)})
     rows = []
-    for kind, seeds, gain in (("effect", range(args.effect_seeds), args.gain),
+    for kind, seeds, gain in (("effect", range(args.effect_start, args.effect_start + args.effect_seeds), args.gain),
                               ("null", range(args.null_start, args.null_start + args.null_seeds), 1.0)):
         for s in seeds:
-            r = run_seed(s, gain, section, sim, args.permutations, {"layer": args.layer})
+            r = run_seed(s, gain, section, sim, args.permutations, {"layer": args.layer}, args.keep)
             r["kind"] = kind
             rows.append(r)
             print(f"{kind:6s} seed {s:3d}  acc A {r['accuracy']['A']:.3f} B {r['accuracy']['B']:.3f}  "
-                  f"Spearman(W rows) {np.mean(r['spearman_w_rows']):+.2f}  Spearman(resp) "
-                  f"{np.mean(r['spearman_response_maps']):+.2f}  D {r['difference']:+.4f}  p {r['p']:.4f}  "
+                  f"Spearman(truth) {r['spearman_response_maps'][0]:+.2f} {r['spearman_response_maps'][1]:+.2f}  "
+                  f"(unit cells {np.mean(r['spearman_unit_response_maps']):+.2f}, W rows "
+                  f"{np.mean(r['spearman_w_rows']):+.2f}, evoked {np.mean(r['spearman_evoked']):+.2f})  D {r['difference']:+.4f}  p {r['p']:.4f}  "
                   f"train {r['seconds']['train']:.0f} s", flush=True)
     eff = [r for r in rows if r["kind"] == "effect"]
     nul = [r for r in rows if r["kind"] == "null"]
@@ -177,8 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         "null_p_gt_0.05": f"{sum(r['p'] > 0.05 for r in nul)}/{len(nul)}",
         "mean_accuracy": float(np.mean([v for r in rows for v in r["accuracy"].values()])),
         "min_accuracy": float(np.min([v for r in rows for v in r["accuracy"].values()])),
-        "mean_spearman_w_rows": float(np.nanmean([v for r in rows for v in r["spearman_w_rows"]])),
-        "mean_spearman_response_maps": float(np.nanmean([v for r in rows for v in r["spearman_response_maps"]])),
+        **{f"mean_{k}": float(np.nanmean([v for r in rows for v in r[k]]))
+           for k in ("spearman_response_maps", "spearman_unit_response_maps", "spearman_w_rows", "spearman_evoked")},
+        "min_spearman_response_maps": float(np.nanmin([v for r in rows for v in r["spearman_response_maps"]])),
+        "sessions_spearman_ge_0.7": f"{sum(v >= 0.7 for r in rows for v in r['spearman_response_maps'])}/{2 * len(rows)}",
     }
     print(json.dumps(summary, indent=1))
     OUT.mkdir(exist_ok=True)

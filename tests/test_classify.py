@@ -123,15 +123,24 @@ def test_streamed_frames_and_windows_equal_the_in_ram_version(trained, tmp_path,
 
 def test_scratch_dir_is_deleted_on_close_and_collection(trained, tmp_path):
     import gc
+    import socket
     import subprocess
     import sys
 
+    from calflow.io import process_temp_prefix
+
     _, entries, _, _ = trained
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / f"calflow-classify-{cl._HOST}-{int(dead.stdout)}-abc"  # a killed job's scratch
-    stale.mkdir()
+    stale = tmp_path / f"calflow-classify-{socket.gethostname()}-{int(dead.stdout)}-abc"  # a killed job's scratch
+    live = tmp_path / f"{process_temp_prefix('calflow-classify')}abc"  # a running job's (this process)
+    remote = tmp_path / f"calflow-classify-other-host-{int(dead.stdout)}-abc"  # another node's
+    for d in (stale, live, remote):
+        d.mkdir()
     movie = cl.open_movie(entries[0]["motion"], 2, scratch_dir=str(tmp_path))
     assert not stale.exists()  # removed: its process is gone
+    assert live.is_dir() and remote.is_dir()
+    live.rmdir()
+    remote.rmdir()
     scratch = movie.path.parent
     assert movie.path.stat().st_size == TINY.n_frames * 20 * 20 * 4
     movie.close()
@@ -172,6 +181,23 @@ def test_bad_stim_log_names_the_file_and_row(tmp_path):
         cl.read_labels(tmp_path / "s.csv", t, 2)
     with pytest.raises(CalflowInputError, match="classify.mask"):
         cl.ClassifyParams.from_config({"mask": "everything"})
+
+
+def test_frame_metrics_count_none_and_wrong_target_errors_apart():
+    ids = ["a", "b"]
+    labels = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1], [0, 0, 1]], np.float32)
+    prob = np.array([[0.9, 0.1, 0.2],   # a: right
+                     [0.3, 0.1, 0.8],   # a: top is none (target-only top is a: right)
+                     [0.7, 0.2, 0.1],   # b: wrong target
+                     [0.1, 0.6, 0.3],   # pair a+b: b is among them
+                     [0.1, 0.2, 0.9],   # none: right
+                     [0.5, 0.2, 0.4]])  # none: wrong
+    m = cl.frame_metrics(prob, labels, ids)
+    assert m["accuracy"] == 0.5 and m["n_stimulated_frames"] == 4
+    assert m["target_accuracy"] == 0.75 and m["missed_as_none"] == 0.25
+    assert m["none_accuracy"] == 0.5 and m["per_target"]["a"] == {"accuracy": 2 / 3, "frames": 3}
+    assert m["confusion"]["rows"] == ["a", "b", "a+b", "none"]
+    assert m["confusion"]["counts"] == [[1, 0, 1], [1, 0, 0], [0, 1, 0], [1, 0, 1]]
 
 
 def test_classifier_metrics_are_held_out_and_above_chance(trained):
@@ -379,7 +405,8 @@ def test_validation_strengthened_w_detected_and_maps_follow_connectivity(tmp_pat
     """Issue criteria on one simulated animal (benchmark seed 0), with the default settings:
     Spearman(single-target Grad-CAM ZNCC, true similarity) >= 0.7 in each condition, the true
     similarity being the ZNCC of the targets' expected response maps (own + W-weighted driven
-    footprints); condition B (w_gain 1.8) against A (w_gain 1): D > 0 and permutation p < 0.01."""
+    footprints, each cell weighted by its expected calcium response); condition B (w_gain 1.8)
+    against A (w_gain 1): D > 0 and permutation p < 0.01."""
     from scipy.stats import spearmanr
 
     torch.set_num_threads(1)
@@ -402,8 +429,8 @@ def test_validation_strengthened_w_detected_and_maps_follow_connectivity(tmp_pat
         names = list(g.attrs["patterns"])
         assert names == [str(j) for j in range(8)]
         gt = np.load(e["truth"])
-        truth = gc.zncc_matrix(gc.expected_response_maps(gt["W"], gt["target_cells"], gt["footprints"],
-                                                         float(gt["w_gain"]), g.attrs["layer_shape"]))
+        truth = gc.zncc_matrix(gc.true_response_maps(gt, gt["target_cells"], g.attrs["layer_shape"],
+                                                      context=cl.ClassifyParams().context))
         rho = spearmanr(gc.offdiag(np.asarray(g["zncc"][:])), gc.offdiag(truth)).statistic
         assert rho >= 0.7, (e["session"], rho)
     res = cmp.compare_conditions(stores, "A", "B", {"n_permutations": 200, "n_bootstrap": 50, "seed": 0},

@@ -342,6 +342,28 @@ def test_connectivity_and_evoked_rates_follow_w_with_delay():
     np.testing.assert_allclose(t1.rate_hz - t0.rate_hz, expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("context", [0, 2])
+def test_evoked_calcium_is_the_expected_response_of_the_simulated_rates(context):
+    """evoked_calcium (the truth behind the Grad-CAM validation) equals the calcium that the
+    simulator's extra rates produce in a trial, averaged over input windows: per cell, through its
+    own kinetics and amplitude, delayed for the driven cells."""
+    p = small(n_frames=60, n_cells=10, n_pairs=0, connection_prob=0.4, w_delay_s=0.1, tau_jitter=0.3,
+              amplitude_cv=0.4, **STATIC)
+    t, t0 = simulate(p, 6), simulate(dataclasses.replace(p, stim_gain=0.0), 6)
+    extra = (t.rate_hz - t0.rate_hz).astype(np.float64) / p.fps  # expected extra spikes per frame
+    a, b, j = int(t.trial_start[0]), int(t.trial_stop[0]), int(t.patterns[t.trial_pattern[0]][0])
+    assert a >= context and t.trial_start[1] > b + context + t.delay_frames  # the first trial stands alone
+    ca = np.stack([signal.lfilter([t.spike_weight[k]], [1.0, -t.g[k, 0], -t.g[k, 1]], extra[k])
+                   for k in range(t.n_cells)])
+    seen = np.mean([ca[:, f - context : f + context + 1].mean(axis=1) for f in range(a, b)], axis=0)
+    resp = sim.evoked_calcium(t.g, t.spike_weight, p.fps, p.trial_frames, t.delay_frames, context)
+    src = int(t.target_cells[j])
+    expected = p.stim_gain * t.W[src] * resp[1]
+    expected[src] = p.stim_gain * resp[0, src]
+    np.testing.assert_allclose(seen, expected, rtol=1e-5, atol=1e-9)
+    assert np.count_nonzero(t.W[src]) >= 2 and np.ptp(resp[1][t.W[src] > 0]) > 0  # cells differ
+
+
 # ----------------------------------------------------------------------------- motion
 
 

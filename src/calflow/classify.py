@@ -59,12 +59,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -81,7 +79,7 @@ from torch import nn
 from calflow.config import check_stim_log, check_targets
 from calflow.device import resolve_device
 from calflow.errors import CalflowInputError
-from calflow.io import _HOST, MovieReader, _pid_alive, atomic_output
+from calflow.io import MovieReader, atomic_output, process_temp_prefix, remove_orphaned_temp_dirs
 from calflow.params import from_section
 
 log = logging.getLogger("calflow.classify")
@@ -271,16 +269,7 @@ def scratch_root(scratch_dir: str = "") -> Path:
     return path
 
 
-_SCRATCH_PREFIX = "calflow-classify-"
-
-
-def _remove_stale_scratch(root: Path) -> None:
-    """Delete scratch dirs of killed jobs on this host (``calflow-classify-{host}-{pid}-*``, process gone)."""
-    pattern = re.compile(rf"^{re.escape(_SCRATCH_PREFIX)}{re.escape(_HOST)}-(\d+)-")
-    for d in root.glob(f"{_SCRATCH_PREFIX}{glob.escape(_HOST)}-*"):
-        m = pattern.match(d.name)
-        if m and d.is_dir() and not _pid_alive(int(m[1])):
-            shutil.rmtree(d, ignore_errors=True)
+_SCRATCH_STEM = "calflow-classify"
 
 
 def _release(fd: int, tmpdir: tempfile.TemporaryDirectory) -> None:
@@ -421,8 +410,8 @@ def open_movie(store: str | Path, downsample: int, block_frames: int = 200, norm
         raise CalflowInputError(f"the classifier's scratch file needs {need / 1e9:.2f} GB but {root} has "
                                 f"{free / 1e9:.2f} GB free", file=store,
                                 fix="set classify.scratch_dir to a directory with more room (node-local disk)")
-    _remove_stale_scratch(root)
-    tmpdir = tempfile.TemporaryDirectory(prefix=f"{_SCRATCH_PREFIX}{_HOST}-{os.getpid()}-", dir=root)
+    remove_orphaned_temp_dirs(root, _SCRATCH_STEM)
+    tmpdir = tempfile.TemporaryDirectory(prefix=process_temp_prefix(_SCRATCH_STEM), dir=root)
     path = Path(tmpdir.name) / "frames.f32"
     try:
         shift = s1 = s2 = None
@@ -589,6 +578,7 @@ class StimNet(nn.Module):
             blocks.append(nn.Sequential(*layers))
             cin = c
         self.features = nn.Sequential(*blocks)
+        self.n_out = int(n_out)
         f = 2 ** (depth - 1)
         self.layer_hw = (int(frame_hw[0]) // f, int(frame_hw[1]) // f)
         self.head = nn.Sequential(nn.Conv2d(cin, reduce, 1), nn.Flatten(), nn.Dropout(dropout),
@@ -779,7 +769,7 @@ def predict(model: StimNet, s: SessionData, frames: np.ndarray | None = None, ba
     """Sigmoid outputs (T, N + 1) of ``model`` on the session's frames (or the given indices)."""
     device = next(model.parameters()).device
     idx = np.arange(len(s.frames)) if frames is None else np.asarray(frames)
-    out = np.empty((len(idx), model.head[-1].out_features), np.float32)
+    out = np.empty((len(idx), model.n_out), np.float32)
     model.eval()
     ctx = (model.features[0][0].in_channels - 1) // 2
     for a in range(0, len(idx), batch):
@@ -790,7 +780,12 @@ def predict(model: StimNet, s: SessionData, frames: np.ndarray | None = None, ba
 
 def frame_metrics(prob: np.ndarray, labels: np.ndarray, target_ids: Sequence[str]) -> dict:
     """Accuracy ("top prediction among the stimulated targets", stimulated frames), per target,
-    none-frame accuracy, and the confusion matrix (true pattern x top output)."""
+    none-frame accuracy, and the confusion matrix (true pattern x top output).
+
+    ``target_accuracy``: the same on stimulated frames with the top taken over the target outputs
+    only (which cell, given that one was stimulated); ``missed_as_none``: the fraction of
+    stimulated frames whose top output is ``none`` (on the demo nearly all errors, at the first and
+    last frames of a trial, docs/classify.md)."""
     n = len(target_ids)
     stim = labels[:, :n] > 0.5
     is_stim = stim.any(axis=1)
@@ -798,6 +793,8 @@ def frame_metrics(prob: np.ndarray, labels: np.ndarray, target_ids: Sequence[str
     correct = np.zeros(len(labels), bool)
     correct[is_stim] = stim[is_stim, np.minimum(top[is_stim], n - 1)] & (top[is_stim] < n)
     none_ok = top[~is_stim] == n
+    top_target = prob[:, :n].argmax(axis=1)
+    target_ok = stim[is_stim, top_target[is_stim]]
     per_target = {}
     for j, tid in enumerate(target_ids):
         sel = stim[:, j]
@@ -812,6 +809,8 @@ def frame_metrics(prob: np.ndarray, labels: np.ndarray, target_ids: Sequence[str
     return {
         "accuracy": float(correct[is_stim].mean()) if is_stim.any() else None,
         "n_stimulated_frames": int(is_stim.sum()),
+        "target_accuracy": float(target_ok.mean()) if is_stim.any() else None,
+        "missed_as_none": float((top[is_stim] == n).mean()) if is_stim.any() else None,
         "none_accuracy": float(none_ok.mean()) if none_ok.size else None,
         "n_none_frames": int((~is_stim).sum()),
         "per_target": per_target,
@@ -887,6 +886,7 @@ def _train_loaded(data: Sequence[SessionData], entries: Sequence[Mapping[str, An
         pr = np.concatenate([preds[s.session] for s in ss])
         m = frame_metrics(pr, lab, ids)
         per_condition[cond] = {"sessions": [s.session for s in ss], "test_accuracy": m["accuracy"],
+                               "test_target_accuracy": m["target_accuracy"], "test_missed_as_none": m["missed_as_none"],
                                "test_none_accuracy": m["none_accuracy"],
                                "train_accuracy": float(np.mean([per_session[s.session]["train_accuracy"] for s in ss])),
                                "per_target": m["per_target"]}

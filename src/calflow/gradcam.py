@@ -12,14 +12,16 @@ at a layer with activations A (C, h, w): ``alpha_c = mean_xy dy/dA_c``, ``cam = 
 Per session (:func:`session_gradcam`): every trial's map is the mean over its stimulated frames of
 the Grad-CAM of the pattern's targets, computed with the fold model that did not train on that
 trial (cross-fitting, calflow.classify); a pattern's map is the mean of its trials' maps. ZNCC
-(zero-normalised cross-correlation, the Pearson r of two maps' pixels) between the ReLU-ed
-layer-resolution maps of all patterns is the pattern x pattern matrix. Units: maps are in logit
+(zero-normalised cross-correlation, the Pearson r of two maps' pixels) between the
+layer-resolution maps of all patterns (signed; ReLU-ed with ``zncc_map: relu``) is the pattern x
+pattern matrix. Units: maps are in logit
 units per activation unit (only their shape matters for ZNCC, which is scale-free).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -100,10 +102,15 @@ def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, weights: torch
     return (alpha * a).sum(dim=1).cpu().numpy()
 
 
+def upsample(cam: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Bilinear upsampling (align_corners=False) of (B, h, w) maps to (B, *size)."""
+    t = torch.from_numpy(np.asarray(cam, np.float32))[:, None]
+    return F.interpolate(t, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)[:, 0].numpy()
+
+
 def display_maps(cam: np.ndarray, size: Sequence[int]) -> np.ndarray:
     """ReLU then bilinear upsampling (align_corners=False) of (B, h, w) maps to (B, *size)."""
-    t = torch.from_numpy(np.maximum(np.asarray(cam, np.float32), 0))[:, None]
-    return F.interpolate(t, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)[:, 0].numpy()
+    return upsample(np.maximum(np.asarray(cam, np.float32), 0), size)
 
 
 def zncc(a: np.ndarray, b: np.ndarray) -> float:
@@ -133,22 +140,45 @@ def offdiag(z: np.ndarray) -> np.ndarray:
 
 
 def expected_response_maps(W: np.ndarray, target_cells: Sequence[int], footprints: np.ndarray, w_gain: float,
-                           layer_shape: Sequence[int]) -> np.ndarray:
+                           layer_shape: Sequence[int], cell_response: np.ndarray | None = None) -> np.ndarray:
     """Ground-truth functional footprint of each single target (validation on simulated data).
 
     Target j's expected response map is its own footprint plus the footprints of the cells it
     drives weighted by ``w_gain * W[target, k]`` (the simulator's extra rate per unit of the
-    target's), block-averaged to the Grad-CAM layer's resolution. ``W`` (K, K) W[source, target],
-    ``footprints`` (K, H, W); returns (N, ly, lx). Their ZNCC is the "true connectivity
-    similarity" the single-target Grad-CAM ZNCC is validated against.
+    target's), block-averaged to the Grad-CAM layer's resolution. ``cell_response`` (2, K), from
+    :func:`calflow.simulate.evoked_calcium`, turns rates into expected fluorescence: the
+    target's own footprint is weighted by row 0 and a driven cell's by row 1 (each cell's spike
+    amplitude and calcium kinetics); without it every cell responds alike. ``W`` (K, K)
+    W[source, target], ``footprints`` (K, H, W); returns (N, ly, lx). Their ZNCC is the "true
+    connectivity similarity" the single-target Grad-CAM ZNCC is validated against.
     """
     K = W.shape[0]
     cells = [int(c) for c in target_cells]
-    resp = np.eye(K)[cells] + float(w_gain) * np.asarray(W)[cells]
+    r = np.ones((2, K)) if cell_response is None else np.asarray(cell_response, np.float64)
+    resp = np.eye(K)[cells] * r[0] + float(w_gain) * np.asarray(W)[cells] * r[1]
     ly, lx = int(layer_shape[0]), int(layer_shape[1])
     f = footprints.shape[1] // ly
     maps = np.einsum("pk,khw->phw", resp, np.asarray(footprints, np.float64))
     return maps[:, : ly * f, : lx * f].reshape(len(cells), ly, f, lx, f).mean((2, 4))
+
+
+def true_response_maps(truth: Mapping[str, Any], cells: Sequence[int], layer_shape: Sequence[int], context: int,
+                       *, kinetics: bool = True) -> np.ndarray:
+    """:func:`expected_response_maps` of a simulated session from its ground truth
+    (``ground_truth.npz`` of :func:`calflow.simulate.write_session`), (N, ly, lx).
+
+    ``kinetics``: weight each cell by its expected fluorescence response
+    (:func:`calflow.simulate.evoked_calcium`: its spike amplitude and calcium time constants, over
+    input windows of ``2 * context + 1`` frames); False = every cell responds alike.
+    """
+    from calflow.simulate import evoked_calcium
+
+    resp = None
+    if kinetics:
+        trial_frames = int(json.loads(str(truth["params_json"]))["trial_frames"])
+        resp = evoked_calcium(truth["g"], truth["spike_weight"], float(truth["fps"]), trial_frames,
+                              int(truth["delay_frames"]), context)
+    return expected_response_maps(truth["W"], cells, truth["footprints"], float(truth["w_gain"]), layer_shape, resp)
 
 
 def pattern_name(pattern: Sequence[int], ids: Sequence[str]) -> str:
@@ -312,6 +342,7 @@ def plot_session(store: str | Path, plots_dir: str | Path) -> list[Path]:
     names = list(g.attrs["patterns"])
     z = np.asarray(g["zncc"][:])
     disp = np.asarray(g["display_maps"][:])
+    signed = upsample(np.nan_to_num(np.asarray(g["pattern_maps"][:])), disp.shape[1:])
     mean = np.asarray(g["mean_image"][:])
     out_dir = Path(plots_dir)
     out = []
@@ -320,7 +351,7 @@ def plot_session(store: str | Path, plots_dir: str | Path) -> list[Path]:
         fig = zncc_figure(z, names, f"{g.attrs['session']}: ZNCC of Grad-CAM maps")
         fig.savefig(tmp / "zncc.png", dpi=100)
         plt.close(fig)
-        fig = overlay_figure(mean, disp, names, str(g.attrs["session"]))
+        fig = overlay_figure(mean, disp, names, str(g.attrs["session"]), signed)
         fig.savefig(tmp / "maps.png", dpi=80)
         plt.close(fig)
         out = [out_dir / "zncc.png", out_dir / "maps.png"]
@@ -343,24 +374,36 @@ def zncc_figure(z: np.ndarray, names: Sequence[str], title: str, ax: Any = None)
     return fig
 
 
-def overlay_figure(mean: np.ndarray, disp: np.ndarray, names: Sequence[str], title: str) -> Any:
+def overlay_figure(mean: np.ndarray, disp: np.ndarray, names: Sequence[str], title: str,
+                   signed: np.ndarray | None = None) -> Any:
+    """Grad-CAM per pattern on the mean image: the ReLU-ed display maps (inferno, above 15 % of
+    each map's maximum) and, with ``signed`` (P, H, W), the signed maps below them (red positive,
+    blue negative, each map scaled to its own largest magnitude)."""
     import matplotlib.pyplot as plt
 
     n = len(names)
     cols = min(8, max(n, 1))
-    rows = (n + cols - 1) // cols
+    block = (n + cols - 1) // cols
+    rows = block * (2 if signed is not None else 1)
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.7 * rows + 0.3), squeeze=False)
     H, W = disp.shape[1:]
     ext = (-0.5, W - 0.5, H - 0.5, -0.5)
-    for k, ax in enumerate(axes.ravel()):
+    for ax in axes.ravel():
         ax.set_axis_off()
-        if k >= n:
-            continue
+    for k in range(n):
+        ax = axes[k // cols, k % cols]
         ax.imshow(mean, cmap="gray", extent=ext)
         m = disp[k]
         top = float(np.nanmax(m)) if np.isfinite(m).any() else 0.0
         ax.imshow(np.ma.masked_less_equal(m, 0.15 * top if top > 0 else 0), cmap="inferno", alpha=0.6, extent=ext)
-        ax.set_title(names[k], fontsize=7)
+        ax.set_title(f"{names[k]} (ReLU)" if signed is not None else names[k], fontsize=7)
+        if signed is not None:
+            ax = axes[block + k // cols, k % cols]
+            ax.imshow(mean, cmap="gray", extent=ext)
+            big = float(np.abs(signed[k]).max()) or 1.0
+            ax.imshow(np.ma.masked_inside(signed[k], -0.15 * big, 0.15 * big), cmap="RdBu_r", vmin=-big, vmax=big,
+                      alpha=0.6, extent=ext)
+            ax.set_title(f"{names[k]} (signed)", fontsize=7)
     fig.suptitle(f"{title}: Grad-CAM per pattern (held-out trials)", fontsize=9)
     fig.tight_layout()
     return fig

@@ -96,6 +96,29 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
     return removed
 
 
+def process_temp_prefix(stem: str) -> str:
+    """Name prefix ``{stem}-{host}-{pid}-`` of a temporary directory owned by this process, which
+    :func:`remove_orphaned_temp_dirs` can recognise once the process is gone."""
+    return f"{stem}-{_HOST}-{os.getpid()}-"
+
+
+def remove_orphaned_temp_dirs(root: str | Path, stem: str) -> list[Path]:
+    """Delete ``root/{stem}-{host}-{pid}-*`` directories of killed processes on this host.
+
+    The counterpart of :func:`remove_stale_temporaries` for scratch directories (e.g. the
+    classifier's streamed movie, named with :func:`process_temp_prefix`): directories of live
+    processes, or of other hosts, are left alone.
+    """
+    pattern = re.compile(rf"^{re.escape(stem)}-{re.escape(_HOST)}-(\d+)-")
+    removed = []
+    for d in Path(root).glob(f"{glob.escape(stem)}-{glob.escape(_HOST)}-*"):
+        m = pattern.match(d.name)
+        if m and d.is_dir() and not _pid_alive(int(m[1])):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)

@@ -1191,7 +1191,8 @@ def classifier_section(ctx: ReportContext, condition: str, sessions: list[Sessio
     for m, s, v in found:
         t = v["test"]
         rows.append([Link(s, f"#s-{s}"), m["group"], fmt(v["n_trials"]), fmt(t["n_stimulated_frames"]),
-                     fmt(t["accuracy"]), fmt(v["train_accuracy"]), fmt(t["none_accuracy"])])
+                     fmt(t["accuracy"]), fmt(t.get("target_accuracy")), fmt(t.get("missed_as_none")),
+                     fmt(v["train_accuracy"]), fmt(t["none_accuracy"])])
         per_target += [[s, tid, fmt(x["frames"]), fmt(x["accuracy"])] for tid, x in t["per_target"].items()]
         conf = np.asarray(t["confusion"]["counts"], float)
         frac = conf / np.maximum(conf.sum(axis=1, keepdims=True), 1)
@@ -1208,7 +1209,8 @@ def classifier_section(ctx: ReportContext, condition: str, sessions: list[Sessio
     facts = [("rule", "a frame is correct when the top output is one of its stimulated targets (held-out "
                       "trial blocks, cross-fitted)"),
              ("mean held-out accuracy", fmt(float(np.mean(acc))) if acc else "–")]
-    tables = [Table(columns=["session", "model", "trials", "stimulated frames", "test accuracy", "train accuracy",
+    tables = [Table(columns=["session", "model", "trials", "stimulated frames", "test accuracy",
+                             "which target (top target output)", "stimulated but top is none", "train accuracy",
                              "none-frame accuracy"], rows=rows),
               Table(columns=["session", "target", "frames", "test accuracy"], rows=per_target,
                     title="Accuracy per target", collapsed=True)]
@@ -1250,8 +1252,11 @@ def zncc_section(ctx: ReportContext, condition: str, sessions: list[SessionInfo]
 def gradcam_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
     d = s.plots / "gradcam"
     figs = [f for f in (
-        figure_from_png(d / "maps.png", "Grad-CAM per pattern", "Mean Grad-CAM (ReLU, upsampled) over the held-out "
-                        "trials of each stimulation pattern, on the session's mean image.", wide=True),
+        figure_from_png(d / "maps.png", "Grad-CAM per pattern", "Mean Grad-CAM over the held-out trials of each "
+                        "stimulation pattern on the session's mean image, upsampled: ReLU-ed (top rows) and signed "
+                        "(bottom rows, red positive, blue negative). With the default dense head the maps are mostly "
+                        "negative where the pattern's activity is (docs/classify.md); ZNCC does not depend on the "
+                        "sign.", wide=True),
         figure_from_png(d / "zncc.png", "ZNCC matrix", "ZNCC between the layer-resolution maps of every pair of "
                         "patterns."),
     ) if f is not None]

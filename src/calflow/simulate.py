@@ -667,6 +667,30 @@ def _poisson_inverse(u: np.ndarray, lam: np.ndarray) -> np.ndarray:
     return k
 
 
+def evoked_calcium(g: np.ndarray, spike_weight: np.ndarray, fps: float, trial_frames: int, delay_frames: int,
+                   context: int = 0) -> np.ndarray:
+    """Expected extra calcium of each cell during a trial per 1 Hz of extra firing rate, (2, K) F units.
+
+    Row 0: the rate rises for the trial's ``trial_frames`` frames (a stimulated target); row 1: the
+    same step delayed by ``delay_frames`` (a driven cell). The value is the mean, over the trial's
+    frames t, of the calcium averaged over the window ``t - context .. t + context`` (what an input
+    of ``2 * context + 1`` frames sees), through each cell's AR(2) kernel ``g`` (K, 2) and
+    ``spike_weight`` (K,). A target j's expected response is then ``stim_gain * (row 0 at j +
+    w_gain * W[j] * row 1)``, the per-cell weights of its functional footprint.
+    """
+    g = np.asarray(g, np.float64)
+    n = delay_frames + trial_frames + 2 * context + 1
+    out = np.empty((2, len(g)))
+    for row, lag in enumerate((0, delay_frames)):
+        drive = np.zeros(n)
+        drive[context + lag: context + lag + trial_frames] = 1.0 / fps  # expected extra spikes per frame
+        windows = np.lib.stride_tricks.sliding_window_view(np.arange(n), 2 * context + 1)[:trial_frames]
+        for k in range(len(g)):
+            ca = signal.lfilter([float(spike_weight[k])], [1.0, -g[k, 0], -g[k, 1]], drive)
+            out[row, k] = ca[windows].mean()
+    return out
+
+
 def _stim_schedule(p: SimParams, rng: np.random.Generator, rng_order: np.random.Generator):
     """Patterns (P, 2), trial arrays and the per-frame (T, N) stimulation matrix.
 
