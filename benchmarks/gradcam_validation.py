@@ -6,8 +6,11 @@ A (w_gain 1) and B (w_gain ``--gain``: strengthened W) for the effect seeds, A a
 w_gain 1) for the null seeds. The classifier is trained on both sessions (calflow's per-animal
 model), Grad-CAM maps + ZNCC per session, then the trial-level permutation test. Reported per
 seed: held-out accuracy per condition, Spearman between the single-target ZNCC and the true
-connectivity similarity (ZNCC of the targets' W rows; and of their expected response maps), the
-contrast D and its p-value.
+similarity (ZNCC of the targets' expected response maps, each cell weighted by its expected
+calcium response: calflow.gradcam.true_response_maps; also with every cell alike, and the ZNCC of
+the targets' W rows), Spearman of the movie's evoked maps (no network) against the truth, the
+contrast D and its p-value. ``--keep DIR`` saves each session's gradcam.zarr, ground truth and
+evoked maps for later analysis.
 
 Simulated designs (``--design``): ``criteria`` (default; 18,000 frames of 96 x 96, 32 cells, 8 single
 targets, connection_prob 0.4, W in 0.1-0.3: targets share driven cells, strengthening W changes
@@ -18,7 +21,7 @@ pairs share no driven cell, so the true similarity is mostly 0 by construction).
 prints each design's true effect (mean off-diagonal ZNCC of the expected response maps at w_gain 1
 and ``--gain``) without training anything.
 
-    python benchmarks/gradcam_validation.py --effect-seeds 3 --null-seeds 10 --permutations 1000
+    python benchmarks/gradcam_validation.py --effect-seeds 5 --null-seeds 20 --permutations 1000
 """
 
 from __future__ import annotations
