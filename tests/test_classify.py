@@ -200,6 +200,13 @@ def test_frame_metrics_count_none_and_wrong_target_errors_apart():
     assert m["confusion"]["counts"] == [[1, 0, 1], [1, 0, 0], [0, 1, 0], [1, 0, 1]]
 
 
+def test_a_fold_that_did_not_learn_is_reported():
+    ok = cl.untrained_folds(np.array([[97.0, 100.0], [60.0, 100.0], [0.0, 0.0]]), "m1")
+    assert ok == []
+    (msg,) = cl.untrained_folds(np.array([[97.0, 100.0], [45.0, 100.0]]), "m1")
+    assert "'m1' fold 1 did not learn: accuracy 0.45" in msg and "classify.seed" in msg
+
+
 def test_classifier_metrics_are_held_out_and_above_chance(trained):
     _, entries, out, m = trained
     assert set(m["sessions"]) == {"a1_A", "a1_B"} and set(m["conditions"]) == {"A", "B"}
@@ -212,6 +219,7 @@ def test_classifier_metrics_are_held_out_and_above_chance(trained):
         assert t["accuracy"] > 0.6, t["accuracy"]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["sessions"]["a1_A"]["test"]["accuracy"] == m["sessions"]["a1_A"]["test"]["accuracy"]
+    assert saved["warnings"] == []  # both folds learned
     blob = torch.load(out / "model.pt", weights_only=True)
     assert len(blob["folds"]) == 2 and blob["meta"]["target_ids"] == ["0", "1", "2"]
 
