@@ -14,7 +14,7 @@ evoked maps for later analysis.
 
 Simulated designs (``--design``): ``criteria`` (default; 18,000 frames of 96 x 96, 32 cells, 8 single
 targets, connection_prob 0.4, W in 0.1-0.3: targets share driven cells, strengthening W changes
-their similarity, ~40 trials per pattern and session), ``strong_w`` (the first design: 3000 frames,
+their similarity, ~70 trials per pattern and session), ``strong_w`` (the first design: 3000 frames,
 24 cells, 6 targets, connection_prob 0.25, W in 0.2-0.8: x1.8 barely changes the similarity) and
 ``demo`` (the demo's 900 x 128 x 128, 40 cells, 8 targets + 8 pairs, connection_prob 0.1: most target
 pairs share no driven cell, so the true similarity is mostly 0 by construction). ``--truth-only``
@@ -53,7 +53,7 @@ DEMO = SimParams(n_frames=900, height=128, width=128, n_cells=40, n_targets=8)
 # and two targets share ~5; weak weights (0.1-0.3): a target's own response dominates its map at
 # w_gain 1, so w_gain 1.8 makes shared driven cells visibly more important (the mean off-diagonal
 # ZNCC of the expected response maps rises by ~0.1). 18,000 frames (10 min at 30 Hz), 8 single
-# targets, no pairs: ~40 trials per pattern and session. The demo's sparse W (0.1 over 40 cells)
+# targets, no pairs: ~70 trials per pattern and session. The demo's sparse W (0.1 over 40 cells)
 # gives most target pairs no shared driven cell, so its "true similarity" is mostly 0 by construction.
 CRITERIA = SimParams(n_frames=18000, height=96, width=96, n_cells=32, n_targets=8, n_pairs=0,
                      connection_prob=0.4, w_min=0.1, w_max=0.3)

@@ -379,6 +379,13 @@ def test_report_sections_show_classifier_gradcam_and_comparison(trained):
     assert cls["tables"][0].rows[0][4] == rp.fmt(json.loads((out / "metrics.json").read_text())
                                                  ["sessions"]["a1_A"]["test"]["accuracy"])
     assert len(cls["figures"]) == 1
+    assert not [f for f in cls["facts"] if f[0] == "warning"]
+    # a model's warnings are shown once, however many of its sessions the condition has
+    ctx_warned = rp.ReportContext(results=tmp, sessions=sessions)
+    ctx_warned.cached(("classifier_metrics",), lambda: [{**json.loads((out / "metrics.json").read_text()),
+                                                          "warnings": ["fold 1 did not learn"]}])
+    warned = rp.classifier_section(ctx_warned, "A", sessions)["facts"]
+    assert warned.count(("warning", "fold 1 did not learn")) == 1
     assert len(rp.zncc_section(ctx, "B", sessions[1:])["figures"]) == 1
     assert len(rp.gradcam_section(ctx, sessions[0])["figures"]) == 2
     comp = rp.compare_section(ctx)
@@ -391,7 +398,7 @@ def test_report_sections_show_classifier_gradcam_and_comparison(trained):
 # The simulated animal of benchmarks/gradcam_validation.py (design "criteria"): targets share
 # driven cells (connection_prob 0.4 over 32 cells) with weak weights (0.1-0.3), so that w_gain 1.8
 # changes their true similarity (+0.09 in mean off-diagonal ZNCC of the expected response maps);
-# 18,000 frames give ~40 trials per single-target pattern and session.
+# 18,000 frames give ~70 trials per single-target pattern and session.
 CRITERIA = SimParams(n_frames=18000, height=96, width=96, n_cells=32, n_targets=8, n_pairs=0, connection_prob=0.4,
                      w_min=0.1, w_max=0.3, motion=False)
 

@@ -887,10 +887,10 @@ def _train_loaded(data: Sequence[SessionData], entries: Sequence[Mapping[str, An
             sel = np.flatnonzero(ff == f)
             prob_test[sel] = predict(m, s, sel)
             tr = np.flatnonzero(ff != f)
-            train_m.append(frame_metrics(predict(m, s, tr), s.labels[tr], ids))
-            if train_m[-1]["accuracy"] is not None:
-                fold_train[f] += (train_m[-1]["accuracy"] * train_m[-1]["n_stimulated_frames"],
-                                  train_m[-1]["n_stimulated_frames"])
+            fit = frame_metrics(predict(m, s, tr), s.labels[tr], ids)
+            train_m.append(fit)
+            if fit["accuracy"] is not None:
+                fold_train[f] += (fit["accuracy"] * fit["n_stimulated_frames"], fit["n_stimulated_frames"])
         test = frame_metrics(prob_test, s.labels, ids)
         train_acc = [t["accuracy"] for t in train_m if t["accuracy"] is not None]
         per_session[s.session] = {"condition": s.condition, "test": test,

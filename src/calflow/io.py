@@ -114,7 +114,7 @@ def remove_orphaned_temp_dirs(root: str | Path, stem: str) -> list[Path]:
     for d in Path(root).glob(f"{glob.escape(stem)}-{glob.escape(_HOST)}-*"):
         m = pattern.match(d.name)
         if m and d.is_dir() and not _pid_alive(int(m[1])):
-            shutil.rmtree(d, ignore_errors=True)
+            _remove(d)
             removed.append(d)
     return removed
 

@@ -1209,11 +1209,8 @@ def classifier_section(ctx: ReportContext, condition: str, sessions: list[Sessio
     facts = [("rule", "a frame is correct when the top output is one of its stimulated targets (held-out "
                       "trial blocks, cross-fitted)"),
              ("mean held-out accuracy", fmt(float(np.mean(acc))) if acc else "–")]
-    seen = set()
-    for m, _, _ in found:
-        if m["group"] not in seen:
-            seen.add(m["group"])
-            facts += [("warning", w) for w in m.get("warnings", [])]
+    models = {m["group"]: m for m, _, _ in found}  # one entry per model, not per session
+    facts += [("warning", w) for m in models.values() for w in m.get("warnings", [])]
     tables = [Table(columns=["session", "model", "trials", "stimulated frames", "test accuracy",
                              "which target (top target output)", "stimulated but top is none", "train accuracy",
                              "none-frame accuracy"], rows=rows),
