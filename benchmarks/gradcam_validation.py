@@ -42,7 +42,14 @@ from scipy.stats import spearmanr
 
 from calflow.classify import load_fold_models, train_group
 from calflow.compare import compare_conditions
-from calflow.gradcam import expected_response_maps, offdiag, session_gradcam, true_response_maps, zncc_matrix
+from calflow.gradcam import (
+    expected_response_maps,
+    offdiag,
+    session_gradcam,
+    true_response_maps,
+    zncc,
+    zncc_matrix,
+)
 from calflow.io import MovieWriter, open_group
 from calflow.simulate import SimParams, write_session
 
@@ -79,7 +86,9 @@ def make_session(tmp: Path, name: str, condition: str, w_gain: float, seed: int,
 def truth_similarity(store: Path, truth: Path, context: int, evoked: np.ndarray) -> dict[str, float]:
     """Spearman of the single-target ZNCC against the true similarity (ZNCC of the expected
     response maps, with each cell's calcium response; and with every cell alike), against the
-    W-row similarity, and of the input-level evoked maps (no network) against the truth."""
+    W-row similarity, and of the input-level evoked maps (no network) against the truth;
+    ``map_vs_truth``: the mean over targets of the ZNCC of a target's signed map with its expected
+    response map (positive: the map is high where the response is; negative: inverted)."""
     g = open_group(store)
     names = list(g.attrs["patterns"])
     single = [i for i, n in enumerate(names) if "+" not in n]
@@ -87,13 +96,16 @@ def truth_similarity(store: Path, truth: Path, context: int, evoked: np.ndarray)
     gt = np.load(truth)
     cells = [int(gt["target_cells"][int(names[i])]) for i in single]
     layer = g.attrs["layer_shape"]
-    truth_z = offdiag(zncc_matrix(true_response_maps(gt, cells, layer, context)))
+    truth_maps = true_response_maps(gt, cells, layer, context)
+    truth_z = offdiag(zncc_matrix(truth_maps))
+    maps = np.asarray(g["pattern_maps"][:])[single]
     unit_z = offdiag(zncc_matrix(true_response_maps(gt, cells, layer, context, kinetics=False)))
     evoked_z = offdiag(zncc_matrix(evoked[[int(names[i]) for i in single]]))
     return {"spearman_response_maps": float(spearmanr(z, truth_z).statistic),
             "spearman_unit_response_maps": float(spearmanr(z, unit_z).statistic),
             "spearman_w_rows": float(spearmanr(z, offdiag(zncc_matrix(gt["W"][cells]))).statistic),
-            "spearman_evoked": float(spearmanr(evoked_z, truth_z).statistic)}
+            "spearman_evoked": float(spearmanr(evoked_z, truth_z).statistic),
+            "map_vs_truth": float(np.mean([zncc(m, t) for m, t in zip(maps, truth_maps, strict=True)]))}
 
 
 def evoked_maps(movie_tif: Path, truth: Path, layer_shape: list[int], context: int) -> np.ndarray:
@@ -184,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--permutations", type=int, default=1000)
     ap.add_argument("--design", choices=sorted(DESIGNS), default="criteria",
                     help="simulated animal: the demo's or one designed for the criteria")
-    ap.add_argument("--layer", default="last", help="gradcam.layer")
+    ap.add_argument("--layer", help="gradcam.layer (default: the config default)")
+    ap.add_argument("--score", choices=["vs_none", "logit"], help="gradcam.score (default: the config default)")
     ap.add_argument("--set", nargs="*", default=[], help="classify keys, e.g. mask=targets iterations=400")
     ap.add_argument("--sim", nargs="*", default=[], help="SimParams overrides of the design, e.g. connection_prob=0.4")
     ap.add_argument("--keep", type=Path, help="copy each session's gradcam.zarr + ground truth + evoked maps here")
@@ -198,29 +211,31 @@ def main(argv: list[str] | None = None) -> int:
         k, v = kv.split("=", 1)
         section[k] = json.loads(v) if v[:1].isdigit() or v[:1] in "-[" else v
     sim = dataclasses.replace(DESIGNS[args.design], **{k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.sim)})
+    gradcam = {k: v for k, v in (("layer", args.layer), ("score", args.score)) if v is not None}
     rows = []
     for kind, seeds, gain in (("effect", range(args.effect_start, args.effect_start + args.effect_seeds), args.gain),
                               ("null", range(args.null_start, args.null_start + args.null_seeds), 1.0)):
         for s in seeds:
-            r = run_seed(s, gain, section, sim, args.permutations, {"layer": args.layer}, args.keep)
+            r = run_seed(s, gain, section, sim, args.permutations, gradcam, args.keep)
             r["kind"] = kind
             rows.append(r)
             print(f"{kind:6s} seed {s:3d}  acc A {r['accuracy']['A']:.3f} B {r['accuracy']['B']:.3f}  "
                   f"Spearman(truth) {r['spearman_response_maps'][0]:+.2f} {r['spearman_response_maps'][1]:+.2f}  "
                   f"(unit cells {np.mean(r['spearman_unit_response_maps']):+.2f}, W rows "
-                  f"{np.mean(r['spearman_w_rows']):+.2f}, evoked {np.mean(r['spearman_evoked']):+.2f})  D {r['difference']:+.4f}  p {r['p']:.4f}  "
+                  f"{np.mean(r['spearman_w_rows']):+.2f}, evoked {np.mean(r['spearman_evoked']):+.2f}, map vs truth {np.mean(r['map_vs_truth']):+.2f})  D {r['difference']:+.4f}  p {r['p']:.4f}  "
                   f"train {r['seconds']['train']:.0f} s", flush=True)
     eff = [r for r in rows if r["kind"] == "effect"]
     nul = [r for r in rows if r["kind"] == "null"]
     summary = {
-        "classify": section, "gain": args.gain, "design": args.design, "sim": args.sim, "layer": args.layer,
+        "classify": section, "gain": args.gain, "design": args.design, "sim": args.sim, "gradcam": gradcam,
 
         "effect_detected_p_lt_0.01": f"{sum(r['p'] < 0.01 for r in eff)}/{len(eff)}",
         "null_p_gt_0.05": f"{sum(r['p'] > 0.05 for r in nul)}/{len(nul)}",
         "mean_accuracy": float(np.mean([v for r in rows for v in r["accuracy"].values()])),
         "min_accuracy": float(np.min([v for r in rows for v in r["accuracy"].values()])),
         **{f"mean_{k}": float(np.nanmean([v for r in rows for v in r[k]]))
-           for k in ("spearman_response_maps", "spearman_unit_response_maps", "spearman_w_rows", "spearman_evoked")},
+           for k in ("spearman_response_maps", "spearman_unit_response_maps", "spearman_w_rows", "spearman_evoked",
+                     "map_vs_truth")},
         "min_spearman_response_maps": float(np.nanmin([v for r in rows for v in r["spearman_response_maps"]])),
         "sessions_spearman_ge_0.7": f"{sum(v >= 0.7 for r in rows for v in r['spearman_response_maps'])}/{2 * len(rows)}",
     }

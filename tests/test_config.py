@@ -148,3 +148,7 @@ def test_schema_sections_match_the_stage_parameters():
     for section, cls in (("ingest", IngestParams), ("motion", MotionParams), ("summary", SummaryParams)):
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
         assert cfg[section] == defaults, section
+    from calflow.gradcam import GradcamParams  # layer: an int in YAML, a string in the class
+
+    assert set(cfg["gradcam"]) == {f.name for f in dataclasses.fields(GradcamParams)}
+    assert GradcamParams.from_config(cfg["gradcam"]) == GradcamParams()

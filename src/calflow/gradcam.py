@@ -5,9 +5,16 @@ stage (kept signed and at layer resolution, averaged per held-out trial and per 
 between conditions), and the computation is a few lines; ``tests/test_gradcam.py`` checks it
 against captum's ``LayerGradCam`` on the same model and input.
 
-Grad-CAM (Selvaraju et al. 2017) of a score y (here the sum of the logits of a pattern's targets)
-at a layer with activations A (C, h, w): ``alpha_c = mean_xy dy/dA_c``, ``cam = sum_c alpha_c A_c``
-(signed, layer resolution). For display: ``ReLU(cam)`` bilinearly upsampled to the frame.
+Grad-CAM (Selvaraju et al. 2017) of a score y at a layer with activations A (C, h, w):
+``alpha_c = mean_xy dy/dA_c``, ``cam = sum_c alpha_c A_c`` (signed, layer resolution). For display:
+``ReLU(cam)`` bilinearly upsampled to the frame. The score of a pattern (:func:`score_weights`) is by
+default the evidence that its targets rather than nothing were stimulated, ``sum_k (y_k - y_none)``
+over its targets' logits (``score: vs_none``); ``score: logit`` is the plain ``sum_k y_k``. Why: the
+classifier's head is position-aware (a dense layer over the map), so ``dy_k/dA`` is positive near
+target k and negative at most other positions, and its spatial mean ``alpha_c`` is negative for
+the channels that detect activity: the plain logit's map is inverted (negative where the
+activity is). Subtracting the ``none`` logit, for which activity anywhere is evidence against,
+cancels that shared part (docs/classify.md has the measurements).
 
 Per session (:func:`session_gradcam`): every trial's map is the mean over its stimulated frames of
 the Grad-CAM of the pattern's targets, computed with the fold model that did not train on that
@@ -42,17 +49,23 @@ from calflow.params import from_section
 log = logging.getLogger("calflow.gradcam")
 
 
+SCORES = ("vs_none", "logit")
+
+
 @dataclass(frozen=True)
 class GradcamParams:
     """The ``gradcam`` config section (docs/classify.md)."""
 
-    layer: str = "last"  # "last" or the index of a conv block of the classifier (0 = first)
+    layer: str = "0"  # "last" or the index of a conv block of the classifier (0 = first)
+    score: str = "vs_none"  # vs_none: sum over the pattern's targets of logit - none logit | logit: sum of logits
     zncc_map: str = "signed"  # signed | relu (Grad-CAM as displayed): which layer-resolution maps ZNCC compares
     batch_size: int = 64
 
     def __post_init__(self) -> None:
         if self.zncc_map not in ("relu", "signed"):
             raise CalflowInputError(f"gradcam.zncc_map = {self.zncc_map!r}", file="config", fix="use relu or signed")
+        if self.score not in SCORES:
+            raise CalflowInputError(f"gradcam.score = {self.score!r}", file="config", fix="use vs_none or logit")
         if self.layer != "last" and not str(self.layer).isdigit():
             raise CalflowInputError(f"gradcam.layer = {self.layer!r}", file="config",
                                     fix="use 'last' or the index of a conv block, e.g. '1'")
@@ -100,6 +113,19 @@ def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, weights: torch
     a = store["a"].detach()
     alpha = grad.mean(dim=(2, 3), keepdim=True)
     return (alpha * a).sum(dim=1).cpu().numpy()
+
+
+def score_weights(n_out: int, targets: Sequence[int], score: str = "vs_none") -> np.ndarray:
+    """(n_out,) float32 weights w of the Grad-CAM score ``sum_k w_k * logit_k`` of a pattern whose target
+    outputs are ``targets`` (the last output is ``none``): ones on the targets, and for ``vs_none``
+    minus their number on ``none`` (``sum over targets of logit_k - logit_none``)."""
+    if score not in SCORES:
+        raise ValueError(f"score {score!r} is not one of {SCORES}")
+    w = np.zeros(int(n_out), np.float32)
+    w[list(targets)] = 1.0
+    if score == "vs_none":
+        w[-1] -= len(targets)
+    return w
 
 
 def upsample(cam: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -226,11 +252,11 @@ def cnmf_target_correlation(store: str | Path, target_yx: np.ndarray, max_distan
 
 
 def _mean_cam(model: nn.Module, layer: nn.Module, data: Any, frames: np.ndarray, targets: Sequence[int],
-              context: int, batch_size: int) -> np.ndarray:
-    """Mean signed Grad-CAM (h, w) over ``frames`` of the score summed over the ``targets`` outputs."""
+              context: int, p: GradcamParams) -> np.ndarray:
+    """Mean signed Grad-CAM (h, w) over ``frames`` of the pattern score of the ``targets`` outputs."""
     dev = next(model.parameters()).device
-    w = np.zeros((len(frames), data.labels.shape[1]), np.float32)
-    w[:, list(targets)] = 1.0
+    w = np.tile(score_weights(data.labels.shape[1], targets, p.score), (len(frames), 1))
+    batch_size = p.batch_size
     acc = []
     for a in range(0, len(frames), batch_size):
         idx = frames[a : a + batch_size]
@@ -251,7 +277,7 @@ def trial_maps(models: Sequence[nn.Module], data: Any, p: GradcamParams, context
     for i in range(len(tr.start)):
         model = models[int(tr.fold[i])]
         maps.append(_mean_cam(model, get_layer(model, p.layer), data, np.arange(tr.start[i], tr.stop[i]),
-                              tr.pattern[i], context, p.batch_size))
+                              tr.pattern[i], context, p))
     return {"trial_maps": np.stack(maps).astype(np.float32),
             "trial_pattern": np.array([index[t] for t in tr.pattern], np.int64), "patterns": patterns}
 
@@ -302,7 +328,7 @@ def session_gradcam(entry: Mapping[str, Any], model_path: str | Path, section: M
     with atomic_output(out_store) as tmp:
         g = zarr.open_group(tmp, mode="w", zarr_format=3)
         g.attrs.update({"session": str(entry["session"]), "condition": str(entry.get("condition", "")),
-                        "group": meta.get("group", ""), "model": str(model_path), "layer": p.layer,
+                        "group": meta.get("group", ""), "model": str(model_path), "layer": p.layer, "score": p.score,
                         "zncc_map": p.zncc_map, "patterns": names, "target_ids": targets.ids,
                         "frame_shape": list(frame_shape), "downsample": cp.downsample,
                         "layer_shape": list(pm.shape[1:]), "n_folds": cp.n_folds,
