@@ -2,7 +2,7 @@
 
 Hand-written rather than taken from pytorch-grad-cam or captum: the maps are the product of this
 stage (kept signed and at layer resolution, averaged per held-out trial and per pattern, compared
-between conditions), and the computation is a few lines; ``tests/test_gradcam.py`` checks it
+between conditions), and the computation is a few lines; ``tests/test_classify.py`` checks it
 against captum's ``LayerGradCam`` on the same model and input.
 
 Grad-CAM (Selvaraju et al. 2017) of a score y at a layer with activations A (C, h, w):
@@ -14,7 +14,8 @@ classifier's head is position-aware (a dense layer over the map), so ``dy_k/dA``
 target k and negative at most other positions, and its spatial mean ``alpha_c`` is negative for
 the channels that detect activity: the plain logit's map is inverted (negative where the
 activity is). Subtracting the ``none`` logit, for which activity anywhere is evidence against,
-cancels that shared part (docs/classify.md has the measurements).
+cancels that shared part on the simulated animals of the validation; on the demo the maps stay
+inverted, so the sign is not guaranteed (docs/classify.md has the measurements).
 
 Per session (:func:`session_gradcam`): every trial's map is the mean over its stimulated frames of
 the Grad-CAM of the pattern's targets, computed with the fold model that did not train on that

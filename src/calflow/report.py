@@ -1256,9 +1256,10 @@ def gradcam_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None
     figs = [f for f in (
         figure_from_png(d / "maps.png", "Grad-CAM per pattern", "Mean Grad-CAM over the held-out trials of each "
                         "stimulation pattern on the session's mean image, upsampled: ReLU-ed (top rows) and signed "
-                        "(bottom rows, red positive, blue negative). The score is each target's logit minus the "
-                        "none logit (gradcam.score, docs/classify.md): positive where the network sees evidence "
-                        "for the pattern rather than for no stimulation.", wide=True),
+                        "(bottom rows, red positive, blue negative), of each target's logit minus the none logit "
+                        "(gradcam.score). The sign is not guaranteed: on the demo the maps are mostly negative where "
+                        "the pattern's activity is (docs/classify.md); ZNCC does not depend on the sign.",
+                        wide=True),
         figure_from_png(d / "zncc.png", "ZNCC matrix", "ZNCC between the layer-resolution maps of every pair of "
                         "patterns."),
     ) if f is not None]
