@@ -681,10 +681,10 @@ def evoked_calcium(g: np.ndarray, spike_weight: np.ndarray, fps: float, trial_fr
     g = np.asarray(g, np.float64)
     n = delay_frames + trial_frames + 2 * context + 1
     out = np.empty((2, len(g)))
+    windows = np.lib.stride_tricks.sliding_window_view(np.arange(n), 2 * context + 1)[:trial_frames]
     for row, lag in enumerate((0, delay_frames)):
         drive = np.zeros(n)
         drive[context + lag: context + lag + trial_frames] = 1.0 / fps  # expected extra spikes per frame
-        windows = np.lib.stride_tricks.sliding_window_view(np.arange(n), 2 * context + 1)[:trial_frames]
         for k in range(len(g)):
             ca = signal.lfilter([float(spike_weight[k])], [1.0, -g[k, 0], -g[k, 1]], drive)
             out[row, k] = ca[windows].mean()
