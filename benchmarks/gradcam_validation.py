@@ -198,10 +198,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="simulated animal: the demo's or one designed for the criteria")
     ap.add_argument("--layer", help="gradcam.layer (default: the config default)")
     ap.add_argument("--score", choices=["vs_none", "logit"], help="gradcam.score (default: the config default)")
+    ap.add_argument("--method", choices=["gradcam", "hirescam"], help="gradcam.method (default: the config default)")
     ap.add_argument("--set", nargs="*", default=[], help="classify keys, e.g. mask=targets iterations=400")
     ap.add_argument("--sim", nargs="*", default=[], help="SimParams overrides of the design, e.g. connection_prob=0.4")
     ap.add_argument("--keep", type=Path, help="copy each session's gradcam.zarr + ground truth + evoked maps here")
     ap.add_argument("--truth-only", action="store_true", help="only the designs' true effect (no training)")
+    ap.add_argument("--out", type=Path, default=OUT / "gradcam_validation.json", help="the JSON written")
     args = ap.parse_args(argv)
     if args.truth_only:
         return truth_effect(args.gain)
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         k, v = kv.split("=", 1)
         section[k] = json.loads(v) if v[:1].isdigit() or v[:1] in "-[" else v
     sim = dataclasses.replace(DESIGNS[args.design], **{k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.sim)})
-    gradcam = {k: v for k, v in (("layer", args.layer), ("score", args.score)) if v is not None}
+    gradcam = {k: v for k, v in (("layer", args.layer), ("score", args.score), ("method", args.method)) if v is not None}
     rows = []
     for kind, seeds, gain in (("effect", range(args.effect_start, args.effect_start + args.effect_seeds), args.gain),
                               ("null", range(args.null_start, args.null_start + args.null_seeds), 1.0)):
@@ -240,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         "sessions_spearman_ge_0.7": f"{sum(v >= 0.7 for r in rows for v in r['spearman_response_maps'])}/{2 * len(rows)}",
     }
     print(json.dumps(summary, indent=1))
-    OUT.mkdir(exist_ok=True)
-    (OUT / "gradcam_validation.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
     return 0
 
 

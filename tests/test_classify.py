@@ -289,6 +289,30 @@ def test_gradcam_of_the_vs_none_score_matches_captum_on_the_contrast():
         gc.GradcamParams.from_config({"score": "softmax"})
 
 
+def test_hirescam_matches_captum_gradient_x_activation():
+    """``method: hirescam`` is the channel sum of captum's LayerGradientXActivation (gradient times
+    activation, pixel by pixel) of the same score; it differs from Grad-CAM's spatially averaged
+    channel weights, and an unknown method is a clear config error."""
+    from captum.attr import LayerGradientXActivation
+
+    torch.manual_seed(2)
+    model = cl.StimNet(5, (32, 32), depth=2, width=4, dropout=0.0, in_channels=3).eval()
+    x = torch.randn(3, 3, 32, 32)
+    contrast = torch.from_numpy(np.stack([gc.score_weights(5, [k], "vs_none") for k in range(4)]))
+    for layer_name in ("0", "last"):
+        layer = gc.get_layer(model, layer_name)
+        ref = LayerGradientXActivation(lambda inp: model(inp) @ contrast.T, layer)
+        for k in (1, 3):
+            w = torch.from_numpy(np.tile(gc.score_weights(5, [k]), (3, 1)))
+            ours = gc.grad_cam(model, layer, x, w, "hirescam")
+            theirs = ref.attribute(x, target=k).detach().sum(dim=1).numpy()
+            assert ours.shape == theirs.shape == ((3, 32, 32) if layer_name == "0" else (3, 16, 16))
+            np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7)
+            assert not np.allclose(ours, gc.grad_cam(model, layer, x, w, "gradcam"))
+    with pytest.raises(CalflowInputError, match="gradcam.method"):
+        gc.GradcamParams.from_config({"method": "gradcam++"})
+
+
 def test_zncc():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(8, 8)), rng.normal(size=(8, 8))
@@ -357,12 +381,12 @@ def _synthetic_condition(rng, shared: float, n_per=4, n_pat=6, hw=12):
     return np.stack(maps), pats, (np.arange(len(pats)) % 2).astype(np.int64)
 
 
-def _compare(tmp_path, shared_a, shared_b, seed):
+def _compare(tmp_path, shared_a, shared_b, seed, n_per=4):
     names = [str(k) for k in range(6)]
     stores = []
     for cond, shared in (("A", shared_a), ("B", shared_b)):
         rng = np.random.default_rng([seed, 0])  # same blob positions in both conditions (one animal)
-        maps, pats, folds = _synthetic_condition(rng, shared)
+        maps, pats, folds = _synthetic_condition(rng, shared, n_per=n_per)
         noise_rng = np.random.default_rng([seed, ord(cond)])
         maps = maps + 0.6 * noise_rng.normal(size=maps.shape)
         st = tmp_path / f"{seed}_{cond}.zarr"
@@ -383,6 +407,16 @@ def test_compare_detects_more_shared_structure_and_is_calibrated_under_the_null(
     cmp.write_comparison(res, out, tmp_path / "c" / "A_vs_B.png")
     saved = json.loads(out.read_text())
     assert saved["p_permutation"] == res["p_permutation"] and (tmp_path / "c" / "A_vs_B.png").is_file()
+
+
+def test_compare_warns_when_few_trials_per_pattern(tmp_path, caplog):
+    few = _compare(tmp_path, 0.5, 0.5, seed=3)  # 4 trials per pattern and condition
+    assert few["trials_per_pattern_median"] == 4
+    assert len(few["warnings"]) == 1 and "4 held-out trial(s) per pattern" in few["warnings"][0]
+    assert few["warnings"][0] in caplog.text and "hirescam" in few["warnings"][0]
+    assert "hirescam" not in cmp.few_trials_warning(4, "A", "B", "hirescam")[0]
+    enough = _compare(tmp_path, 0.5, 0.5, seed=3, n_per=cmp.FEW_TRIALS_PER_PATTERN)
+    assert enough["trials_per_pattern_median"] == cmp.FEW_TRIALS_PER_PATTERN and enough["warnings"] == []
 
 
 def test_report_sections_show_classifier_gradcam_and_comparison(trained):
@@ -413,8 +447,11 @@ def test_report_sections_show_classifier_gradcam_and_comparison(trained):
     warned = rp.classifier_section(ctx_warned, "A", sessions)["facts"]
     assert warned.count(("warning", "fold 1 did not learn")) == 1
     assert len(rp.zncc_section(ctx, "B", sessions[1:])["figures"]) == 1
-    assert len(rp.gradcam_section(ctx, sessions[0])["figures"]) == 2
+    maps_fig = rp.gradcam_section(ctx, sessions[0])["figures"]
+    assert len(maps_fig) == 2
+    assert "gradcam.method: gradcam" in maps_fig[0].caption and "layer 0" in maps_fig[0].caption  # read from gradcam.zarr
     comp = rp.compare_section(ctx)
+    assert ("warning", res["warnings"][0]) in comp["facts"]  # the tiny animal has few trials per pattern
     assert len(comp["tables"][0].rows) == 2 and comp["tables"][0].rows[0][-1] == rp.fmt(res["p_permutation"], 4)
     empty = rp.sessions_from_records([{"session": "none1", "condition": "C", "movie": "", "fps": 30.0}], tmp)
     assert rp.classifier_section(ctx, "C", empty) is None and rp.gradcam_section(ctx, empty[0]) is None

@@ -98,7 +98,7 @@ class ClassifyParams:
 
     downsample: int = 2  # block-average frames by this factor (128 -> 64 px)
     normalise: str = "global"  # global: (F - mean image) / std of the movie | pixel: per-pixel z-score over time
-    context: int = 3  # input channels: frames t - context .. t + context (clamped at the movie's ends)
+    context: int = 5  # input channels: frames t - context .. t + context (clamped at the movie's ends)
     depth: int = 2  # conv blocks (each: two 3x3 conv + ReLU; 2x2 max-pool between blocks)
     width: int = 8  # channels of the first block (doubling per block, capped at 4 x width)
     head_channels: int = 4  # 1x1 conv channels before the position-aware linear head

@@ -293,11 +293,18 @@ def decode(traces: np.ndarray, trials: Trials, fps: float, params: DecodeParams 
 
     ``result["classifiers"][name]`` holds accuracy, ci95, fold mean/std, confusion (rows = true,
     columns = predicted, in ``result["classes"]`` order) and p_value; ``"dummy"`` is the baseline.
+    No neurons (N = 0) gives ``status: "no components"`` and no classifiers.
     """
     p = from_section(DecodeParams, "decode", params)
     traces = np.asarray(traces)
-    if traces.ndim != 2 or traces.shape[0] < 1:
-        raise CalflowInputError(f"traces of shape {traces.shape}: need (neurons, frames) with one neuron or more")
+    if traces.ndim != 2:
+        raise CalflowInputError(f"traces of shape {traces.shape}: need (neurons, frames)")
+    if traces.shape[0] == 0:
+        # a session CNMF found no (accepted) cells in is a result, not an error: the rest of the run goes on
+        return {"params": asdict(p), "fps": float(fps), "n_neurons": 0, "n_frames": int(traces.shape[1]),
+                "n_trials_total": len(trials), "classifiers": {}, "status": "no components",
+                "note": "cnmf.zarr has no accepted components (set decode.accepted_only false or loosen "
+                        "the cnmf acceptance criteria)"}
     if not np.isfinite(traces).all():
         raise CalflowInputError("traces hold NaN or infinite values", fix="check the cnmf stage's output")
     spont = spontaneous_frames(traces.shape[1], trials, fps, p)
@@ -411,14 +418,7 @@ def decode_session(cnmf_store: str | Path, stim_log: str | Path, out_json: str |
     if len(trials) and trials.onset.max() >= traces.shape[1]:
         raise CalflowInputError(f"stimulus onset at frame {int(trials.onset.max())} but the traces have "
                                 f"{traces.shape[1]} frames", file=stim_log, fix="check that the stim log belongs to the movie")
-    if traces.shape[0] == 0:
-        # a session CNMF found no (accepted) cells in is a result, not an error: the rest of the run goes on
-        result = {"params": asdict(p), "fps": fps, "n_neurons": 0, "n_frames": int(traces.shape[1]),
-                  "n_trials_total": len(trials), "classifiers": {}, "status": "no components",
-                  "note": "cnmf.zarr has no accepted components (set decode.accepted_only false or loosen "
-                          "the cnmf acceptance criteria)"}
-    else:
-        result = decode(traces, trials, fps, p, n_jobs=n_jobs)
+    result = decode(traces, trials, fps, p, n_jobs=n_jobs)
     result.update(cnmf=str(cnmf_store), stim_log=str(stim_log), components=idx.tolist())
     with atomic_output(plot_dir) as tmp:
         tmp.mkdir(parents=True)

@@ -15,7 +15,9 @@ target k and negative at most other positions, and its spatial mean ``alpha_c`` 
 the channels that detect activity: the plain logit's map is inverted (negative where the
 activity is). Subtracting the ``none`` logit, for which activity anywhere is evidence against,
 cancels that shared part on the simulated animals of the validation; on the demo the maps stay
-inverted, so the sign is not guaranteed (docs/classify.md has the measurements).
+inverted, so the sign is not guaranteed (docs/classify.md has the measurements). ``method:
+hirescam`` (HiResCAM) keeps the gradient per position, ``sum_c dy/dA_c * A_c``: its sign holds on
+the demo, but the similarity between targets' maps is weaker, so Grad-CAM is the default.
 
 Per session (:func:`session_gradcam`): every trial's map is the mean over its stimulated frames of
 the Grad-CAM of the pattern's targets, computed with the fold model that did not train on that
@@ -51,6 +53,8 @@ log = logging.getLogger("calflow.gradcam")
 
 
 SCORES = ("vs_none", "logit")
+METHODS = ("gradcam", "hirescam")
+METHOD_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class GradcamParams:
     """The ``gradcam`` config section (docs/classify.md)."""
 
     layer: str = "0"  # "last" or the index of a conv block of the classifier (0 = first)
+    method: str = "gradcam"  # gradcam: channel weights = spatial mean of the gradient | hirescam: gradient x activation
     score: str = "vs_none"  # vs_none: sum over the pattern's targets of logit - none logit | logit: sum of logits
     zncc_map: str = "signed"  # signed | relu (Grad-CAM as displayed): which layer-resolution maps ZNCC compares
     batch_size: int = 64
@@ -65,6 +70,8 @@ class GradcamParams:
     def __post_init__(self) -> None:
         if self.zncc_map not in ("relu", "signed"):
             raise CalflowInputError(f"gradcam.zncc_map = {self.zncc_map!r}", file="config", fix="use relu or signed")
+        if self.method not in METHODS:
+            raise CalflowInputError(f"gradcam.method = {self.method!r}", file="config", fix="use gradcam or hirescam")
         if self.score not in SCORES:
             raise CalflowInputError(f"gradcam.score = {self.score!r}", file="config", fix="use vs_none or logit")
         if self.layer != "last" and not str(self.layer).isdigit():
@@ -91,11 +98,15 @@ def get_layer(model: nn.Module, layer: str | int) -> nn.Module:
     return blocks[i]
 
 
-def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, weights: torch.Tensor) -> np.ndarray:
+def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, weights: torch.Tensor,
+             method: str = "gradcam") -> np.ndarray:
     """Signed Grad-CAM (B, h, w) at ``layer`` of the score ``sum_k weights[b, k] * logits[b, k]``.
 
     ``x`` (B, C, H, W); ``weights`` (B, n_out), e.g. one-hot of a target output, or ones on every
     target of a pattern. Samples are independent (the network has no batch statistics).
+    ``method``: ``gradcam`` weighs each channel's activations by the spatial mean of its gradient;
+    ``hirescam`` (Draelos & Carin 2020) multiplies them by the gradient pixel by pixel,
+    ``sum_c dy/dA_c * A_c``.
     """
     store: dict[str, torch.Tensor] = {}
 
@@ -112,6 +123,10 @@ def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, weights: torch
     finally:
         handle.remove()
     a = store["a"].detach()
+    if method == "hirescam":
+        return (grad * a).sum(dim=1).cpu().numpy()
+    if method != "gradcam":
+        raise ValueError(f"method {method!r} is not one of {METHODS}")
     alpha = grad.mean(dim=(2, 3), keepdim=True)
     return (alpha * a).sum(dim=1).cpu().numpy()
 
@@ -263,7 +278,7 @@ def _mean_cam(model: nn.Module, layer: nn.Module, data: Any, frames: np.ndarray,
         idx = frames[a : a + batch_size]
         x = _net_input(data, window(data, idx, context), model.input_hw)
         acc.append(grad_cam(model, layer, torch.from_numpy(x).to(dev),
-                            torch.from_numpy(w[a : a + batch_size]).to(dev)))
+                            torch.from_numpy(w[a : a + batch_size]).to(dev), p.method))
     return np.concatenate(acc).mean(axis=0)
 
 
@@ -329,8 +344,8 @@ def session_gradcam(entry: Mapping[str, Any], model_path: str | Path, section: M
     with atomic_output(out_store) as tmp:
         g = zarr.open_group(tmp, mode="w", zarr_format=3)
         g.attrs.update({"session": str(entry["session"]), "condition": str(entry.get("condition", "")),
-                        "group": meta.get("group", ""), "model": str(model_path), "layer": p.layer, "score": p.score,
-                        "zncc_map": p.zncc_map, "patterns": names, "target_ids": targets.ids,
+                        "group": meta.get("group", ""), "model": str(model_path), "layer": p.layer,
+                        "method": p.method, "score": p.score, "zncc_map": p.zncc_map, "patterns": names, "target_ids": targets.ids,
                         "frame_shape": list(frame_shape), "downsample": cp.downsample,
                         "layer_shape": list(pm.shape[1:]), "n_folds": cp.n_folds,
                         "heldout": "every trial's map comes from the fold model that did not train on it",
@@ -378,7 +393,8 @@ def plot_session(store: str | Path, plots_dir: str | Path) -> list[Path]:
         fig = zncc_figure(z, names, f"{g.attrs['session']}: ZNCC of Grad-CAM maps")
         fig.savefig(tmp / "zncc.png", dpi=100)
         plt.close(fig)
-        fig = overlay_figure(mean, disp, names, str(g.attrs["session"]), signed)
+        method = METHOD_NAMES.get(str(g.attrs.get("method", "gradcam")), "Grad-CAM")
+        fig = overlay_figure(mean, disp, names, str(g.attrs["session"]), signed, method)
         fig.savefig(tmp / "maps.png", dpi=80)
         plt.close(fig)
         out = [out_dir / "zncc.png", out_dir / "maps.png"]
@@ -402,7 +418,7 @@ def zncc_figure(z: np.ndarray, names: Sequence[str], title: str, ax: Any = None)
 
 
 def overlay_figure(mean: np.ndarray, disp: np.ndarray, names: Sequence[str], title: str,
-                   signed: np.ndarray | None = None) -> Any:
+                   signed: np.ndarray | None = None, method: str = "Grad-CAM") -> Any:
     """Grad-CAM per pattern on the mean image: the ReLU-ed display maps (inferno, above 15 % of
     each map's maximum) and, with ``signed`` (P, H, W), the signed maps below them (red positive,
     blue negative, each map scaled to its own largest magnitude)."""
@@ -431,6 +447,6 @@ def overlay_figure(mean: np.ndarray, disp: np.ndarray, names: Sequence[str], tit
             ax.imshow(np.ma.masked_inside(signed[k], -0.15 * big, 0.15 * big), cmap="RdBu_r", vmin=-big, vmax=big,
                       alpha=0.6, extent=ext)
             ax.set_title(f"{names[k]} (signed)", fontsize=7)
-    fig.suptitle(f"{title}: Grad-CAM per pattern (held-out trials)", fontsize=9)
+    fig.suptitle(f"{title}: {method} per pattern (held-out trials)", fontsize=9)
     fig.tight_layout()
     return fig

@@ -1253,13 +1253,20 @@ def zncc_section(ctx: ReportContext, condition: str, sessions: list[SessionInfo]
 @section("gradcam", "Grad-CAM maps", scope="session", order=60)
 def gradcam_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
     d = s.plots / "gradcam"
+    store = s.dir / "gradcam.zarr"
+    attrs = dict(open_group(store).attrs) if store.is_dir() else {}
+    method = attrs.get("method", "gradcam")
+    score = {"vs_none": "each target's logit minus the none logit", "logit": "the targets' logits"}.get(
+        attrs.get("score", "vs_none"), str(attrs.get("score")))
+    sign = ("HiResCAM's sign follows the network's evidence pixel by pixel" if method == "hirescam" else
+            "Grad-CAM's sign is not guaranteed: on short sessions such as the demo's the maps are mostly negative "
+            "where the pattern's activity is (docs/classify.md; gradcam.method: hirescam gives signed evidence)")
+    caption = (f"Mean map (gradcam.method: {method}) over the held-out trials of each stimulation pattern on the "
+               "session's mean image, upsampled: ReLU-ed (top rows) and signed (bottom rows, red positive, blue "
+               f"negative), of {score} (gradcam.score, layer {attrs.get('layer', '?')}). {sign}; ZNCC does not "
+               "depend on a common sign.")
     figs = [f for f in (
-        figure_from_png(d / "maps.png", "Grad-CAM per pattern", "Mean Grad-CAM over the held-out trials of each "
-                        "stimulation pattern on the session's mean image, upsampled: ReLU-ed (top rows) and signed "
-                        "(bottom rows, red positive, blue negative), of each target's logit minus the none logit "
-                        "(gradcam.score). The sign is not guaranteed: on the demo the maps are mostly negative where "
-                        "the pattern's activity is (docs/classify.md); ZNCC does not depend on the sign.",
-                        wide=True),
+        figure_from_png(d / "maps.png", f"Maps per pattern ({method})", caption, wide=True),
         figure_from_png(d / "zncc.png", "ZNCC matrix", "ZNCC between the layer-resolution maps of every pair of "
                         "patterns."),
     ) if f is not None]
@@ -1273,9 +1280,10 @@ def compare_section(ctx: ReportContext) -> dict[str, Any] | None:
     files = sorted((ctx.results / "compare").glob("*_vs_*.json"))
     if not files:
         return None
-    rows, figures = [], []
+    rows, figures, warnings = [], [], []
     for f in files:
         r = json.loads(f.read_text())
+        warnings += r.get("warnings", [])
         for c in (r["a"], r["b"]):
             x = r["conditions"][c]
             rows.append([f"{r['a']} vs {r['b']}", c, fmt(x["zncc_sum_offdiag"]),
@@ -1289,7 +1297,7 @@ def compare_section(ctx: ReportContext) -> dict[str, Any] | None:
         if fig is not None:
             figures.append(fig)
     return {"facts": [("permutation unit", "held-out trials, condition labels shuffled within (animal, pattern, "
-                                           "fold); two-sided")],
+                                           "fold); two-sided"), *[("warning", w) for w in warnings]],
             "tables": [Table(columns=["comparison", "condition", "summed off-diag ZNCC", "95% CI", "mean off-diag ZNCC",
                                       "95% CI", "classifier accuracy", "p (permutation)"], rows=rows)],
             "figures": figures}
