@@ -263,54 +263,45 @@ def test_gradcam_matches_captum_layer_gradcam():
             assert np.abs(ours).max() > 0
 
 
-def test_gradcam_of_the_vs_none_score_matches_captum_on_the_contrast():
-    """The default score (target logit minus the none logit) is Grad-CAM of a linear read-out of the
-    logits: captum's LayerGradCam on the model followed by that read-out gives the same maps."""
-    from captum.attr import LayerGradCam
-
+def test_gradcam_score_weights_and_config_errors():
     assert gc.score_weights(5, [1], "vs_none").tolist() == [0, 1, 0, 0, -1]
     assert gc.score_weights(5, [0, 2], "vs_none").tolist() == [1, 0, 1, 0, -2]
     assert gc.score_weights(5, [0, 2], "logit").tolist() == [1, 0, 1, 0, 0]
+    with pytest.raises(CalflowInputError, match="gradcam.score"):
+        gc.GradcamParams.from_config({"score": "softmax"})
+    with pytest.raises(CalflowInputError, match="gradcam.method"):
+        gc.GradcamParams.from_config({"method": "gradcam++"})
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam"])
+def test_gradcam_methods_of_the_vs_none_score_match_captum(method):
+    """The default score (target logit minus the none logit) is a linear read-out of the logits:
+    captum on the model followed by that read-out gives the same maps. ``gradcam``: captum's
+    LayerGradCam; ``hirescam``: the channel sum of captum's LayerGradientXActivation (gradient
+    times activation, pixel by pixel). The none logit, and the method, change the map."""
+    from captum.attr import LayerGradCam, LayerGradientXActivation
+
     torch.manual_seed(1)
     model = cl.StimNet(5, (32, 32), depth=2, width=4, dropout=0.0, in_channels=3).eval()
     x = torch.randn(3, 3, 32, 32)
     contrast = torch.from_numpy(np.stack([gc.score_weights(5, [k], "vs_none") for k in range(4)]))
+    other = {"gradcam": "hirescam", "hirescam": "gradcam"}[method]
     for layer_name in ("0", "last"):
         layer = gc.get_layer(model, layer_name)
-        ref = LayerGradCam(lambda inp: model(inp) @ contrast.T, layer)
+        reference = (LayerGradCam if method == "gradcam" else LayerGradientXActivation)(
+            lambda inp: model(inp) @ contrast.T, layer)
         for k in (0, 2):
             w = torch.from_numpy(np.tile(gc.score_weights(5, [k]), (3, 1)))
-            ours = gc.grad_cam(model, layer, x, w)
-            theirs = ref.attribute(x, target=k, relu_attributions=False).detach()[:, 0].numpy()
-            np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7)
-            plain = gc.grad_cam(model, layer, x, torch.from_numpy(np.tile(gc.score_weights(5, [k], "logit"), (3, 1))))
-            assert not np.allclose(ours, plain)  # the none logit changes the map
-    with pytest.raises(CalflowInputError, match="gradcam.score"):
-        gc.GradcamParams.from_config({"score": "softmax"})
-
-
-def test_hirescam_matches_captum_gradient_x_activation():
-    """``method: hirescam`` is the channel sum of captum's LayerGradientXActivation (gradient times
-    activation, pixel by pixel) of the same score; it differs from Grad-CAM's spatially averaged
-    channel weights, and an unknown method is a clear config error."""
-    from captum.attr import LayerGradientXActivation
-
-    torch.manual_seed(2)
-    model = cl.StimNet(5, (32, 32), depth=2, width=4, dropout=0.0, in_channels=3).eval()
-    x = torch.randn(3, 3, 32, 32)
-    contrast = torch.from_numpy(np.stack([gc.score_weights(5, [k], "vs_none") for k in range(4)]))
-    for layer_name in ("0", "last"):
-        layer = gc.get_layer(model, layer_name)
-        ref = LayerGradientXActivation(lambda inp: model(inp) @ contrast.T, layer)
-        for k in (1, 3):
-            w = torch.from_numpy(np.tile(gc.score_weights(5, [k]), (3, 1)))
-            ours = gc.grad_cam(model, layer, x, w, "hirescam")
-            theirs = ref.attribute(x, target=k).detach().sum(dim=1).numpy()
+            ours = gc.grad_cam(model, layer, x, w, method)
+            if method == "gradcam":
+                theirs = reference.attribute(x, target=k, relu_attributions=False).detach()[:, 0].numpy()
+            else:
+                theirs = reference.attribute(x, target=k).detach().sum(dim=1).numpy()
             assert ours.shape == theirs.shape == ((3, 32, 32) if layer_name == "0" else (3, 16, 16))
             np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7)
-            assert not np.allclose(ours, gc.grad_cam(model, layer, x, w, "gradcam"))
-    with pytest.raises(CalflowInputError, match="gradcam.method"):
-        gc.GradcamParams.from_config({"method": "gradcam++"})
+            plain = torch.from_numpy(np.tile(gc.score_weights(5, [k], "logit"), (3, 1)))
+            assert not np.allclose(ours, gc.grad_cam(model, layer, x, plain, method))
+            assert not np.allclose(ours, gc.grad_cam(model, layer, x, w, other))
 
 
 def test_zncc():
