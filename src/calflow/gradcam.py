@@ -14,10 +14,11 @@ classifier's head is position-aware (a dense layer over the map), so ``dy_k/dA``
 target k and negative at most other positions, and its spatial mean ``alpha_c`` is negative for
 the channels that detect activity: the plain logit's map is inverted (negative where the
 activity is). Subtracting the ``none`` logit, for which activity anywhere is evidence against,
-cancels that shared part on the simulated animals of the validation; on the demo the maps stay
-inverted, so the sign is not guaranteed (docs/classify.md has the measurements). ``method:
-hirescam`` (HiResCAM) keeps the gradient per position, ``sum_c dy/dA_c * A_c``: its sign holds on
-the demo, but the similarity between targets' maps is weaker, so Grad-CAM is the default.
+cancels that shared part on the simulated animals of the validation (10-min sessions); on the
+demo (1-2 trials per pattern) the sign changes with the classifier's training seed, so it is not
+guaranteed (docs/classify.md has the measurements). ``method: hirescam`` (HiResCAM) keeps the
+gradient per position, ``sum_c dy/dA_c * A_c``: its sign holds on the demo, but the similarity
+between targets' maps is weaker, so Grad-CAM is the default.
 
 Per session (:func:`session_gradcam`): every trial's map is the mean over its stimulated frames of
 the Grad-CAM of the pattern's targets, computed with the fold model that did not train on that
