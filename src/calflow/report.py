@@ -1259,8 +1259,8 @@ def gradcam_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None
     score = {"vs_none": "each target's logit minus the none logit", "logit": "the targets' logits"}.get(
         attrs.get("score", "vs_none"), str(attrs.get("score")))
     sign = ("HiResCAM's sign follows the network's evidence pixel by pixel" if method == "hirescam" else
-            "Grad-CAM's sign is not guaranteed: on short sessions such as the demo's the maps are mostly negative "
-            "where the pattern's activity is (docs/classify.md; gradcam.method: hirescam gives signed evidence)")
+            "Grad-CAM's sign is not guaranteed: on short sessions such as the demo's it changes with the "
+            "classifier's training seed (docs/classify.md; gradcam.method: hirescam gives signed evidence)")
     caption = (f"Mean map (gradcam.method: {method}) over the held-out trials of each stimulation pattern on the "
                "session's mean image, upsampled: ReLU-ed (top rows) and signed (bottom rows, red positive, blue "
                f"negative), of {score} (gradcam.score, layer {attrs.get('layer', '?')}). {sign}; ZNCC does not "
