@@ -74,14 +74,18 @@ class Stratum:
     sessions: list[str]
 
 
-def load_strata(stores: Sequence[str | Path], zncc_map: str | None = None) -> tuple[dict[tuple[str, str], Stratum], str]:
-    """Read gradcam.zarr stores into (group, condition) strata of trial maps."""
+def load_strata(stores: Sequence[str | Path],
+                zncc_map: str | None = None) -> tuple[dict[tuple[str, str], Stratum], str, str]:
+    """Read gradcam.zarr stores into (group, condition) strata of trial maps; also the maps' ``zncc_map``
+    and Grad-CAM ``method`` (from the first store's attrs)."""
     acc: dict[tuple[str, str], list] = {}
     how = zncc_map
+    method = None
     for st in stores:
         g = open_group(st)
         a = g.attrs
         how = how or a.get("zncc_map", "relu")
+        method = method or str(a.get("method", "gradcam"))
         names = list(a["patterns"])
         tp = np.asarray(g["trial_pattern"][:])
         key = (str(a["group"]), str(a["condition"]))
@@ -91,7 +95,7 @@ def load_strata(stores: Sequence[str | Path], zncc_map: str | None = None) -> tu
     for key, items in acc.items():
         strata[key] = Stratum(np.concatenate([i[0] for i in items]), [n for i in items for n in i[1]],
                               np.concatenate([i[2] for i in items]), [i[3] for i in items])
-    return strata, how or "relu"
+    return strata, how or "relu", method or "gradcam"
 
 
 def _matrix(maps: np.ndarray, pat_idx: np.ndarray, n_pat: int, how: str) -> np.ndarray:
@@ -171,7 +175,7 @@ def compare_conditions(stores: Sequence[str | Path], a: str, b: str, params: Map
                        metrics_files: Sequence[str | Path] = ()) -> dict:
     """The statistics of conditions ``a`` vs ``b`` from the sessions' gradcam.zarr stores (dict)."""
     p = CompareParams.from_config(params)
-    strata, how = load_strata(stores)
+    strata, how, method = load_strata(stores)
     groups = sorted({g for g, _ in strata})
     paired = []
     for g in groups:
@@ -227,7 +231,7 @@ def compare_conditions(stores: Sequence[str | Path], a: str, b: str, params: Map
     per_pattern = [int(np.sum((pg.cond == c) & (pg.pat == k))) for pg in paired for c in (0, 1)
                    for k in range(len(pg.patterns))]
     trials_per_pattern = float(np.median(per_pattern))
-    warnings = few_trials_warning(trials_per_pattern, a, b, str(open_group(stores[0]).attrs.get("method", "gradcam")))
+    warnings = few_trials_warning(trials_per_pattern, a, b, method)
     for w in warnings:
         log.warning(w)
     acc = accuracy_by_condition(metrics_files)

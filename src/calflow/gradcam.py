@@ -109,6 +109,8 @@ def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, weights: torch
     ``hirescam`` (Draelos & Carin 2020) multiplies them by the gradient pixel by pixel,
     ``sum_c dy/dA_c * A_c``.
     """
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is not one of {METHODS}")
     store: dict[str, torch.Tensor] = {}
 
     def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
@@ -126,8 +128,6 @@ def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, weights: torch
     a = store["a"].detach()
     if method == "hirescam":
         return (grad * a).sum(dim=1).cpu().numpy()
-    if method != "gradcam":
-        raise ValueError(f"method {method!r} is not one of {METHODS}")
     alpha = grad.mean(dim=(2, 3), keepdim=True)
     return (alpha * a).sum(dim=1).cpu().numpy()
 
@@ -273,13 +273,12 @@ def _mean_cam(model: nn.Module, layer: nn.Module, data: Any, frames: np.ndarray,
     """Mean signed Grad-CAM (h, w) over ``frames`` of the pattern score of the ``targets`` outputs."""
     dev = next(model.parameters()).device
     w = np.tile(score_weights(data.labels.shape[1], targets, p.score), (len(frames), 1))
-    batch_size = p.batch_size
     acc = []
-    for a in range(0, len(frames), batch_size):
-        idx = frames[a : a + batch_size]
+    for a in range(0, len(frames), p.batch_size):
+        idx = frames[a : a + p.batch_size]
         x = _net_input(data, window(data, idx, context), model.input_hw)
         acc.append(grad_cam(model, layer, torch.from_numpy(x).to(dev),
-                            torch.from_numpy(w[a : a + batch_size]).to(dev), p.method))
+                            torch.from_numpy(w[a : a + p.batch_size]).to(dev), p.method))
     return np.concatenate(acc).mean(axis=0)
 
 
@@ -346,7 +345,8 @@ def session_gradcam(entry: Mapping[str, Any], model_path: str | Path, section: M
         g = zarr.open_group(tmp, mode="w", zarr_format=3)
         g.attrs.update({"session": str(entry["session"]), "condition": str(entry.get("condition", "")),
                         "group": meta.get("group", ""), "model": str(model_path), "layer": p.layer,
-                        "method": p.method, "score": p.score, "zncc_map": p.zncc_map, "patterns": names, "target_ids": targets.ids,
+                        "method": p.method, "score": p.score, "zncc_map": p.zncc_map, "patterns": names,
+                        "target_ids": targets.ids,
                         "frame_shape": list(frame_shape), "downsample": cp.downsample,
                         "layer_shape": list(pm.shape[1:]), "n_folds": cp.n_folds,
                         "heldout": "every trial's map comes from the fold model that did not train on it",
