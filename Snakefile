@@ -25,6 +25,7 @@ include: "workflow/rules/virtual_stain_common.smk"
 include: "workflow/rules/virtual_stain.smk"
 include: "workflow/rules/classify_common.smk"
 include: "workflow/rules/classify.smk"
+include: "workflow/rules/compare.smk"
 include: "workflow/rules/report.smk"
 
 
