@@ -56,11 +56,13 @@ from calflow.io import atomic_output
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "NUISANCE",
     "SESSION_FILES",
     "GroundTruth",
     "SimParams",
     "add_arguments",
     "dense_displacement",
+    "draw_nuisance",
     "iter_movie",
     "load_ground_truth",
     "main_simulate",
@@ -68,6 +70,7 @@ __all__ = [
     "run_from_args",
     "save_ground_truth",
     "simulate",
+    "study_params",
     "true_displacement",
     "write_session",
 ]
@@ -100,7 +103,9 @@ _STREAMS = {
     "stim": 11,
     "connectivity": 12,
     "noise": 13,
+    "nuisance": 14,
 }
+_PAIR_FIELDS = ("nonrigid_grid", "fov_offset")  # tuple fields: lists in JSON / to_dict
 
 
 _TIME_CHUNK = 4096  # frames per chunk when drawing spikes (part of the random-stream definition)
@@ -195,6 +200,20 @@ class SimParams:
     w_max: float = _p(0.8, "largest W entry")
     w_gain: float = _p(1.0, "condition knob: multiplies W (e.g. 1.5-2 for a strengthened-W condition)")
     w_delay_s: float = _p(0.05, "delay in s between a trial and the driven cells' rate increase")
+    # per-session nuisance (defaults: none; see draw_nuisance and docs/simulate.md)
+    expression_scale: float = _p(1.0, "session factor on every cell's fluorescence f0 + calcium (GCaMP "
+                                      "expression level); not on neuropil/background")
+    fov_offset: tuple[float, float] = _p((0.0, 0.0), "static (dy, dx) px re-placement of the FOV for the "
+                                                     "session: the world moves by this in every frame")
+    fov_rotation_deg: float = _p(0.0, "static rotation of the FOV content in degrees about the FOV centre, "
+                                      "from +y towards +x (counter-clockwise on screen)")
+    bleach_tau_s: float = _p(0.0, "photobleaching time constant in s: cells and neuropil decay as "
+                                  "exp(-t / bleach_tau_s); 0 = none")
+    stim_artifact: float = _p(0.0, "light artefact in F units added uniformly to every pixel of every frame "
+                                   "in which a target is stimulated")
+    offtarget_radius_px: float = _p(0.0, "off-target excitation radius r in px: non-target cells get "
+                                         "offtarget_gain * stim_gain * exp(-d^2 / 2r^2) Hz, d <= 3r; 0 = none")
+    offtarget_gain: float = _p(0.5, "off-target drive at distance 0 as a fraction of stim_gain")
 
     @property
     def pairs_count(self) -> int:
@@ -221,8 +240,9 @@ class SimParams:
                 fix=f"use only these names: {', '.join(names)}",
             )
         kwargs = dict(values)
-        if "nonrigid_grid" in kwargs and isinstance(kwargs["nonrigid_grid"], list):
-            kwargs["nonrigid_grid"] = tuple(kwargs["nonrigid_grid"])
+        for name in _PAIR_FIELDS:
+            if name in kwargs and isinstance(kwargs[name], list):
+                kwargs[name] = tuple(kwargs[name])
         params = cls(**kwargs)
         params.validate(source=source)
         return params
@@ -230,7 +250,8 @@ class SimParams:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every parameter."""
         out = dataclasses.asdict(self)
-        out["nonrigid_grid"] = list(self.nonrigid_grid)
+        for name in _PAIR_FIELDS:
+            out[name] = list(getattr(self, name))
         return out
 
     # -- validation ----------------------------------------------------------------------
@@ -267,6 +288,14 @@ class SimParams:
             or not all(isinstance(g, int | np.integer) and not isinstance(g, bool) for g in gy_gx)
         ):
             raise bad("nonrigid_grid", "is not two integers (gy, gx)", "give nonrigid_grid as e.g. (4, 4)")
+        off = self.fov_offset
+        if (
+            not isinstance(off, tuple | list)
+            or len(off) != 2
+            or not all(isinstance(o, int | float | np.integer | np.floating) and not isinstance(o, bool)
+                       and math.isfinite(float(o)) for o in off)
+        ):
+            raise bad("fov_offset", "is not two finite numbers (dy, dx)", "give fov_offset as e.g. (1.0, -0.5) px")
 
         def need(cond: bool, name: str, problem: str, fix: str) -> None:
             if not cond:
@@ -301,6 +330,14 @@ class SimParams:
         need(self.bg_rank >= 0, "bg_rank", "must be >= 0", "use e.g. 2 (0 = no background)")
         need(0 < self.bg_scale <= 1, "bg_scale", "must be in (0, 1]", "use e.g. 0.25 of the FOV size")
         need(0 <= self.offset < UINT16_MAX, "offset", "must be in [0, 65535)", "use e.g. 200 DU")
+        need(0 < self.expression_scale <= 100, "expression_scale", "must be in (0, 100]", "use e.g. 1.0 (no change)")
+        lim = min(self.height, self.width) / 4
+        need(max(abs(float(o)) for o in off) <= lim, "fov_offset", f"must be within +-{lim:g} px (a quarter of the FOV)",
+             "use a small re-placement, e.g. (1.0, -0.5) px")
+        need(abs(self.fov_rotation_deg) <= 30, "fov_rotation_deg", "must be in [-30, 30] degrees",
+             "use a small rotation, e.g. 0.5")
+        for name in ("bleach_tau_s", "stim_artifact", "offtarget_radius_px", "offtarget_gain"):
+            need(getattr(self, name) >= 0, name, "must be >= 0", f"set {name} to 0 (none) or a positive value")
         if self.motion:
             need(self.rigid_std == 0 or self.max_shift > 0, "max_shift", "is 0 while rigid_std > 0",
                  "set max_shift > 0 or rigid_std = 0")
@@ -341,6 +378,100 @@ class SimParams:
                 need(worst <= self.n_frames, "n_blocks",
                      f"needs up to {worst} frames but n_frames={self.n_frames}",
                      f"use n_frames >= {worst}, fewer blocks, or n_blocks=None (as many as fit)")
+
+
+# --------------------------------------------------------------------------------------------
+# per-session nuisance and study design
+# --------------------------------------------------------------------------------------------
+
+#: Distributions of :func:`draw_nuisance` at ``scale=1`` (documented in docs/simulate.md).
+NUISANCE = {
+    "expression_scale": "base x log-normal, mean 1, cv 0.2 * scale",
+    "photons_per_unit": "base x (1 + scale * U(-0.3, 0.3))",
+    "neuropil_level": "base x (1 + scale * U(-0.3, 0.3))",
+    "fov_offset": "base + scale * U(-1.5, 1.5) px, each axis",
+    "fov_rotation_deg": "base + scale * U(-1, 1) degrees",
+    "bleach_tau_s": "bleach rate 1/tau = 1/base + scale / U(600, 3000) s",
+    "stim_artifact": "base + scale * U(0, 0.05) F units",
+    "offtarget_radius_px": "base + scale * U(0, 5) px",
+}
+
+
+def draw_nuisance(seed: int, scale: float = 1.0, *, base: SimParams | None = None) -> dict[str, Any]:
+    """SimParams overrides for one session's nuisance, deterministic in ``seed``.
+
+    ``dataclasses.replace(base, **draw_nuisance(seed, base=base))`` is a session of the same
+    animal that differs from ``base`` only by per-session nuisance: GCaMP expression, detector
+    photons per F unit, neuropil level, a static FOV re-placement, photobleaching, a stimulation
+    light artefact and off-target excitation (distributions in :data:`NUISANCE`). Multiplicative
+    quantities are relative to ``base`` (default ``SimParams()``); ``scale`` widens or narrows
+    every spread (0 = the base values, i.e. no change; 1 = realistic day-to-day variation). Each
+    quantity has its own random stream, so its value does not depend on the others.
+
+    The FOV re-placement stays small (at most 1.5 px per axis plus 1 degree, i.e. <= ~3.7 px at
+    the corners of a 128 px FOV, <= ~2.1 px at 64 px from the centre) so that a classifier
+    shared by an animal's sessions, trained with +-2 px shift augmentation at half resolution,
+    still sees the same cells.
+    """
+    seed = _check_seed("seed", seed)
+    if isinstance(scale, bool) or not isinstance(scale, int | float | np.integer | np.floating) or not (
+            math.isfinite(float(scale)) and scale >= 0):
+        raise CalflowInputError(f"scale={scale!r} is not a finite number >= 0", fix="use e.g. scale=1.0 (0 = none)")
+    b = base or SimParams()
+    s = float(scale)
+
+    def u(i: int, lo: float, hi: float, n: int | None = None) -> Any:
+        return _rng(seed, "nuisance", i).uniform(lo, hi, n)
+
+    sigma = s * math.sqrt(math.log1p(0.2 * 0.2))
+    z = float(_rng(seed, "nuisance", 0).standard_normal())
+    dy, dx = (float(v) for v in u(3, -1.5, 1.5, 2))
+    rate = (1.0 / b.bleach_tau_s if b.bleach_tau_s > 0 else 0.0) + s / float(u(5, 600.0, 3000.0))
+    out = {
+        "expression_scale": float(b.expression_scale * math.exp(sigma * z - sigma * sigma / 2)),
+        "photons_per_unit": float(b.photons_per_unit * (1 + s * u(1, -0.3, 0.3))),
+        "neuropil_level": float(b.neuropil_level * (1 + s * u(2, -0.3, 0.3))),
+        "fov_offset": (float(b.fov_offset[0]) + s * dy, float(b.fov_offset[1]) + s * dx),
+        "fov_rotation_deg": float(b.fov_rotation_deg + s * u(4, -1.0, 1.0)),
+        "bleach_tau_s": float(1.0 / rate) if rate > 0 else 0.0,
+        "stim_artifact": float(b.stim_artifact + s * u(6, 0.0, 0.05)),
+        "offtarget_radius_px": float(b.offtarget_radius_px + s * u(7, 0.0, 5.0)),
+    }
+    if s == 0:  # exactly the base values (no rounding through the formulas)
+        out = {k: getattr(b, k) for k in out}
+    return out
+
+
+def study_params(**overrides: Any) -> SimParams:
+    """SimParams of a calibration study session: every pattern presented ``trials_per_pattern`` times.
+
+    8 targets, the 8 single-target patterns plus ``n_pairs`` (default 8) random pairs,
+    ``n_blocks = trials_per_pattern`` (default 10) blocks of every pattern, motion on, and
+    ``n_frames`` just long enough for every block at the worst-case inter-trial jitter (the
+    bound :meth:`SimParams.validate` checks). ``overrides`` may set any SimParams field (an
+    explicit ``n_frames`` is kept and validated) and ``trials_per_pattern``. The pairs are drawn
+    from the anatomy seed, so an animal's sessions share them; ``patterns`` in the ground truth
+    shows which pairs share a target (every pair shares both its targets with single patterns).
+    """
+    kw = dict(overrides)
+    trials = kw.pop("trials_per_pattern", None)
+    if trials is not None and kw.get("n_blocks") is not None and kw["n_blocks"] != trials:
+        raise CalflowInputError(
+            f"trials_per_pattern={trials!r} and n_blocks={kw['n_blocks']!r} disagree",
+            fix="give one of them (each block presents every pattern once)",
+        )
+    if trials is None:
+        trials = kw.get("n_blocks") if kw.get("n_blocks") is not None else 10
+    if isinstance(trials, bool) or not isinstance(trials, int | np.integer) or trials < 1:
+        raise CalflowInputError(f"trials_per_pattern={trials!r} is not an integer >= 1", fix="use e.g. 10")
+    values = {"n_targets": 8, "n_pairs": 8, "motion": True, **kw, "n_blocks": int(trials)}
+    names = {f.name for f in dataclasses.fields(SimParams)}
+    if "n_frames" not in kw and set(values) <= names:  # unknown names: from_dict below says which
+        p = dataclasses.replace(SimParams(), **{k: v for k, v in values.items() if k != "n_frames"})
+        n_patterns = p.n_targets + p.pairs_count
+        values["n_frames"] = int(p.stim_start_frame + p.n_blocks * n_patterns * (
+            p.trial_frames + p.iti_frames + p.iti_jitter_frames))
+    return SimParams.from_dict(values)
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,6 +529,13 @@ class GroundTruth:
     stim: np.ndarray  # (T, N) bool, stim[t, j] = target j stimulated in frame t
     delay_frames: int = 0
     anatomy_seed: int | None = None  # seed of cells, targets, pairs, W and maps (None = seed)
+    # per-session nuisance (None = none: a ground truth saved before these existed)
+    cell_scale: np.ndarray | None = None  # (T,) float32: cells render as cell_scale[t] * (f0 + calcium[t])
+    bleach: np.ndarray | None = None  # (T,) float32 exp(-t / (fps * bleach_tau_s)); in cell_scale and neuropil_trace
+    artifact: np.ndarray | None = None  # (T,) float32 F units added to every pixel of frame t (stim artefact)
+    stim_drive: np.ndarray | None = None  # (K, N) float64 Hz of extra rate of cell k while target j is stimulated
+    fov_offset: np.ndarray | None = None  # (2,) float64 static (dy, dx) px of the session's FOV
+    fov_rotation_deg: float = 0.0  # static rotation of the content about the FOV centre, degrees
 
     # -- derived -------------------------------------------------------------------------
 
@@ -492,8 +630,53 @@ class GroundTruth:
         return np.ascontiguousarray(self._spline_x(np.arange(self.params.width, dtype=np.float64)))
 
     @property
+    def has_static(self) -> bool:
+        """True if the session's FOV is re-placed (``fov_offset`` / ``fov_rotation_deg``)."""
+        return bool((self.fov_offset is not None and np.any(self.fov_offset)) or self.fov_rotation_deg)
+
+    @property
     def has_motion(self) -> bool:
-        return bool(np.any(self.rigid_shifts) or np.any(self.nonrigid_grid))
+        """True if rendering warps the world: motion or a static FOV re-placement."""
+        return bool(np.any(self.rigid_shifts) or np.any(self.nonrigid_grid) or self.has_static)
+
+    def fov_transform(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(R, c, o)`` of the static FOV placement: world point q appears at ``c + R (q - c) + o``.
+
+        R (2, 2) rotates (y, x) by ``fov_rotation_deg`` from +y towards +x, c the FOV centre
+        ``((Y-1)/2, (X-1)/2)``, o = ``fov_offset``. Within-session motion comes on top of this.
+        """
+        a = math.radians(self.fov_rotation_deg)
+        R = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+        c = np.array([(self.params.height - 1) / 2, (self.params.width - 1) / 2])
+        o = np.zeros(2) if self.fov_offset is None else np.asarray(self.fov_offset, np.float64)
+        return R, c, o
+
+    def static_displacement(self, points_yx: np.ndarray) -> np.ndarray:
+        """Generative displacement of the static FOV placement at frame points (n, 2) -> (n, 2).
+
+        ``S(p) = (p - c) - R^T (p - c - o)``, so that without motion ``frame(p) = world(p - S(p))``.
+        It is added to the within-session field: ``frame_t(p) = world(p - D_t(p) - S(p))``.
+        """
+        pts = np.asarray(points_yx, np.float64).reshape(-1, 2)
+        if not self.has_static:
+            return np.zeros_like(pts)
+        R, c, o = self.fov_transform()
+        return (pts - c) - (pts - c - o) @ R  # row vectors: v @ R = (R^T v^T)^T
+
+    @property
+    def fov_centers(self) -> np.ndarray:
+        """(K, 2) where each cell centre appears in this session's FOV before within-session motion."""
+        R, c, o = self.fov_transform()
+        return c + (self.centers - c) @ R.T + o
+
+    @cached_property
+    def _static_field(self) -> np.ndarray | None:
+        """Static generative field on the frame grid (2, Y, X) float64, None if there is none."""
+        if not self.has_static:
+            return None
+        Y, X = self.params.height, self.params.width
+        yy, xx = np.mgrid[0:Y, 0:X].astype(np.float64)
+        return np.moveaxis(self.static_displacement(np.column_stack([yy.ravel(), xx.ravel()])).reshape(Y, X, 2), -1, 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -794,6 +977,7 @@ def simulate(params: SimParams | None = None, seed: int = 0, *, anatomy_seed: in
     if delay < T:
         delayed[:, delay:] = drive[:, : T - delay]
     w_out = p.w_gain * p.stim_gain * W[target_cells].T  # (K, N) rate gain per stimulated target
+    stim_drive, offtarget = _stim_drive(p, centers, target_cells)  # (K, N) Hz; the non-target part
     rate = np.empty((K, T), np.float32)
     spikes = np.empty((K, T), np.float32)
     rng_spikes = _rng(seed, "spikes")
@@ -801,6 +985,8 @@ def simulate(params: SimParams | None = None, seed: int = 0, *, anatomy_seed: in
         b = min(T, a + _TIME_CHUNK)
         r_ab = base[:, None] * pop[None, a:b]
         r_ab[target_cells] += p.stim_gain * drive[:, a:b]
+        if offtarget is not None:
+            r_ab += offtarget @ drive[:, a:b]
         r_ab += w_out @ delayed[:, a:b]
         rate[:, a:b] = r_ab
         spikes[:, a:b] = _poisson_inverse(rng_spikes.random((K, b - a)), r_ab * dt)
@@ -839,7 +1025,11 @@ def simulate(params: SimParams | None = None, seed: int = 0, *, anatomy_seed: in
     for knots, n in ((control_y, Y), (control_x, X)):
         sp = CubicSpline(knots, np.eye(len(knots)), bc_type="natural")
         leb *= float(np.abs(sp(np.linspace(-4, n + 3, 4 * n))).sum(axis=1).max())
-    pad = int(math.ceil(np.abs(rigid).max(initial=0) + leb * np.abs(grid).max(initial=0))) + 3
+    # plus the static FOV placement (affine, so its largest component is at a corner of the FOV)
+    static = _Static(p)
+    corners = np.array([[0.0, 0.0], [0.0, X - 1.0], [Y - 1.0, 0.0], [Y - 1.0, X - 1.0]])
+    static_max = float(np.abs(static.static_displacement(corners)).max())
+    pad = int(math.ceil(np.abs(rigid).max(initial=0) + leb * np.abs(grid).max(initial=0) + static_max)) + 3
 
     # neuropil and background on the padded world canvas. The random maps are drawn on a canvas
     # whose size depends on (Y, X) only, so switching motion on/off leaves them unchanged.
@@ -858,7 +1048,14 @@ def simulate(params: SimParams | None = None, seed: int = 0, *, anatomy_seed: in
     s = p.neuropil_noise
     fluct = np.exp(s * _smooth_process(_rng(seed, "neuropil", 1), 1, T, p.neuropil_tau_s * p.fps)[0] - s * s / 2)
     neuropil_trace = p.neuropil_level * fluct * np.maximum(0.0, 1.0 + p.neuropil_coupling * (pop_ca - 1.0))
+    # photobleaching: cells and neuropil (GCaMP in the neurites) decay; background/baseline do not
+    bleach = np.ones(T)
+    if p.bleach_tau_s > 0:
+        bleach = np.exp(-np.arange(T) / (p.fps * p.bleach_tau_s))
+        neuropil_trace = neuropil_trace * bleach
     neuropil_trace = neuropil_trace.astype(np.float32)
+    cell_scale = (p.expression_scale * bleach).astype(np.float32)
+    artifact = np.where(stim.any(axis=1), p.stim_artifact, 0.0).astype(np.float32)
     R = p.bg_rank
     bg_maps = np.empty((R, Yp, Xp), np.float32)
     sigma = p.bg_scale * min(Y, X)
@@ -881,7 +1078,41 @@ def simulate(params: SimParams | None = None, seed: int = 0, *, anatomy_seed: in
         bg_maps=bg_maps, bg_traces=bg_traces, rigid_shifts=rigid, nonrigid_grid=grid, control_y=control_y,
         control_x=control_x, W=W, target_cells=target_cells, patterns=patterns, trial_start=t_start,
         trial_stop=t_stop, trial_pattern=t_pat, trial_block=t_block, stim=stim, delay_frames=delay,
+        cell_scale=cell_scale, bleach=bleach.astype(np.float32), artifact=artifact, stim_drive=stim_drive,
+        fov_offset=np.array(p.fov_offset, np.float64), fov_rotation_deg=float(p.fov_rotation_deg),
     )
+
+
+class _Static:
+    """The static FOV placement of a SimParams (for the padding, before a GroundTruth exists)."""
+
+    def __init__(self, p: SimParams):
+        self.params = p
+        self.fov_offset = np.array(p.fov_offset, np.float64)
+        self.fov_rotation_deg = float(p.fov_rotation_deg)
+
+    has_static = GroundTruth.has_static
+    fov_transform = GroundTruth.fov_transform
+    static_displacement = GroundTruth.static_displacement
+
+
+def _stim_drive(p: SimParams, centers: np.ndarray, target_cells: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Effective stimulation drive (K, N) in Hz and its off-target part (None without off-target).
+
+    ``drive[target_cells[j], j] = stim_gain``; with ``offtarget_radius_px = r > 0`` every non-target
+    cell k also gets ``offtarget_gain * stim_gain * exp(-d^2 / (2 r^2))`` with d the distance of
+    its centre to target j's centre, for d <= 3r (0 beyond). Targets get no off-target drive.
+    """
+    K, N = len(centers), len(target_cells)
+    drive = np.zeros((K, N))
+    drive[target_cells, np.arange(N)] = p.stim_gain
+    if p.offtarget_radius_px <= 0 or N == 0:
+        return drive, None
+    r = float(p.offtarget_radius_px)
+    d = np.linalg.norm(centers[:, None, :] - centers[target_cells][None, :, :], axis=-1)  # (K, N)
+    off = np.where(d <= 3 * r, p.offtarget_gain * p.stim_gain * np.exp(-(d * d) / (2 * r * r)), 0.0)
+    off[target_cells] = 0.0
+    return drive + off, off
 
 
 # --------------------------------------------------------------------------------------------
@@ -893,13 +1124,17 @@ def _frame_field(truth: GroundTruth, t: int) -> np.ndarray:
     """Generative field on the frame pixel grid, (2, Y, X) float64: frame_t(p) = world(p - D(p)).
 
     Tensor-product natural cubic spline through the control displacements, plus the rigid
-    shift. Elementwise sums in a fixed order, so the result does not depend on threads/blocks.
+    shift, plus the static FOV placement (if any). Elementwise sums in a fixed order, so the
+    result does not depend on threads/blocks.
     """
     by, bx = truth._basis_y, truth._basis_x  # (Y, gy), (X, gx)
+    static = truth._static_field
     out = np.empty((2, by.shape[0], bx.shape[0]))
     for c in range(2):
         rows = by @ truth.nonrigid_grid[t, :, :, c]  # (Y, gx)
         acc = np.full((by.shape[0], bx.shape[0]), truth.rigid_shifts[t, c])
+        if static is not None:
+            acc += static[c]
         for j in range(bx.shape[1]):
             acc += rows[:, j : j + 1] * bx[None, :, j]
         out[c] = acc
@@ -911,6 +1146,8 @@ def _field_at(truth: GroundTruth, t: int, pts: np.ndarray) -> np.ndarray:
     wy = truth._spline_y(pts[:, 0])  # (n, gy)
     wx = truth._spline_x(pts[:, 1])  # (n, gx)
     nr = np.einsum("ni,ijc,nj->nc", wy, truth.nonrigid_grid[t], wx)
+    if truth.has_static:
+        return truth.rigid_shifts[t][None, :] + truth.static_displacement(pts) + nr
     return truth.rigid_shifts[t][None, :] + nr
 
 
@@ -991,6 +1228,8 @@ def _world_block(truth: GroundTruth, a: int, b: int) -> np.ndarray:
         for r in range(truth.bg_maps.shape[0]):
             world[i] += truth.bg_traces[r, t] * truth.bg_maps[r]
     amp = truth.f0[:, None] + truth.calcium[:, a:b]  # (K, n) float32
+    if truth.cell_scale is not None and np.any(truth.cell_scale[a:b] != 1):
+        amp *= truth.cell_scale[None, a:b]  # expression level and bleaching
     for k, (y0, x0, box) in enumerate(truth.boxes):
         sl = world[:, pad + y0 : pad + y0 + box.shape[0], pad + x0 : pad + x0 + box.shape[1]]
         sl += amp[k][:, None, None] * box[None]
@@ -1008,6 +1247,8 @@ def _finish_frame(truth: GroundTruth, t: int, world_t: np.ndarray, noise: bool, 
         F = ndimage.map_coordinates(world_t, coords, order=1, mode="nearest", output=np.float32)
     else:
         F = world_t[pad : pad + Y, pad : pad + X]
+    if truth.artifact is not None and truth.artifact[t] != 0:
+        F = F + truth.artifact[t]  # stimulation light in the detector: frame coordinates, does not move
     lam = F.astype(np.float64) * p.photons_per_unit
     if not noise:
         return (p.offset + p.gain * lam).astype(np.float32)
@@ -1062,7 +1303,7 @@ def iter_movie(
     if use_motion:
         Y, X = truth.params.height, truth.params.width
         grid = np.mgrid[0:Y, 0:X].astype(np.float64)
-        _ = truth._basis_y, truth._basis_x  # build the cached spline bases before threading
+        _ = truth._basis_y, truth._basis_x, truth._static_field  # build the cached fields before threading
     n_threads = int(threads or _default_threads())
     starts = list(range(start, stop, block))
     with ThreadPoolExecutor(max_workers=n_threads) as pool:
@@ -1108,6 +1349,7 @@ def render_frames(
 def _gt_arrays(truth: GroundTruth) -> dict[str, np.ndarray]:
     """Every ground-truth array except the dense footprints (documented in docs/simulate.md)."""
     p = truth.params
+    T = truth.n_frames
     gy, gx = p.nonrigid_grid
     cy, cx = np.meshgrid(truth.control_y, truth.control_x, indexing="ij")
     return {
@@ -1158,7 +1400,20 @@ def _gt_arrays(truth: GroundTruth) -> dict[str, np.ndarray]:
         "offset": np.float64(p.offset),
         "read_noise": np.float64(p.read_noise),
         "params_json": np.array(json.dumps(p.to_dict(), sort_keys=True)),
+        # per-session nuisance (docs/simulate.md, "Per-session nuisance")
+        "expression_scale": np.float64(p.expression_scale),
+        "cell_scale": _or(truth.cell_scale, np.ones(T, np.float32)),
+        "bleach": _or(truth.bleach, np.ones(T, np.float32)),
+        "artifact": _or(truth.artifact, np.zeros(T, np.float32)),
+        "stim_drive": _or(truth.stim_drive, _stim_drive(p, truth.centers, truth.target_cells)[0]),
+        "fov_offset": _or(truth.fov_offset, np.zeros(2)),
+        "fov_rotation_deg": np.float64(truth.fov_rotation_deg),
+        "fov_centers": truth.fov_centers,
     }
+
+
+def _or(value: np.ndarray | None, default: np.ndarray) -> np.ndarray:
+    return default if value is None else value
 
 
 def save_ground_truth(truth: GroundTruth, path: str | Path) -> Path:
@@ -1230,6 +1485,9 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
         trial_stop=a["trial_stop"], trial_pattern=a["trial_pattern"], trial_block=a["trial_block"],
         stim=a["stim"], delay_frames=int(a["delay_frames"]),
         anatomy_seed=int(a["anatomy_seed"]) if "anatomy_seed" in a else None,
+        cell_scale=a.get("cell_scale"), bleach=a.get("bleach"), artifact=a.get("artifact"),
+        stim_drive=a.get("stim_drive"), fov_offset=a.get("fov_offset"),
+        fov_rotation_deg=float(a["fov_rotation_deg"]) if "fov_rotation_deg" in a else 0.0,
     )
 
 
@@ -1385,6 +1643,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(_cli_flag(f.name), action=argparse.BooleanOptionalAction, **kw)
         elif f.name == "nonrigid_grid":
             group.add_argument(_cli_flag(f.name), type=int, nargs=2, metavar=("GY", "GX"), **kw)
+        elif f.name == "fov_offset":
+            group.add_argument(_cli_flag(f.name), type=float, nargs=2, metavar=("DY", "DX"), **kw)
         elif kind is int or kind == (int | None):
             group.add_argument(_cli_flag(f.name), type=int, **kw)
         else:
@@ -1422,7 +1682,7 @@ def params_from_args(args: argparse.Namespace) -> SimParams:
     for f in dataclasses.fields(SimParams):
         v = getattr(args, f.name, None)
         if v is not None:
-            values[f.name] = tuple(v) if f.name == "nonrigid_grid" else v
+            values[f.name] = tuple(v) if f.name in _PAIR_FIELDS else v
     return SimParams.from_dict(values)
 
 
