@@ -67,6 +67,7 @@ import shutil
 import tempfile
 import time
 import weakref
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,7 @@ from calflow.params import from_section
 log = logging.getLogger("calflow.classify")
 
 NONE = "none"
+MAX_MEMBERS = 64
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,6 +124,8 @@ class ClassifyParams:
     animal_separator: str = "_"
     num_threads: int = 0  # torch CPU threads (0 = leave as set by the runner)
     scratch_dir: str = ""  # directory of the downsampled movie's scratch file ("" = system temp dir, $TMPDIR)
+    members: int = 5  # seed ensemble: networks per fold, trained at once as one grouped module (1 = one network)
+    shuffle_control: bool = True  # workflow: also train a control classifier on shuffled trial labels
 
     def __post_init__(self) -> None:
         def bad(key: str, fix: str) -> CalflowInputError:
@@ -139,6 +143,8 @@ class ClassifyParams:
             raise bad("downsample" if self.downsample < 1 else "depth", "use positive integers")
         if not 0 <= self.dropout < 1:
             raise bad("dropout", "use a value in [0, 1)")
+        if not 1 <= self.members <= MAX_MEMBERS:
+            raise bad("members", f"use 1 (one network) to {MAX_MEMBERS}")
         scratch_root(self.scratch_dir)  # an existing writable directory, or ""
 
     @classmethod
@@ -503,6 +509,12 @@ class SessionData:
     trials: Trials
     mask: np.ndarray  # (h, w) float32, ones when no mask
     info: dict
+    true_labels: np.ndarray | None = None  # the stim log's labels when ``labels`` are shuffled (control)
+
+    @property
+    def eval_labels(self) -> np.ndarray:
+        """The labels held-out predictions are scored against: the stim log's (also for the control)."""
+        return self.labels if self.true_labels is None else self.true_labels
 
     def close(self) -> None:
         if isinstance(self.frames, ScratchMovie):
@@ -594,10 +606,150 @@ class StimNet(nn.Module):
         return self.head(self.features(x))
 
 
+class StimEnsemble(nn.Module):
+    """``members`` (K) :class:`StimNet` networks as one module, trained and evaluated in one pass.
+
+    Every convolution is grouped (``groups=K``: member k's output channels see only member k's
+    input channels, which are channels ``k * c .. (k + 1) * c - 1`` of a layer with K * c
+    channels), the head is a grouped 1x1 conv and a per-member linear layer (weight (K, F, n_out),
+    applied with einsum). Input (B, K, C, h, w) (member k sees ``x[:, k]``, its own samples) or
+    (B, C, h, w) (every member sees the same frames); output logits (B, K, n_out). The members
+    share no parameter, so with the loss summed over members each member's gradient, and with
+    AdamW (elementwise) each member's update, is that of a network trained alone on its batches.
+    ``features[i]`` is block i (activations (B, K * c, h', w')); :meth:`member` extracts member k
+    as a plain :class:`StimNet` and :meth:`from_members` stacks plain networks (tests/test_classify.py
+    checks that the two agree, output and Grad-CAM).
+    """
+
+    def __init__(self, n_out: int, frame_hw: Sequence[int], depth: int = 3, width: int = 16, dropout: float = 0.25,
+                 in_channels: int = 1, reduce: int = 4, members: int = 1):
+        super().__init__()
+        K = self.members = int(members)
+        self.in_channels = int(in_channels)
+        self.chans = [min(width * 2**i, 4 * width) for i in range(depth)]
+        blocks: list[nn.Module] = []
+        cin = self.in_channels
+        for i, c in enumerate(self.chans):
+            layers: list[nn.Module] = [nn.MaxPool2d(2)] if i > 0 else []
+            layers += [nn.Conv2d(K * cin, K * c, 3, padding=1, groups=K), nn.ReLU(),
+                       nn.Conv2d(K * c, K * c, 3, padding=1, groups=K), nn.ReLU()]
+            blocks.append(nn.Sequential(*layers))
+            cin = c
+        self.features = nn.Sequential(*blocks)
+        self.n_out = int(n_out)
+        self.reduce = int(reduce)
+        f = 2 ** (depth - 1)
+        self.layer_hw = (int(frame_hw[0]) // f, int(frame_hw[1]) // f)
+        n_feat = self.reduce * self.layer_hw[0] * self.layer_hw[1]
+        self.head_conv = nn.Conv2d(K * cin, K * self.reduce, 1, groups=K)
+        self.head_dropout = nn.Dropout(dropout)
+        self.head_weight = nn.Parameter(torch.zeros(K, n_feat, self.n_out))
+        self.head_bias = nn.Parameter(torch.zeros(K, self.n_out))
+
+    input_hw = StimNet.input_hw
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        K, C = self.members, self.in_channels
+        if x.dim() == 4:  # the same frames for every member
+            x = x.unsqueeze(1).expand(-1, K, -1, -1, -1)
+        B = x.shape[0]
+        # channels-last: the grouped convolutions are 2-4 x faster on the CPU (oneDNN) in NHWC
+        a = self.features(x.reshape(B, K * C, *x.shape[-2:]).contiguous(memory_format=torch.channels_last))
+        r = self.head_dropout(self.head_conv(a).reshape(B, K, -1))  # member k: its (reduce, ly, lx), flattened
+        return torch.einsum("bkf,kfo->bko", r, self.head_weight) + self.head_bias
+
+    def member_channels(self, layer_channels: int) -> int:
+        """Channels per member of a layer with ``layer_channels`` channels."""
+        return layer_channels // self.members
+
+    @classmethod
+    def from_members(cls, nets: Sequence[StimNet], arch: Mapping[str, Any]) -> StimEnsemble:
+        """The ensemble whose member k has exactly the weights of ``nets[k]`` (same ``arch``)."""
+        ens = cls(**_net_kwargs(arch), members=len(nets))
+        with torch.no_grad():
+            for (name, p), group in zip(_ensemble_params(ens), zip(*(_net_params(n) for n in nets), strict=True),
+                                        strict=True):
+                vals = [q for _, q in group]
+                if name == "head_weight":
+                    p.copy_(torch.stack([v.T for v in vals]))
+                elif name == "head_bias":
+                    p.copy_(torch.stack(vals))
+                else:
+                    p.copy_(torch.cat(vals))
+        return ens
+
+    def member(self, k: int) -> StimNet:
+        """Member ``k`` as a plain :class:`StimNet` (a copy of its weights, eval mode, on the CPU)."""
+        K = self.members
+        net = StimNet(self.n_out, self.input_hw, len(self.features), self.chans[0], self.head_dropout.p,
+                      self.in_channels, self.reduce)
+        with torch.no_grad():
+            for (name, p), (_, q) in zip(_ensemble_params(self), _net_params(net), strict=True):
+                if name == "head_weight":
+                    q.copy_(p[k].T)
+                elif name == "head_bias":
+                    q.copy_(p[k])
+                else:
+                    n = p.shape[0] // K
+                    q.copy_(p[k * n : (k + 1) * n])
+        return net.eval()
+
+
+def _net_params(net: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """A :class:`StimNet`'s parameters in the order of :func:`_ensemble_params`."""
+    convs = [m for m in net.features.modules() if isinstance(m, nn.Conv2d)] + [net.head[0]]
+    out = [(n, p) for c in convs for n, p in (("w", c.weight), ("b", c.bias))]
+    return [*out, ("head_weight", net.head[3].weight), ("head_bias", net.head[3].bias)]
+
+
+def _ensemble_params(ens: StimEnsemble) -> list[tuple[str, torch.Tensor]]:
+    convs = [m for m in ens.features.modules() if isinstance(m, nn.Conv2d)] + [ens.head_conv]
+    out = [(n, p) for c in convs for n, p in (("w", c.weight), ("b", c.bias))]
+    return [*out, ("head_weight", ens.head_weight), ("head_bias", ens.head_bias)]
+
+
+def _net_kwargs(arch: Mapping[str, Any]) -> dict[str, Any]:
+    return {"n_out": int(arch["n_out"]), "frame_hw": arch["frame_hw"], "depth": int(arch["depth"]),
+            "width": int(arch["width"]), "dropout": float(arch.get("dropout", 0.0)),
+            "in_channels": int(arch.get("in_channels", 1)), "reduce": int(arch.get("reduce", 4))}
+
+
 def build_model(arch: Mapping[str, Any]) -> StimNet:
-    return StimNet(int(arch["n_out"]), arch["frame_hw"], int(arch["depth"]), int(arch["width"]),
-                   float(arch.get("dropout", 0.0)), int(arch.get("in_channels", 1)),
-                   int(arch.get("reduce", 4)))
+    """A plain single network (:class:`StimNet`) of ``arch``."""
+    return StimNet(**_net_kwargs(arch))
+
+
+def build_ensemble(arch: Mapping[str, Any]) -> StimEnsemble:
+    """The :class:`StimEnsemble` of ``arch`` (``members``; 1 when absent, as in model files from
+    before the ensemble)."""
+    return StimEnsemble(**_net_kwargs(arch), members=int(arch.get("members", 1)))
+
+
+def member_seed(seed: int, fold: int, member: int) -> int:
+    """Torch seed of member ``member``'s initialisation: ``1000 * seed + fold`` for member 0 (the
+    single network of before the ensemble), one drawn from ``[seed, fold, member, 0, 3]`` otherwise."""
+    if member == 0:
+        return 1000 * int(seed) + int(fold)
+    return int(np.random.default_rng([int(seed), int(fold), int(member), 0, 3]).integers(2**62))
+
+
+def init_ensemble(arch: Mapping[str, Any], seed: int, fold: int) -> StimEnsemble:
+    """A fresh ensemble: member k initialised as a :class:`StimNet` under ``member_seed(seed, fold, k)``."""
+    nets = []
+    for k in range(int(arch.get("members", 1))):
+        torch.manual_seed(member_seed(seed, fold, k))
+        nets.append(build_model(arch))
+    return StimEnsemble.from_members(nets, arch)
+
+
+def ensemble_state(arch: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A fold's state dict as the ensemble's: a plain :class:`StimNet` state (``arch`` without
+    ``members``, model files from before the ensemble) becomes a K = 1 ensemble's."""
+    if "members" in arch:
+        return dict(state)
+    net = build_model(arch)
+    net.load_state_dict(state)
+    return StimEnsemble.from_members([net], arch).state_dict()
 
 
 def crop_hw(h: int, w: int, depth: int) -> tuple[int, int]:
@@ -649,8 +801,9 @@ def training_frames(frame_fold: np.ndarray, fold: int, context: int) -> np.ndarr
     return np.flatnonzero(~near)
 
 
-# settings of the machine a job runs on, not of the model: they leave the checkpoint fingerprint alone
-_RUNTIME_KEYS = ("device", "num_threads", "checkpoint_every", "scratch_dir")
+# settings of the machine a job runs on (and shuffle_control, a workflow switch), not of the model: they leave
+# the checkpoint fingerprint alone
+_RUNTIME_KEYS = ("device", "num_threads", "checkpoint_every", "scratch_dir", "shuffle_control")
 
 
 def _fingerprint(p: ClassifyParams, data: Sequence[SessionData], fold: int) -> str:
@@ -680,8 +833,10 @@ class _Pools:
 
 
 def _batch(data: Sequence[SessionData], pools: _Pools, p: ClassifyParams, fold: int, it: int,
-           hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    rng = np.random.default_rng([p.seed, fold, it])
+           hw: tuple[int, int], member: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Member ``member``'s batch of iteration ``it``: (B, C, h, w) inputs and (B, N + 1) labels drawn
+    from ``default_rng([seed, fold, it, member])`` (member 0: the single network's ``[seed, fold, it]``)."""
+    rng = np.random.default_rng([p.seed, fold, it, member])
     sizes = np.array([len(x) for x in pools.all], float)
     which = rng.choice(len(pools.all), size=p.batch_size, p=sizes / sizes.sum())
     xs, ys = [], []
@@ -709,17 +864,27 @@ def _batch(data: Sequence[SessionData], pools: _Pools, p: ClassifyParams, fold: 
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
+def _ensemble_batch(data: Sequence[SessionData], pools: _Pools, p: ClassifyParams, fold: int, it: int,
+                    hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every member's own batch of iteration ``it``: inputs (B, K, C, h, w), labels (B, K, N + 1)."""
+    xs, ys = zip(*(_batch(data, pools, p, fold, it, hw, k) for k in range(p.members)), strict=True)
+    return torch.stack(xs, dim=1), torch.stack(ys, dim=1)
+
+
 def train_fold(data: Sequence[SessionData], p: ClassifyParams, fold: int, checkpoint_dir: str | Path,
-               stop_at: int | None = None) -> tuple[StimNet, dict]:
-    """Train the model of ``fold`` on every other fold's frames; resumable from ``fold{f}_last.pt``."""
+               stop_at: int | None = None) -> tuple[StimEnsemble, dict]:
+    """Train the ensemble of ``fold`` on every other fold's frames; resumable from ``fold{f}_last.pt``.
+
+    One forward/backward pass per iteration trains all ``p.members`` members (:class:`StimEnsemble`),
+    each on its own batch; the loss is the sum over members of each member's mean BCE."""
     device = resolve_device(p.device, key="classify.device")
     h, w = data[0].frames.shape[1:]
     hw = crop_hw(h, w, p.depth)
     n_out = data[0].labels.shape[1]
     arch = {"n_out": n_out, "in_channels": 2 * p.context + 1, "frame_hw": list(hw), "depth": p.depth,
-            "width": p.width, "dropout": p.dropout, "context": p.context, "reduce": p.head_channels}
-    torch.manual_seed(p.seed * 1000 + fold)
-    model = build_model(arch).to(device)
+            "width": p.width, "dropout": p.dropout, "context": p.context, "reduce": p.head_channels,
+            "members": p.members}
+    model = init_ensemble(arch, p.seed, fold).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     pools = [training_frames(s.trials.frame_fold, fold, p.context) for s in data]
     if not any(len(x) for x in pools):
@@ -739,23 +904,27 @@ def train_fold(data: Sequence[SessionData], p: ClassifyParams, fold: int, checkp
             log.info("fold %d: resuming from %s at iteration %d", fold, last, it)
         else:
             log.info("fold %d: ignoring %s (other data or settings)", fold, last)
-    bce = nn.BCEWithLogitsLoss()
+    bce = nn.BCEWithLogitsLoss(reduction="none")
     end = p.iterations if stop_at is None else min(stop_at, p.iterations)
     model.train()
     t0 = time.perf_counter()
     while it < end:
         for g in opt.param_groups:  # cosine decay
             g["lr"] = float(p.lr * 0.5 * (1 + np.cos(np.pi * it / p.iterations)))
-        x, y = _batch(data, batch_pools, p, fold, it, hw)
-        torch.manual_seed(int(np.random.default_rng([p.seed, fold, it, 1]).integers(2**62)))  # dropout: per iteration
-        loss = bce(model(x.to(device)), y.to(device))
+        x, y = _ensemble_batch(data, batch_pools, p, fold, it, hw)
+        # dropout: per iteration ([seed, fold, it, 0, 1]: no member's batch seed)
+        torch.manual_seed(int(np.random.default_rng([p.seed, fold, it, 0, 1]).integers(2**62)))
+        per_member = bce(model(x.to(device)), y.to(device)).mean(dim=(0, 2))  # (K,)
+        loss = per_member.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         it += 1
         if it % p.checkpoint_every == 0 or it == end:
-            history.append({"iteration": it, "loss": float(loss.item())})
-            log.info("fold %d iteration %d loss %.4f", fold, it, loss.item())
+            history.append({"iteration": it, "loss": float(per_member.mean().item()),
+                            "member_loss": [float(v) for v in per_member.detach().cpu()]})
+            log.info("fold %d iteration %d loss %.4f (mean over %d members)", fold, it, history[-1]["loss"],
+                     p.members)
             with atomic_output(last) as tmp:
                 torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it,
                             "history": history, "fingerprint": fp}, tmp)
@@ -765,17 +934,20 @@ def train_fold(data: Sequence[SessionData], p: ClassifyParams, fold: int, checkp
 
 
 @torch.no_grad()
-def predict(model: StimNet, s: SessionData, frames: np.ndarray | None = None, batch: int = 256) -> np.ndarray:
-    """Sigmoid outputs (T, N + 1) of ``model`` on the session's frames (or the given indices)."""
+def predict(model: StimEnsemble | StimNet, s: SessionData, frames: np.ndarray | None = None, batch: int = 256,
+            members: bool = False) -> np.ndarray:
+    """Sigmoid outputs of ``model`` on the session's frames (or the given indices): the ensemble's
+    (mean over members of the sigmoid), (T, N + 1), or with ``members`` every member's, (T, K, N + 1)."""
     device = next(model.parameters()).device
     idx = np.arange(len(s.frames)) if frames is None else np.asarray(frames)
-    out = np.empty((len(idx), model.n_out), np.float32)
+    K = getattr(model, "members", 1)
+    out = np.empty((len(idx), K, model.n_out), np.float32)
     model.eval()
-    ctx = (model.features[0][0].in_channels - 1) // 2
+    ctx = (model.in_channels if isinstance(model, StimEnsemble) else model.features[0][0].in_channels) // 2
     for a in range(0, len(idx), batch):
         x = torch.from_numpy(_net_input(s, window(s, idx[a : a + batch], ctx), model.input_hw)).to(device)
-        out[a : a + batch] = torch.sigmoid(model(x)).cpu().numpy()
-    return out
+        out[a : a + batch] = torch.sigmoid(model(x)).reshape(len(x), K, model.n_out).cpu().numpy()
+    return out if members else out.mean(axis=1)
 
 
 def frame_metrics(prob: np.ndarray, labels: np.ndarray, target_ids: Sequence[str]) -> dict:
@@ -834,13 +1006,34 @@ def untrained_folds(fold_train: np.ndarray, group: str = "") -> list[str]:
     return out
 
 
+CONTROL = "shuffled_labels"
+
+
+def shuffle_trial_labels(labels: np.ndarray, trials: Trials, seed: int, session: str) -> np.ndarray:
+    """Labels of the shuffled-label control: every trial's frames get the pattern of another trial
+    of the same session (a permutation of the session's trials drawn from ``[seed, crc32(session),
+    0, 4]``). A trial keeps one label over all its frames, the session's multiset of patterns is
+    unchanged, unstimulated frames stay ``none``."""
+    out = np.array(labels, np.float32, copy=True)
+    n_t = out.shape[1] - 1
+    perm = np.random.default_rng([int(seed), zlib.crc32(session.encode()), 0, 4]).permutation(len(trials.start))
+    for i, j in enumerate(perm):
+        a, b = int(trials.start[i]), int(trials.stop[i])
+        out[a:b, :n_t] = 0.0
+        out[a:b, list(trials.pattern[int(j)])] = 1.0
+    return out
+
+
 def train_group(entries: Sequence[Mapping[str, Any]], targets_path: str | Path, section: Mapping[str, Any] | ClassifyParams,
-                out_dir: str | Path, *, seed: int = 0, group: str = "", stop_at: int | None = None) -> dict:
+                out_dir: str | Path, *, seed: int = 0, group: str = "", stop_at: int | None = None,
+                shuffle_labels: bool = False) -> dict:
     """Train the cross-fitted classifier of one target group and write its outputs.
 
     ``entries``: one mapping per session (session, condition, motion, stim_log, targets,
     [footprints]). Writes ``out_dir/model.pt`` (every fold's weights), ``out_dir/metrics.json``
     and ``out_dir/predictions.npz``; checkpoints in ``out_dir/checkpoints/``. Returns the metrics.
+    ``shuffle_labels``: the shuffled-label control (:func:`shuffle_trial_labels`), trained exactly
+    like the real classifier; its held-out metrics are scored against the stim log's labels.
     """
     cfg = dict(section) if not isinstance(section, ClassifyParams) else dataclasses.asdict(section)
     cfg["seed"] = int(cfg.get("seed", 0)) + int(seed)
@@ -857,11 +1050,24 @@ def train_group(entries: Sequence[Mapping[str, Any]], targets_path: str | Path, 
                                        "classify.group_by: session")
     with contextlib.ExitStack() as stack:  # every session's scratch file is deleted, also when a step fails
         data = [stack.enter_context(load_session(e, targets, p)) for e in entries]
-        return _train_loaded(data, entries, targets, p, Path(out_dir), group, stop_at)
+        if shuffle_labels:
+            for s in data:
+                s.true_labels = s.labels
+                s.labels = shuffle_trial_labels(s.labels, s.trials, p.seed, s.session)
+        return _train_loaded(data, entries, targets, p, Path(out_dir), group, stop_at,
+                             CONTROL if shuffle_labels else None)
+
+
+def _spread(values: Sequence[float | None]) -> dict:
+    v = np.array([x for x in values if x is not None], np.float64)
+    if not v.size:
+        return {"min": None, "max": None, "std": None}
+    return {"min": float(v.min()), "max": float(v.max()), "std": float(v.std())}
 
 
 def _train_loaded(data: Sequence[SessionData], entries: Sequence[Mapping[str, Any]], targets: Targets,
-                  p: ClassifyParams, out_dir: Path, group: str, stop_at: int | None) -> dict:
+                  p: ClassifyParams, out_dir: Path, group: str, stop_at: int | None,
+                  control: str | None = None) -> dict:
     """:func:`train_group` once its sessions are loaded."""
     shapes = {s.frames.shape[1:] for s in data}
     if len(shapes) > 1:
@@ -877,55 +1083,92 @@ def _train_loaded(data: Sequence[SessionData], entries: Sequence[Mapping[str, An
         models.append(m)
         runs.append(r)
     ids = targets.ids
-    per_session, preds = {}, {}
+    K = p.members
+    per_session, preds, member_preds = {}, {}, {}
     fold_train = np.zeros((len(models), 2))  # per fold: correct and stimulated training frames
     for s in data:
         ff = s.trials.frame_fold
-        prob_test = np.zeros(s.labels.shape, np.float32)
+        prob_members = np.zeros((len(s.labels), K, s.labels.shape[1]), np.float32)
         train_m = []
         for f, m in enumerate(models):
             sel = np.flatnonzero(ff == f)
-            prob_test[sel] = predict(m, s, sel)
+            prob_members[sel] = predict(m, s, sel, members=True)
             tr = np.flatnonzero(ff != f)
-            fit = frame_metrics(predict(m, s, tr), s.labels[tr], ids)
+            fit = frame_metrics(predict(m, s, tr), s.labels[tr], ids)  # the labels it trained on
             train_m.append(fit)
             if fit["accuracy"] is not None:
                 fold_train[f] += (fit["accuracy"] * fit["n_stimulated_frames"], fit["n_stimulated_frames"])
-        test = frame_metrics(prob_test, s.labels, ids)
+        prob_test = prob_members.mean(axis=1)  # the ensemble: mean over members of the sigmoid
+        test = frame_metrics(prob_test, s.eval_labels, ids)
+        member_test = [frame_metrics(prob_members[:, k], s.eval_labels, ids) for k in range(K)]
         train_acc = [t["accuracy"] for t in train_m if t["accuracy"] is not None]
+        member_acc = [t["accuracy"] for t in member_test]
+        member_target = [t["target_accuracy"] for t in member_test]
         per_session[s.session] = {"condition": s.condition, "test": test,
                                   "train_accuracy": float(np.mean(train_acc)) if train_acc else None,
                                   "train_none_accuracy": float(np.mean([t["none_accuracy"] for t in train_m
                                                                         if t["none_accuracy"] is not None])),
-                                  "n_trials": int(len(s.trials.start))}
+                                  "n_trials": int(len(s.trials.start)),
+                                  "members": {"test_accuracy": member_acc, "test_accuracy_spread": _spread(member_acc),
+                                              "test_target_accuracy": member_target,
+                                              "test_target_accuracy_spread": _spread(member_target)}}
+        if s.true_labels is not None:  # the control: held-out frames against the labels it was trained on
+            trained_on = frame_metrics(prob_test, s.labels, ids)
+            per_session[s.session]["test_vs_shuffled_labels"] = {
+                k: trained_on[k] for k in ("accuracy", "target_accuracy", "missed_as_none", "none_accuracy")}
         preds[s.session] = prob_test
+        member_preds[s.session] = prob_members
     per_condition: dict[str, dict] = {}
     for cond in sorted({s.condition for s in data}):
         ss = [s for s in data if s.condition == cond]
-        lab = np.concatenate([s.labels for s in ss])
+        lab = np.concatenate([s.eval_labels for s in ss])
         pr = np.concatenate([preds[s.session] for s in ss])
         m = frame_metrics(pr, lab, ids)
+        pm = np.concatenate([member_preds[s.session] for s in ss])
+        mm = [frame_metrics(pm[:, k], lab, ids) for k in range(K)]
         per_condition[cond] = {"sessions": [s.session for s in ss], "test_accuracy": m["accuracy"],
                                "test_target_accuracy": m["target_accuracy"], "test_missed_as_none": m["missed_as_none"],
                                "test_none_accuracy": m["none_accuracy"],
                                "train_accuracy": float(np.mean([per_session[s.session]["train_accuracy"] for s in ss])),
-                               "per_target": m["per_target"]}
+                               "per_target": m["per_target"],
+                               "member_test_accuracy": [x["accuracy"] for x in mm],
+                               "member_test_accuracy_spread": _spread([x["accuracy"] for x in mm]),
+                               "member_test_target_accuracy": [x["target_accuracy"] for x in mm],
+                               "member_test_target_accuracy_spread": _spread([x["target_accuracy"] for x in mm])}
+    lab_all = np.concatenate([s.eval_labels for s in data])
+    pm_all = np.concatenate([member_preds[s.session] for s in data])
+    m_all = [frame_metrics(pm_all[:, k], lab_all, ids) for k in range(K)]
+    ens_all = frame_metrics(pm_all.mean(axis=1), lab_all, ids)
+    members_summary = {
+        "members": K, "ensemble_test_accuracy": ens_all["accuracy"],
+        "ensemble_test_target_accuracy": ens_all["target_accuracy"],
+        "test_accuracy": [x["accuracy"] for x in m_all], "test_accuracy_spread": _spread([x["accuracy"] for x in m_all]),
+        "test_target_accuracy": [x["target_accuracy"] for x in m_all],
+        "test_target_accuracy_spread": _spread([x["target_accuracy"] for x in m_all]),
+        "rule": "every member's held-out predictions on all the group's frames; the ensemble's probability is the "
+                "mean over members of the sigmoid"}
     arch = runs[0]["arch"]
     # the scratch dir is a path of the training machine; the gradcam job uses its own
     params_meta = {k: v for k, v in dataclasses.asdict(p).items() if k != "scratch_dir"}
     meta = {"group": group, "sessions": [s.session for s in data], "target_ids": ids, "params": params_meta,
-            "downsample": p.downsample, "folds": p.n_folds, "outputs": [*ids, NONE]}
+            "downsample": p.downsample, "folds": p.n_folds, "outputs": [*ids, NONE], "members": K,
+            "control": control}
     with atomic_output(out_dir / "model.pt") as tmp:
         torch.save({"folds": [{k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for m in models],
                     "arch": json.loads(json.dumps(arch)), "meta": json.loads(json.dumps(meta))}, tmp)
-    warnings = untrained_folds(fold_train, group)
+    warnings = untrained_folds(fold_train, group) if control is None else []  # the control is not meant to learn
     for w in warnings:
         log.warning(w)
     metrics = {"group": group, "target_ids": ids, "outputs": [*ids, NONE], "rule": "top prediction among the "
                "stimulated targets, on frames with a stimulation (held-out fold of every frame)",
                "device": str(resolve_device(p.device, key="classify.device")), "arch": arch, "n_folds": p.n_folds,
+               "control": control, "members": members_summary,
                "sessions": per_session, "conditions": per_condition, "warnings": warnings,
                "training": [{k: r[k] for k in ("fold", "iterations", "seconds", "resumed_from", "history")} for r in runs]}
+    if control is not None:
+        metrics["control_rule"] = ("trained on shuffled trial labels (each trial labelled with another trial's "
+                                   "pattern of the same session); test metrics against the stim log's labels, "
+                                   "test_vs_shuffled_labels against the labels it was trained on")
     with atomic_output(out_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2))
     with atomic_output(out_dir / "predictions.npz") as tmp, open(tmp, "wb") as f:  # a file: no ".npz" appended
@@ -933,12 +1176,16 @@ def _train_loaded(data: Sequence[SessionData], entries: Sequence[Mapping[str, An
     return metrics
 
 
-def load_fold_models(path: str | Path, device: torch.device | str = "cpu") -> tuple[list[StimNet], dict]:
-    """Every fold's model of a group's ``model.pt`` (``weights_only=True``) and its arch/meta."""
-    blob = torch.load(path, map_location=device, weights_only=True)
+def load_fold_models(path: str | Path, device: torch.device | str = "cpu") -> tuple[list[StimEnsemble], dict]:
+    """Every fold's ensemble of a group's ``model.pt`` (``weights_only=True``) and its arch/meta.
+
+    A model file from before the ensemble (a plain :class:`StimNet` state per fold, no ``members``
+    in its arch) loads as a K = 1 ensemble."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    arch = blob["arch"]
     models = []
     for state in blob["folds"]:
-        m = build_model(blob["arch"])
-        m.load_state_dict(state)
+        m = build_ensemble(arch)
+        m.load_state_dict(ensemble_state(arch, state))
         models.append(m.to(device).eval())
-    return models, {"arch": blob["arch"], "meta": blob["meta"]}
+    return models, {"arch": {**arch, "members": int(arch.get("members", 1))}, "meta": blob["meta"]}

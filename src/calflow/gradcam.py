@@ -101,13 +101,20 @@ def get_layer(model: nn.Module, layer: str | int) -> nn.Module:
 
 def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, weights: torch.Tensor,
              method: str = "gradcam") -> np.ndarray:
-    """Signed Grad-CAM (B, h, w) at ``layer`` of the score ``sum_k weights[b, k] * logits[b, k]``.
+    """Signed Grad-CAM at ``layer`` of the score ``sum_k weights[b, k] * logits[b, k]``.
 
     ``x`` (B, C, H, W); ``weights`` (B, n_out), e.g. one-hot of a target output, or ones on every
     target of a pattern. Samples are independent (the network has no batch statistics).
     ``method``: ``gradcam`` weighs each channel's activations by the spatial mean of its gradient;
     ``hirescam`` (Draelos & Carin 2020) multiplies them by the gradient pixel by pixel,
     ``sum_c dy/dA_c * A_c``.
+
+    A plain :class:`calflow.classify.StimNet` gives (B, h, w). A
+    :class:`calflow.classify.StimEnsemble` of K members gives every member's map, (B, K, h, w), from
+    one backward pass: the score is the sum over members of each member's score (``weights``
+    (B, n_out) for all, or (B, K, n_out)), and as member k's channels (``k * c .. (k + 1) * c - 1``
+    of the layer) reach only member k's logits, the gradient there is that of member k's own
+    score; its channel weights and channel sum run over its own channels.
     """
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not one of {METHODS}")
@@ -121,15 +128,23 @@ def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, weights: torch
         model.eval()
         with torch.enable_grad():
             logits = model(x)
-            score = (logits * weights.to(logits.dtype)).sum()
+            w = weights.to(logits.dtype)
+            if logits.dim() == 3 and w.dim() == 2:  # the same score for every member
+                w = w[:, None, :]
+            score = (logits * w).sum()
             (grad,) = torch.autograd.grad(score, store["a"])
     finally:
         handle.remove()
     a = store["a"].detach()
+    if logits.dim() == 3:  # ensemble: (B, K * c, h, w) -> (B, K, c, h, w), member by member
+        K = logits.shape[1]
+        a = a.reshape(a.shape[0], K, -1, *a.shape[2:])
+        grad = grad.reshape(a.shape)
+    cdim = a.dim() - 3
     if method == "hirescam":
-        return (grad * a).sum(dim=1).cpu().numpy()
-    alpha = grad.mean(dim=(2, 3), keepdim=True)
-    return (alpha * a).sum(dim=1).cpu().numpy()
+        return (grad * a).sum(dim=cdim).cpu().numpy()
+    alpha = grad.mean(dim=(-2, -1), keepdim=True)
+    return (alpha * a).sum(dim=cdim).cpu().numpy()
 
 
 def score_weights(n_out: int, targets: Sequence[int], score: str = "vs_none") -> np.ndarray:
@@ -270,22 +285,26 @@ def cnmf_target_correlation(store: str | Path, target_yx: np.ndarray, max_distan
 
 def _mean_cam(model: nn.Module, layer: nn.Module, data: Any, frames: np.ndarray, targets: Sequence[int],
               context: int, p: GradcamParams) -> np.ndarray:
-    """Mean signed Grad-CAM (h, w) over ``frames`` of the pattern score of the ``targets`` outputs."""
+    """Mean signed Grad-CAM over ``frames`` of the pattern score of the ``targets`` outputs: (K, h, w),
+    one map per member of a :class:`calflow.classify.StimEnsemble` (all from one backward pass per batch)."""
     dev = next(model.parameters()).device
     w = np.tile(score_weights(data.labels.shape[1], targets, p.score), (len(frames), 1))
     acc = []
     for a in range(0, len(frames), p.batch_size):
         idx = frames[a : a + p.batch_size]
         x = _net_input(data, window(data, idx, context), model.input_hw)
-        acc.append(grad_cam(model, layer, torch.from_numpy(x).to(dev),
-                            torch.from_numpy(w[a : a + p.batch_size]).to(dev), p.method))
+        cam = grad_cam(model, layer, torch.from_numpy(x).to(dev), torch.from_numpy(w[a : a + p.batch_size]).to(dev),
+                       p.method)
+        acc.append(cam if cam.ndim == 4 else cam[:, None])
     return np.concatenate(acc).mean(axis=0)
 
 
 def trial_maps(models: Sequence[nn.Module], data: Any, p: GradcamParams, context: int) -> dict[str, np.ndarray]:
-    """Signed layer-resolution Grad-CAM of every trial (mean over its stimulated frames), each from
-    the fold model that did not train on it. Returns trial_maps (n, h, w), trial_pattern (n,) index
-    into ``patterns`` and ``patterns`` (list of target-index tuples)."""
+    """Signed layer-resolution Grad-CAM of every trial (mean over its stimulated frames, for the score
+    of the trial's pattern in the stim log), each from the fold model that did not train on it.
+    Returns member_trial_maps (K, n, h, w) (every ensemble member's), trial_maps (n, h, w) (their
+    mean over members), trial_pattern (n,) index into ``patterns`` and ``patterns`` (list of
+    target-index tuples)."""
     tr = data.trials
     patterns = sorted(set(tr.pattern), key=lambda t: (len(t), t))
     index = {pat: i for i, pat in enumerate(patterns)}
@@ -294,7 +313,8 @@ def trial_maps(models: Sequence[nn.Module], data: Any, p: GradcamParams, context
         model = models[int(tr.fold[i])]
         maps.append(_mean_cam(model, get_layer(model, p.layer), data, np.arange(tr.start[i], tr.stop[i]),
                               tr.pattern[i], context, p))
-    return {"trial_maps": np.stack(maps).astype(np.float32),
+    member_maps = np.stack(maps, axis=1).astype(np.float32)  # (K, n, h, w)
+    return {"member_trial_maps": member_maps, "trial_maps": member_maps.mean(axis=0, dtype=np.float64).astype(np.float32),
             "trial_pattern": np.array([index[t] for t in tr.pattern], np.int64), "patterns": patterns}
 
 
@@ -319,6 +339,11 @@ def session_gradcam(entry: Mapping[str, Any], model_path: str | Path, section: M
 
     ``entry``: session, condition, motion, stim_log, targets, [footprints] (as for classify);
     ``scratch_dir``: where the session's streamed frames go (``classify.scratch_dir``; "" = $TMPDIR).
+    Every trial's map is the Grad-CAM of the score of its pattern in the stim log, also for the
+    shuffled-label control's model (``model.pt`` of ``train_group(..., shuffle_labels=True)``,
+    attrs ``control: shuffled_labels``): the same computation, only the network differs.
+    ``trial_maps`` is the mean over the ensemble's members of ``member_trial_maps`` (member, trial,
+    ly, lx); attrs ``members`` = K (1 for a model file from before the ensemble).
     """
     p = GradcamParams.from_config(section)
     models, info = load_fold_models(model_path)
@@ -345,6 +370,7 @@ def session_gradcam(entry: Mapping[str, Any], model_path: str | Path, section: M
         g = zarr.open_group(tmp, mode="w", zarr_format=3)
         g.attrs.update({"session": str(entry["session"]), "condition": str(entry.get("condition", "")),
                         "group": meta.get("group", ""), "model": str(model_path), "layer": p.layer,
+                        "members": int(tm["member_trial_maps"].shape[0]), "control": meta.get("control"),
                         "method": p.method, "score": p.score, "zncc_map": p.zncc_map, "patterns": names,
                         "target_ids": targets.ids,
                         "frame_shape": list(frame_shape), "downsample": cp.downsample,
@@ -356,9 +382,10 @@ def session_gradcam(entry: Mapping[str, Any], model_path: str | Path, section: M
         write_array(tmp, "display_maps", disp.astype(np.float32), ("pattern", "y", "x"))
         write_array(tmp, "zncc", z.astype(np.float64), ("pattern", "pattern2"))
         write_array(tmp, "pattern_targets", np.array([list(t) + [-1] * (2 - len(t)) if len(t) <= 2 else list(t[:2])
-                                                      for t in patterns], np.int64), ("pattern", "member"))
+                                                      for t in patterns], np.int64), ("pattern", "slot"))
         write_array(tmp, "pattern_trials", counts.astype(np.int64), ("pattern",))
         write_array(tmp, "trial_maps", tm["trial_maps"], ("trial", "ly", "lx"))
+        write_array(tmp, "member_trial_maps", tm["member_trial_maps"], ("member", "trial", "ly", "lx"))
         write_array(tmp, "trial_pattern", tm["trial_pattern"], ("trial",))
         write_array(tmp, "trial_fold", data_trials.fold.astype(np.int64), ("trial",))
         write_array(tmp, "trial_start", data_trials.start.astype(np.int64), ("trial",))
