@@ -44,6 +44,7 @@ rule all:
         virtual_stain_targets(),
         expand("results/classifier/{group}/metrics.json", group=list(CLASSIFY_GROUPS)),
         expand("results/{session}/gradcam.zarr", session=CLASSIFY_SESSIONS),
+        expand("results/{session}/gradcam_shuffled.zarr", session=CLASSIFY_SESSIONS) if CLS.get("shuffle_control", True) else [],
         [f"results/compare/{a}_vs_{b}.json" for a, b in COMPARE_PAIRS],
 
 

@@ -3,6 +3,9 @@
 # a targets table), trained on every condition of that animal; models in results/classifier/{group}/.
 # Helpers are in classify_common.smk.
 
+# the model's settings: shuffle_control only switches the control rules on (changing it re-trains nothing)
+CLS_MODEL_PARAMS = {k: v for k, v in CLS_PARAMS.items() if k != "shuffle_control"}
+
 
 rule train_classifier:
     """Cross-fitted stimulation classifier of one animal (all its sessions and conditions)."""
@@ -13,7 +16,7 @@ rule train_classifier:
         metrics="results/classifier/{group}/metrics.json",
         predictions="results/classifier/{group}/predictions.npz",
     params:
-        classify=CLS_PARAMS,
+        classify=CLS_MODEL_PARAMS,
         seed=config["seed"],
         sessions=lambda w: CLASSIFY_GROUPS[w.group],
         conditions=lambda w: [SESSIONS.loc[s, "condition"] for s in CLASSIFY_GROUPS[w.group]],
@@ -53,6 +56,55 @@ rule gradcam:
         "../../envs/torch.yaml"
     log:
         "results/logs/gradcam/{session}.log",
+    threads: 1
+    resources:
+        mem_mb=3000,
+    script:
+        "../scripts/gradcam.py"
+
+
+# The shuffled-label control (classify.shuffle_control, docs/classify.md): the same classifier trained on
+# trial labels permuted within each session, and its Grad-CAM maps of every trial's true pattern.
+rule train_classifier_shuffled:
+    """Control classifier of one animal, trained like train_classifier on shuffled trial labels."""
+    input:
+        unpack(lambda w: _classify_entry_inputs(CLASSIFY_GROUPS[w.group])),
+    output:
+        model="results/classifier/{group}/shuffled/model.pt",
+        metrics="results/classifier/{group}/shuffled/metrics.json",
+        predictions="results/classifier/{group}/shuffled/predictions.npz",
+    params:
+        classify=CLS_MODEL_PARAMS,
+        seed=config["seed"],
+        sessions=lambda w: CLASSIFY_GROUPS[w.group],
+        conditions=lambda w: [SESSIONS.loc[s, "condition"] for s in CLASSIFY_GROUPS[w.group]],
+        checkpoint_dir=lambda w: f"results/classifier/{w.group}/shuffled/checkpoints",
+        shuffle_labels=True,
+    conda:
+        "../../envs/torch.yaml"
+    log:
+        "results/logs/train_classifier_shuffled/{group}.log",
+    threads: 1
+    resources:
+        mem_mb=3000,
+    script:
+        "../scripts/train_classifier.py"
+
+
+rule gradcam_shuffled:
+    """Grad-CAM of the shuffled-label control: every held-out trial's map for its true pattern (gradcam.zarr layout)."""
+    input:
+        unpack(lambda w: {k: v[0] for k, v in _classify_entry_inputs([w.session]).items()}),
+        model=lambda w: f"results/classifier/{classifier_group(w.session)}/shuffled/model.pt",
+    output:
+        store=directory("results/{session}/gradcam_shuffled.zarr"),
+    params:
+        gradcam=config["gradcam"],
+        condition=lambda w: SESSIONS.loc[w.session, "condition"],
+    conda:
+        "../../envs/torch.yaml"
+    log:
+        "results/logs/gradcam_shuffled/{session}.log",
     threads: 1
     resources:
         mem_mb=3000,

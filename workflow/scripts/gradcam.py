@@ -1,4 +1,4 @@
-"""Thin wrapper: snakemake rule `gradcam` -> calflow.gradcam.session_gradcam."""
+"""Thin wrapper: snakemake rules `gradcam`, `gradcam_shuffled` -> calflow.gradcam.session_gradcam."""
 import logging
 
 from calflow.gradcam import session_gradcam
@@ -11,7 +11,7 @@ def main(smk):
     if "footprints" in smk.input.keys():
         entry["footprints"] = smk.input.footprints
     info = session_gradcam(entry, smk.input.model, smk.params.gradcam, smk.output.store,
-                           plots_dir=smk.output.plots, cnmf_store=smk.input.cnmf,
+                           plots_dir=smk.output.get("plots"), cnmf_store=smk.input.get("cnmf"),
                            scratch_dir=smk.config.get("classify", {}).get("scratch_dir", ""))
     logging.getLogger("calflow.gradcam").info("gradcam: %s", info)
 
