@@ -543,3 +543,275 @@ def test_cli_arguments(tmp_path):
     assert sim.main_simulate(["--out", str(tmp_path / "u"), "--config", str(cfg), "--n-frames", "12"]) == 0
     assert tifffile.imread(tmp_path / "u" / "movie.tif").shape == (12, 48, 48)
     assert not (tmp_path / "t").exists()
+
+
+# ----------------------------------------------------------------------------- per-session nuisance
+
+TINY = dict(n_frames=100, height=32, width=32, n_cells=5, radius_min=3.0, radius_max=3.5, overlap_fraction=0.0,
+            n_targets=2, n_pairs=1, trial_frames=6, iti_frames=6, iti_jitter_frames=2, stim_start_frame=5,
+            nonrigid_grid=(3, 3), nonrigid_amplitude=0.5)
+
+
+def tiny(**kw) -> SimParams:
+    return SimParams(**{**TINY, **kw})
+
+
+def _without_cells(truth):
+    return dataclasses.replace(truth, f0=np.zeros_like(truth.f0), calcium=np.zeros_like(truth.calcium))
+
+
+# Checksums of the outputs of commit 8fef87e (before the nuisance fields existed) for
+# simulate(SimParams(**SMALL, n_frames=40), seed=3, anatomy_seed=1). They pin bit-identical
+# defaults; a numpy/scipy upgrade that changes a random stream or a filter would change them too
+# (then recompute at a commit whose outputs are known to be right).
+_OLD_TRUTH_SHA = "c11cd6a503b2ef0f0d055a2bb07ab9c6056b3b33957e2a181479b14be350a79c"
+_OLD_MOVIE_SHA = "3cea313e4cf763a5d8586f2ad719be91830331f0f6882c93b286d99791386077"
+_OLD_CLEAN_SUMS = [671161.8738861084, 683369.4253234863, 712159.4454345703]  # frames 0, 13, 39
+
+
+def test_nuisance_defaults_give_the_old_outputs():
+    import hashlib
+
+    p = small(n_frames=40)
+    assert p == small(n_frames=40, expression_scale=1.0, fov_offset=(0.0, 0.0), fov_rotation_deg=0.0,
+                      bleach_tau_s=0.0, stim_artifact=0.0, offtarget_radius_px=0.0, offtarget_gain=0.5)
+    truth = simulate(p, 3, anatomy_seed=1)
+    h = hashlib.sha256()
+    for name in ("centers", "f0", "spikes", "rate_hz", "calcium", "neuropil_trace", "neuropil_map", "bg_maps",
+                 "bg_traces", "rigid_shifts", "nonrigid_grid", "W", "stim", "trial_start"):
+        h.update(np.ascontiguousarray(getattr(truth, name)).tobytes())
+    assert h.hexdigest() == _OLD_TRUTH_SHA
+    assert truth.pad == 5
+    movie = render_frames(truth, block_frames=16)
+    assert hashlib.sha256(movie.tobytes()).hexdigest() == _OLD_MOVIE_SHA
+    clean = render_frames(truth, noise=False)
+    np.testing.assert_allclose(clean.astype(np.float64).sum(axis=(1, 2))[[0, 13, 39]], _OLD_CLEAN_SUMS, rtol=1e-9)
+    # the recorded nuisance is "none", and a ground truth without it (the pre-nuisance code path,
+    # e.g. an old ground_truth.npz) renders the same movie
+    assert not truth.has_static and np.all(truth.cell_scale == 1) and not np.any(truth.artifact)
+    np.testing.assert_array_equal(truth.bleach, 1)
+    expected = np.zeros((truth.n_cells, p.n_targets))
+    expected[truth.target_cells, np.arange(p.n_targets)] = p.stim_gain
+    np.testing.assert_array_equal(truth.stim_drive, expected)
+    old = dataclasses.replace(truth, cell_scale=None, bleach=None, artifact=None, stim_drive=None, fov_offset=None)
+    np.testing.assert_array_equal(render_frames(old, block_frames=16), movie)
+
+
+def test_expression_scale_multiplies_the_cells_only():
+    p = tiny(**STATIC)
+    t1, t2 = simulate(p, 1), simulate(dataclasses.replace(p, expression_scale=2.0), 1)
+    for name in ("f0", "calcium", "spikes", "neuropil_trace", "bg_traces"):
+        np.testing.assert_array_equal(getattr(t1, name), getattr(t2, name), err_msg=name)
+    np.testing.assert_array_equal(t2.cell_scale, 2.0)
+    rest1, rest2 = (render_frames(_without_cells(t), noise=False).astype(np.float64) for t in (t1, t2))
+    np.testing.assert_array_equal(rest1, rest2)  # neuropil, background, baseline unchanged
+    cells1 = render_frames(t1, noise=False) - rest1
+    cells2 = render_frames(t2, noise=False) - rest2
+    assert cells1.max() > 50  # DU: the cells are really there
+    np.testing.assert_allclose(cells2, 2 * cells1, rtol=1e-5, atol=1e-3)
+
+
+def test_fov_offset_moves_the_image_content():
+    p = tiny(**STATIC)
+    a = render_frames(simulate(p, 2), noise=False)
+    tb = simulate(dataclasses.replace(p, fov_offset=(2.0, 0.0)), 2)
+    b = render_frames(tb, noise=False)
+    assert tb.has_static and tb.has_motion and tb.pad >= 2 + 3
+    np.testing.assert_allclose(b[:, 2:, :], a[:, :-2, :], rtol=0, atol=1e-3)  # +2 px in y, exactly
+    assert np.abs(b[:, 2:, :] - a[:, 2:, :]).max() > 20  # it did move
+    np.testing.assert_allclose(b[:, 2:, 1:], ndimage.shift(a, (0, 2, 0), order=1)[:, 2:, 1:], atol=1e-3)
+    np.testing.assert_allclose(tb.fov_centers, tb.centers + [2.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(true_displacement(tb, [0, 50], tb.centers), 2 * [[[2.0, 0.0]] * 5], atol=1e-12)
+    # motion=False still renders the world (the reference FOV): the re-placement is not there
+    np.testing.assert_array_equal(render_frames(tb, noise=False, motion=False), a)
+
+
+def test_fov_rotation_rotates_the_cell_centroids():
+    theta = 8.0
+    p = small(n_frames=20, n_cells=5, overlap_fraction=0.0, fov_rotation_deg=theta, fov_offset=(0.5, -1.0),
+              **STATIC, **CELLS_ONLY)
+    truth = simulate(p, 2)
+    frame = render_frames(truth, noise=False)[0] - p.offset
+    R, c, o = truth.fov_transform()
+    a = np.radians(theta)
+    np.testing.assert_allclose(R, [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    yy, xx = np.mgrid[0 : p.height, 0 : p.width]
+    checked = 0
+    for k in range(truth.n_cells):
+        dist = np.abs(np.delete(truth.centers, k, axis=0) - truth.centers[k]).max(axis=1)
+        q = truth.centers[k]
+        if dist.min() < 14 or np.linalg.norm(q - c) < 8:  # isolated, and off the centre
+            continue
+        expect = c + R @ (q - c) + o
+        assert np.allclose(expect, truth.fov_centers[k])
+        win = (np.abs(yy - expect[0]) <= 7) & (np.abs(xx - expect[1]) <= 7)
+        f = np.where(win, frame, 0)
+        centroid = np.array([(f * yy).sum(), (f * xx).sum()]) / f.sum()
+        assert np.abs(centroid - expect).max() < 0.05, k
+        # the angle about the FOV centre turned by theta (from +y towards +x)
+        turn = np.degrees(np.arctan2(*(centroid - o - c)[::-1]) - np.arctan2(*(q - c)[::-1]))
+        assert ((turn + 180) % 360 - 180) == pytest.approx(theta, abs=0.3), k
+        checked += 1
+    assert checked >= 2
+    # world and frame displacements stay exact inverses with the static part (and motion) on
+    moving = simulate(dataclasses.replace(p, motion=True), 2)
+    q = np.random.default_rng(1).uniform(0, 47, (30, 2))
+    d_world = true_displacement(moving, 9, q)[0]
+    np.testing.assert_allclose(q + d_world - true_displacement(moving, 9, q + d_world, coords="frame")[0], q,
+                               atol=1e-8)
+    # the padding covers the whole field: |D| + 3 <= pad at every pixel of every frame
+    worst = max(np.abs(dense_displacement(moving, t, coords="frame")).max() for t in range(20))
+    assert worst > 4 and worst + 3 <= moving.pad
+
+
+def test_bleaching_decays_cells_and_neuropil():
+    tau = 2.0
+    p = tiny(**STATIC, **CELLS_ONLY)
+    t0, t1 = simulate(p, 3), simulate(dataclasses.replace(p, bleach_tau_s=tau), 3)
+    f0 = render_frames(t0, noise=False).astype(np.float64) - p.offset
+    f1 = render_frames(t1, noise=False).astype(np.float64) - p.offset
+    expect = np.exp(-np.arange(p.n_frames) / (p.fps * tau))
+    np.testing.assert_allclose(t1.bleach, expect, rtol=1e-6)
+    cells = f0.min(axis=0) > 1.0
+    ratio = f1[:, cells].sum(axis=1) / f0[:, cells].sum(axis=1)
+    np.testing.assert_allclose(ratio, expect, rtol=1e-4)
+    assert ratio[-1] == pytest.approx(np.exp(-(p.n_frames - 1) / p.fps / tau), rel=1e-4) and ratio[-1] < 0.25
+    # the neuropil bleaches with the cells; background and baseline do not
+    q = tiny(**STATIC)
+    n0, n1 = simulate(q, 3), simulate(dataclasses.replace(q, bleach_tau_s=tau), 3)
+    np.testing.assert_allclose(n1.neuropil_trace, n0.neuropil_trace * expect, rtol=1e-5)
+    np.testing.assert_array_equal(n1.bg_traces, n0.bg_traces)
+    np.testing.assert_array_equal(n1.calcium, n0.calcium)  # the truth calcium is before the session's scale
+
+
+def test_stim_artifact_only_on_stimulated_frames():
+    p = tiny()  # with motion: the artefact is in the detector, it does not move with the tissue
+    t0, t1 = simulate(p, 5), simulate(dataclasses.replace(p, stim_artifact=0.05), 5)
+    diff = render_frames(t1, noise=False).astype(np.float64) - render_frames(t0, noise=False)
+    on = t1.stim.any(axis=1)
+    assert 0 < on.sum() < p.n_frames
+    np.testing.assert_allclose(diff[on], 0.05 * p.photons_per_unit * p.gain, atol=1e-3)
+    np.testing.assert_array_equal(diff[~on], 0)
+    np.testing.assert_array_equal(t1.artifact, np.where(on, np.float32(0.05), 0))
+    np.testing.assert_array_equal(t1.spikes, t0.spikes)
+
+
+def test_offtarget_excitation_drives_cells_near_a_stimulated_target():
+    p = small(n_frames=200, n_pairs=0, connection_prob=0.0, stim_gain=30.0, offtarget_gain=1.0, **STATIC)
+    t0 = simulate(p, 6)
+    others = np.setdiff1d(np.arange(t0.n_cells), t0.target_cells)
+    dist = np.linalg.norm(t0.centers[others][:, None] - t0.centers[t0.target_cells][None], axis=-1)
+    i, j = np.unravel_index(np.argmin(dist), dist.shape)
+    k, d = int(others[i]), float(dist[i, j])
+    t1 = simulate(dataclasses.replace(p, offtarget_radius_px=d), 6)
+    expected = np.zeros_like(t1.stim_drive)
+    expected[t1.target_cells, np.arange(p.n_targets)] = p.stim_gain
+    near = dist <= 3 * d
+    expected[others[:, None], np.arange(p.n_targets)[None]] = np.where(
+        near, p.offtarget_gain * p.stim_gain * np.exp(-dist**2 / (2 * d * d)), 0)
+    np.testing.assert_allclose(t1.stim_drive, expected, rtol=1e-12)
+    assert t1.stim_drive[k, j] == pytest.approx(p.stim_gain * np.exp(-0.5))
+    assert not near.all()  # some cells are beyond 3r and get nothing
+    np.testing.assert_allclose(t1.rate_hz - t0.rate_hz, (expected - t0.stim_drive) @ t1.stim.T, atol=1e-4)
+    # the neighbour fires more during its target's trials; only during stimulated frames
+    assert np.all(t1.spikes >= t0.spikes)
+    on = t1.stim[:, j]
+    assert t1.spikes[k, on].sum() > t0.spikes[k, on].sum() + 3
+    quiet = ~t1.stim.any(axis=1)
+    np.testing.assert_array_equal(t1.spikes[:, quiet], t0.spikes[:, quiet])
+    np.testing.assert_array_equal(t1.spikes[t1.target_cells], t0.spikes[t0.target_cells])
+
+
+def test_draw_nuisance_is_deterministic_and_in_its_ranges():
+    base = tiny(photons_per_unit=10.0, neuropil_level=0.5)
+    a = sim.draw_nuisance(3, base=base)
+    assert a == sim.draw_nuisance(3, 1.0, base=base) and a != sim.draw_nuisance(4, base=base)
+    assert set(a) == set(sim.NUISANCE)
+    assert dataclasses.replace(base, **sim.draw_nuisance(3, 0.0, base=base)) == base  # scale 0: identity
+    assert dataclasses.replace(SimParams(), **sim.draw_nuisance(9, scale=0)) == SimParams()
+    draws = [sim.draw_nuisance(s, base=base) for s in range(400)]
+    col = {k: np.array([d[k] for d in draws], np.float64) for k in a}
+    expr = col["expression_scale"]
+    assert expr.min() > 0 and abs(expr.mean() - 1) < 0.04 and abs(expr.std() / expr.mean() - 0.2) < 0.04
+    for name, b in (("photons_per_unit", 10.0), ("neuropil_level", 0.5)):  # relative to the base
+        assert 0.7 * b <= col[name].min() and col[name].max() <= 1.3 * b
+        assert col[name].min() < 0.75 * b and col[name].max() > 1.25 * b
+    assert np.abs(col["fov_offset"]).max() <= 1.5 and np.abs(col["fov_offset"]).max() > 1.4
+    assert np.abs(col["fov_rotation_deg"]).max() <= 1.0
+    assert 600 <= col["bleach_tau_s"].min() and col["bleach_tau_s"].max() <= 3000
+    assert 0 <= col["stim_artifact"].min() and col["stim_artifact"].max() <= 0.05
+    assert 0 <= col["offtarget_radius_px"].min() and col["offtarget_radius_px"].max() <= 5
+    half = sim.draw_nuisance(3, 0.5, base=base)  # half the spread
+    np.testing.assert_allclose(half["fov_offset"], np.array(a["fov_offset"]) / 2)
+    assert half["bleach_tau_s"] == pytest.approx(2 * a["bleach_tau_s"])
+    assert half["photons_per_unit"] - 10.0 == pytest.approx((a["photons_per_unit"] - 10.0) / 2)
+    # every draw is a valid session of the same animal
+    s1 = simulate(dataclasses.replace(base, n_frames=30, **a), 1, anatomy_seed=7)
+    s2 = simulate(dataclasses.replace(base, n_frames=30), 2, anatomy_seed=7)
+    np.testing.assert_array_equal(s1.centers, s2.centers)
+    np.testing.assert_array_equal(s1.W, s2.W)
+    assert render_frames(s1).shape == (30, 32, 32)
+    with pytest.raises(CalflowInputError, match="scale"):
+        sim.draw_nuisance(0, -1.0)
+
+
+def test_study_params_present_every_pattern_n_blocks_times():
+    p = sim.study_params()
+    assert (p.n_targets, p.pairs_count, p.n_blocks, p.motion) == (8, 8, 10, True)
+    assert p.n_frames == p.stim_start_frame + 10 * 16 * (p.trial_frames + p.iti_frames + p.iti_jitter_frames)
+    q = sim.study_params(trials_per_pattern=3, **{k: v for k, v in TINY.items() if k != "n_frames"})
+    assert q.n_blocks == 3 and q.n_frames == 5 + 3 * 3 * 14 <= 200
+    truth = simulate(q, 0)
+    assert truth.patterns.shape == (3, 2)
+    np.testing.assert_array_equal(np.bincount(truth.trial_pattern, minlength=3), [3, 3, 3])
+    np.testing.assert_array_equal(np.bincount(truth.trial_block), [3, 3, 3])
+    with pytest.raises(CalflowInputError, match="n_blocks"):  # n_frames is the shortest that always fits
+        dataclasses.replace(q, n_frames=q.n_frames - 1).validate()
+    assert sim.study_params(n_blocks=4, n_targets=3, n_pairs=0).n_blocks == 4
+    assert sim.study_params(n_frames=99999, trials_per_pattern=2).n_frames == 99999
+    with pytest.raises(CalflowInputError, match="disagree"):
+        sim.study_params(trials_per_pattern=3, n_blocks=4)
+    with pytest.raises(CalflowInputError, match="unknown simulation parameter.*'n_tragets'"):
+        sim.study_params(n_tragets=3)
+    with pytest.raises(CalflowInputError, match="trials_per_pattern"):
+        sim.study_params(trials_per_pattern=0)
+
+
+def test_nuisance_round_trips_through_the_session_files(tmp_path):
+    p = tiny(n_frames=40, expression_scale=1.3, fov_offset=(1.0, -0.5), fov_rotation_deg=0.7, bleach_tau_s=5.0,
+             stim_artifact=0.03, offtarget_radius_px=4.0)
+    paths = write_session(tmp_path / "s", p, seed=2, block_frames=16)
+    truth = load_ground_truth(paths["ground_truth"])
+    np.testing.assert_array_equal(render_frames(truth, block_frames=7), tifffile.imread(paths["movie"]))
+    fresh = simulate(p, 2)
+    with np.load(paths["ground_truth"]) as z:
+        np.testing.assert_array_equal(z["fov_offset"], [1.0, -0.5])
+        assert float(z["fov_rotation_deg"]) == 0.7 and float(z["expression_scale"]) == 1.3
+        for name in ("cell_scale", "bleach", "artifact", "stim_drive", "fov_centers"):
+            np.testing.assert_array_equal(z[name], getattr(fresh, name), err_msg=name)
+        assert z["cell_scale"].shape == z["artifact"].shape == (40,) and z["stim_drive"].shape == (5, 2)
+    assert SimParams.from_dict(json.loads(paths["params"].read_text())["params"]) == p
+    parser = argparse.ArgumentParser()
+    sim.add_arguments(parser)
+    args = parser.parse_args(["x", "--fov-offset", "1", "-0.5", "--bleach-tau-s", "900"])
+    got = sim.params_from_args(args)
+    assert got.fov_offset == (1.0, -0.5) and got.bleach_tau_s == 900.0
+
+
+@pytest.mark.parametrize(
+    ("override", "name"),
+    [
+        ({"expression_scale": 0.0}, "expression_scale"),
+        ({"fov_offset": (1.0,)}, "fov_offset"),
+        ({"fov_offset": (float("nan"), 0.0)}, "fov_offset"),
+        ({"fov_offset": (20.0, 0.0)}, "fov_offset"),
+        ({"fov_rotation_deg": 45.0}, "fov_rotation_deg"),
+        ({"bleach_tau_s": -1.0}, "bleach_tau_s"),
+        ({"stim_artifact": -0.1}, "stim_artifact"),
+        ({"offtarget_radius_px": -2.0}, "offtarget_radius_px"),
+        ({"offtarget_gain": -0.5}, "offtarget_gain"),
+    ],
+)
+def test_invalid_nuisance_params_name_the_parameter(override, name):
+    with pytest.raises(CalflowInputError, match=rf"{name}=.*Fix: "):
+        simulate(tiny(**override), 0)
