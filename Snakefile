@@ -45,6 +45,7 @@ rule all:
         expand("results/classifier/{group}/metrics.json", group=list(CLASSIFY_GROUPS)),
         expand("results/{session}/gradcam.zarr", session=CLASSIFY_SESSIONS),
         expand("results/{session}/gradcam_shuffled.zarr", session=CLASSIFY_SESSIONS) if CLS.get("shuffle_control", True) else [],
+        expand("results/{session}/stim_maps.zarr", session=CLASSIFY_SESSIONS),
         [f"results/compare/{a}_vs_{b}.json" for a, b in COMPARE_PAIRS],
 
 

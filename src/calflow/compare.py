@@ -1,44 +1,73 @@
-"""Condition comparison of Grad-CAM ZNCC matrices (e.g. before vs 3 days after a pain model).
+"""Condition comparison of pattern-map similarity, with the animal as the unit of replication.
 
-For conditions a and b, per model group g (an animal: the sessions that share one classifier and
-its targets) that has trials of both: the ZNCC matrix of each condition is computed from the
-mean maps of that condition's held-out trials per pattern (patterns present in both conditions
-of g). Per condition: the *summed* and the *mean* off-diagonal ZNCC (upper triangle), averaged
-over the groups. The contrast is ``D = mean_g [mean_offdiag(b) - mean_offdiag(a)]``.
+Inputs are map stores with one map per held-out stimulation trial: ``gradcam.zarr`` (the
+classifier's Grad-CAM, averaged over its seed ensemble), and the controls ``stim_maps.zarr``
+(model-free stimulus-triggered averages, calflow.stim_maps) and ``gradcam_shuffled.zarr``
+(Grad-CAM of a classifier trained on shuffled pattern labels). Every source goes through the
+same analysis:
 
-Statistics (unit of resampling: the trial, within its group, pattern and fold; see
-docs/classify.md for the argument):
+1. Per animal and condition: the mean map of every pattern over its trials (patterns both
+   conditions of the animal share), optionally minus the across-pattern mean map
+   (``subtract_mean``), and the pattern x pattern ZNCC matrix of those maps.
+2. The statistic of a matrix: the mean (or, ``summary: sum``, the sum) of its off-diagonal
+   entries over a set of pattern pairs: ``singles`` (two single-target patterns), ``pairs`` (two
+   paired patterns with no target in common), ``disjoint`` (any two patterns with no target in
+   common: the default headline) or ``all`` (every pair, the seed study's summed statistic).
+   Pairs of patterns that share a target are left out of every set but ``all``: their maps
+   share that target's own response, whatever the connectivity.
+3. The per-animal effect ``d = statistic(b) - statistic(a)``.
+4. The test: an exact sign-flip permutation over animals (under "the condition does not change
+   the statistic" each animal's d is symmetric about 0): all ``2**n`` sign patterns up to
+   :data:`MAX_EXACT_ANIMALS` animals, Monte Carlo beyond; two-sided
+   ``p = #{|mean(s * d)| >= |mean(d)|} / #patterns``. Its smallest possible value is ``2 / 2**n``;
+   when that is above ``alpha`` no p-value is given ("too few animals for a test").
+5. A hierarchical bootstrap CI of the mean effect: animals resampled with replacement, then
+   trials within each (condition, pattern) of every drawn animal; bias-corrected percentile
+   interval (resampling trials adds noise to the pattern means, which lowers ZNCC; the
+   bias-corrected interval removes that median bias instead of reporting an interval that misses
+   its own estimate).
+6. With an experimental ``group`` per animal (e.g. CFA vs vehicle), the group x condition
+   interaction (difference of the groups' mean effects), tested by permuting group labels over
+   animals (exact up to :data:`MAX_EXACT_ASSIGNMENTS` assignments).
+7. Diagnostics that are not the test: the seed-ensemble spread of the effect (from the members'
+   own maps), and the within-animal "session difference": a permutation of condition labels over
+   held-out trials of one animal, which asks "do these two recordings differ", not "does the
+   condition change connectivity" (two recordings always differ a little; docs/classify.md shows
+   its false-positive rate).
 
-* permutation p-value: condition labels of the trials are shuffled within every (group, pattern,
-  fold) stratum, the per-condition pattern means and matrices recomputed; two-sided
-  ``p = (1 + #{|D*| >= |D|}) / (1 + n_permutations)``. Under "W is the same in both conditions"
-  the trials of a stratum are exchangeable (one network, the same fold model), so the test is
-  exact for any statistic.
-* bootstrap confidence intervals: trials resampled with replacement within every
-  (group, condition, pattern) stratum; basic (reverse-percentile) intervals of each condition's
-  summed and mean off-diagonal ZNCC and of D (resampling biases ZNCC down; the basic interval
-  removes that additive bias, the plain percentile interval would not even contain the estimate).
-
-Classifier accuracy per condition (held-out frames, from every group's metrics.json) is added.
+Classifier accuracy per condition (held-out frames, with trial-clustered CIs from metrics.json)
+is reported beside the comparison and is not evidence about connectivity.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats as sps
 
 from calflow.errors import CalflowInputError
-from calflow.gradcam import maps_for_zncc, offdiag, zncc_figure, zncc_matrix
 from calflow.io import atomic_output, open_group
 from calflow.params import from_section
 
 log = logging.getLogger("calflow.compare")
+
+PRIMARY = "gradcam"
+SOURCE_LABELS = {
+    "gradcam": "Grad-CAM (classifier ensemble)",
+    "stim_maps": "stimulus-triggered average (model-free control)",
+    "gradcam_shuffled": "Grad-CAM of a shuffled-label classifier (baseline)",
+}
+SETS = ("disjoint", "singles", "pairs", "all")
+MAX_EXACT_ANIMALS = 16  # 2**16 sign patterns
+MAX_EXACT_ASSIGNMENTS = 20000
 
 
 @dataclass(frozen=True)
@@ -46,220 +75,554 @@ class CompareParams:
     """The ``compare`` config section (docs/classify.md)."""
 
     pairs: tuple = ()  # [[a, b], ...] condition pairs; empty = every pair of conditions in sheet order
-    n_permutations: int = 2000
+    statistic: str = "disjoint"  # headline set of pattern pairs: disjoint | singles | pairs | all
+    summary: str = "mean"  # mean | sum of the set's ZNCC entries
+    subtract_mean: bool = False  # subtract the across-pattern mean map before ZNCC
+    zncc_map: str = ""  # "" = the stores' own (gradcam.zncc_map) | signed | relu
+    alpha: float = 0.05
+    n_permutations: int = 20000  # Monte Carlo sign flips / group assignments beyond the exact limits
     n_bootstrap: int = 1000
+    diagnostic_permutations: int = 200  # within-animal trial-level permutations (the diagnostic)
     ci: float = 0.95
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        def bad(key: str, fix: str) -> CalflowInputError:
+            return CalflowInputError(f"compare.{key} = {getattr(self, key)!r}", file="config", fix=fix)
+
+        if self.statistic not in SETS:
+            raise bad("statistic", f"use one of {', '.join(SETS)}")
+        if self.summary not in ("mean", "sum"):
+            raise bad("summary", "use mean or sum")
+        if self.zncc_map not in ("", "signed", "relu"):
+            raise bad("zncc_map", "use '', signed or relu")
+        if not 0 < self.alpha < 1:
+            raise bad("alpha", "use a level in (0, 1), e.g. 0.05")
+        for pair in self.pairs:
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise CalflowInputError(f"compare.pairs entry {list(pair)}", file="config",
+                                        fix="give pairs of two different conditions, e.g. [[POD0, POD3]]")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | CompareParams | None) -> CompareParams:
         cfg = dict(config) if isinstance(config, Mapping) else config
         if isinstance(cfg, dict) and "pairs" in cfg:
             cfg["pairs"] = tuple(tuple(x) for x in cfg["pairs"] or ())
-        p = from_section(cls, "compare", cfg)
-        for pair in p.pairs:
-            if len(pair) != 2 or pair[0] == pair[1]:
-                raise CalflowInputError(f"compare.pairs entry {list(pair)}", file="config",
-                                        fix="give pairs of two different conditions, e.g. [[POD0, POD3]]")
-        return p
+        return from_section(cls, "compare", cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# ZNCC (the same definition as calflow.gradcam.zncc_matrix, kept here so that the comparison
+# does not load torch)
+# --------------------------------------------------------------------------------------------
+
+
+def zncc_matrix(maps: np.ndarray) -> np.ndarray:
+    """(P, P) ZNCC (Pearson r of the pixels) between every pair of (P, ...) maps; NaN for a flat map."""
+    m = np.asarray(maps, np.float64).reshape(len(maps), -1)
+    m = m - m.mean(axis=1, keepdims=True)
+    norm = np.sqrt((m * m).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (m @ m.T) / np.outer(norm, norm)
+    z[norm == 0] = np.nan
+    z[:, norm == 0] = np.nan
+    return z
+
+
+def pattern_targets(name: str) -> frozenset[str]:
+    """Target ids of a pattern name such as ``"3"`` or ``"3+5"``."""
+    return frozenset(name.split("+"))
+
+
+def pair_sets(names: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Index arrays (i, j), i < j, of the pattern pairs of every set in :data:`SETS`."""
+    tg = [pattern_targets(n) for n in names]
+    i, j = np.triu_indices(len(names), 1)
+    disjoint = np.array([not (tg[a] & tg[b]) for a, b in zip(i, j, strict=True)], bool)
+    single = np.array([len(t) == 1 for t in tg], bool)
+    multi = ~single
+    sel = {"all": np.ones(len(i), bool), "disjoint": disjoint, "singles": single[i] & single[j],
+           "pairs": multi[i] & multi[j] & disjoint}
+    return {k: (i[m], j[m]) for k, m in sel.items()}
+
+
+def summarise(z: np.ndarray, idx: tuple[np.ndarray, np.ndarray], summary: str) -> float:
+    """Mean or sum of the entries ``z[idx]`` (NaN when the set is empty or all NaN)."""
+    v = z[idx]
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return float("nan")
+    return float(v.sum() if summary == "sum" else v.mean())
+
+
+# --------------------------------------------------------------------------------------------
+# reading the map stores
+# --------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Stratum:
-    """The held-out trial maps of one (group, condition): maps (n, h, w), pattern names, folds."""
+    """The held-out trial maps of one (animal, condition) of one source.
+
+    ``maps`` (n, h, w); ``members`` (K, n, h, w) the ensemble members' own maps, or None;
+    ``patterns`` the pattern name of every trial; ``folds`` (n,); ``sessions`` the stores' sessions.
+    """
 
     maps: np.ndarray
-    patterns: list[str]  # per trial
+    patterns: list[str]
     folds: np.ndarray
     sessions: list[str]
-
-
-def load_strata(stores: Sequence[str | Path],
-                zncc_map: str | None = None) -> tuple[dict[tuple[str, str], Stratum], str, str]:
-    """Read gradcam.zarr stores into (group, condition) strata of trial maps; also the maps' ``zncc_map``
-    and Grad-CAM ``method`` (from the first store's attrs)."""
-    acc: dict[tuple[str, str], list] = {}
-    how = zncc_map
-    method = None
-    for st in stores:
-        g = open_group(st)
-        a = g.attrs
-        how = how or a.get("zncc_map", "relu")
-        method = method or str(a.get("method", "gradcam"))
-        names = list(a["patterns"])
-        tp = np.asarray(g["trial_pattern"][:])
-        key = (str(a["group"]), str(a["condition"]))
-        acc.setdefault(key, []).append((np.asarray(g["trial_maps"][:], np.float64), [names[k] for k in tp],
-                                        np.asarray(g["trial_fold"][:]), str(a["session"])))
-    strata = {}
-    for key, items in acc.items():
-        strata[key] = Stratum(np.concatenate([i[0] for i in items]), [n for i in items for n in i[1]],
-                              np.concatenate([i[2] for i in items]), [i[3] for i in items])
-    return strata, how or "relu", method or "gradcam"
-
-
-def _matrix(maps: np.ndarray, pat_idx: np.ndarray, n_pat: int, how: str) -> np.ndarray:
-    sums = np.zeros((n_pat, maps.shape[1] * maps.shape[2]))
-    np.add.at(sums, pat_idx, maps.reshape(len(maps), -1))
-    counts = np.bincount(pat_idx, minlength=n_pat)[:, None]
-    return zncc_matrix(maps_for_zncc(sums / np.maximum(counts, 1), how))
-
-
-def _stats(z: np.ndarray) -> tuple[float, float]:
-    off = offdiag(z)
-    return float(np.nansum(off)), float(np.nanmean(off)) if np.isfinite(off).any() else float("nan")
+    members: np.ndarray | None = None
 
 
 @dataclass
-class _Paired:
-    group: str
+class Source:
+    """One kind of map store read into strata keyed by (animal, condition)."""
+
+    name: str
+    strata: dict[tuple[str, str], Stratum]
+    zncc_map: str
+    method: str
+    n_members: int
+
+
+def load_source(name: str, stores: Sequence[str | Path]) -> Source:
+    """Read map stores (gradcam.zarr layout: attrs session, condition, group, patterns, zncc_map,
+    method, [members]; arrays trial_maps, trial_pattern, trial_fold, [member_trial_maps]) into
+    (animal = ``group`` attr, condition) strata. Stores of one animal and condition are pooled."""
+    acc: dict[tuple[str, str], list] = {}
+    how, method, members = None, None, set()
+    for st in stores:
+        try:
+            g = open_group(st)
+            a = dict(g.attrs)
+            names = list(a["patterns"])
+            tp = np.asarray(g["trial_pattern"][:], np.int64)
+            maps = np.asarray(g["trial_maps"][:], np.float64)
+            folds = np.asarray(g["trial_fold"][:], np.int64) if "trial_fold" in g else np.zeros(len(tp), np.int64)
+            mem = np.asarray(g["member_trial_maps"][:], np.float64) if "member_trial_maps" in g else None
+            key = (str(a["group"]), str(a["condition"]))
+        except (KeyError, FileNotFoundError) as err:
+            raise CalflowInputError(f"not a map store with trial maps ({err})", file=st,
+                                    fix="delete it and re-run the stage that writes it") from err
+        if len(tp) != len(maps) or (len(tp) and (tp.min() < 0 or tp.max() >= len(names))):
+            raise CalflowInputError("trial_pattern does not match trial_maps / patterns", file=st,
+                                    fix="delete it and re-run the stage that writes it")
+        how = how or str(a.get("zncc_map", "signed"))
+        method = method or str(a.get("method", name))
+        members.add(1 if mem is None else len(mem))
+        acc.setdefault(key, []).append((maps, [names[k] for k in tp], folds, str(a.get("session", st)), mem))
+    strata = {}
+    for key, items in acc.items():
+        mems = [i[4] for i in items]
+        member_maps = (np.concatenate(mems, axis=1) if all(m is not None for m in mems)
+                       and len({len(m) for m in mems}) == 1 else None)
+        strata[key] = Stratum(np.concatenate([i[0] for i in items]), [n for i in items for n in i[1]],
+                              np.concatenate([i[2] for i in items]), [i[3] for i in items], member_maps)
+    return Source(name, strata, how or "signed", method or name, max(members) if members else 1)
+
+
+# --------------------------------------------------------------------------------------------
+# one animal: matrices and effects
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AnimalPair:
+    """One animal's trials of conditions a and b on the patterns both share."""
+
+    animal: str
     patterns: list[str]
     maps: np.ndarray  # (n_a + n_b, h, w)
+    members: np.ndarray | None  # (K, n_a + n_b, h, w)
     pat: np.ndarray  # (n,) pattern index
     cond: np.ndarray  # (n,) 0 = a, 1 = b
-    strata: list[np.ndarray]  # trial indices of every (pattern, fold) stratum
+    folds: np.ndarray  # (n,)
+    sets: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # trial indices of every (condition, pattern) cell, for resampling
+    cells: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def trials_per_pattern(self) -> list[int]:
+        return [len(c) for c in self.cells]
 
 
-def _paired(sa: Stratum, sb: Stratum, group: str) -> _Paired | None:
+def pair_animal(animal: str, sa: Stratum, sb: Stratum) -> AnimalPair | None:
+    """The trials of both conditions on their common patterns (None with fewer than 2 in common)."""
     common = sorted(set(sa.patterns) & set(sb.patterns), key=lambda n: (n.count("+"), n))
     if len(common) < 2:
         return None
+    if sa.maps.shape[1:] != sb.maps.shape[1:]:
+        raise CalflowInputError(f"animal {animal}: the conditions' maps have different shapes "
+                                f"{sa.maps.shape[1:]} and {sb.maps.shape[1:]}", file=sa.sessions[0],
+                                fix="image an animal's sessions with one field of view and the same settings")
     idx = {n: i for i, n in enumerate(common)}
-    keep_a = [i for i, n in enumerate(sa.patterns) if n in idx]
-    keep_b = [i for i, n in enumerate(sb.patterns) if n in idx]
-    maps = np.concatenate([sa.maps[keep_a], sb.maps[keep_b]])
-    pat = np.array([idx[sa.patterns[i]] for i in keep_a] + [idx[sb.patterns[i]] for i in keep_b], np.int64)
-    cond = np.r_[np.zeros(len(keep_a), np.int64), np.ones(len(keep_b), np.int64)]
-    folds = np.r_[sa.folds[keep_a], sb.folds[keep_b]]
-    keys = pat * (int(folds.max()) + 1) + folds
-    strata = [np.flatnonzero(keys == k) for k in np.unique(keys)]
-    return _Paired(group, common, maps, pat, cond, strata)
+    ka = [i for i, n in enumerate(sa.patterns) if n in idx]
+    kb = [i for i, n in enumerate(sb.patterns) if n in idx]
+    maps = np.concatenate([sa.maps[ka], sb.maps[kb]])
+    members = None
+    if sa.members is not None and sb.members is not None and len(sa.members) == len(sb.members):
+        members = np.concatenate([sa.members[:, ka], sb.members[:, kb]], axis=1)
+    pat = np.array([idx[sa.patterns[i]] for i in ka] + [idx[sb.patterns[i]] for i in kb], np.int64)
+    cond = np.r_[np.zeros(len(ka), np.int64), np.ones(len(kb), np.int64)]
+    folds = np.r_[sa.folds[ka], sb.folds[kb]]
+    ap = AnimalPair(animal, common, maps, members, pat, cond, folds, pair_sets(common))
+    ap.cells = [np.flatnonzero((cond == c) & (pat == k)) for c in (0, 1) for k in range(len(common))]
+    return ap
 
 
-def _group_stats(pg: _Paired, cond: np.ndarray, how: str, sel: np.ndarray | None = None) -> np.ndarray:
-    """(2 conditions, 2 stats [sum, mean]) for one group under a condition labelling."""
-    n = len(pg.patterns)
+def pattern_maps(maps: np.ndarray, pat: np.ndarray, n_pat: int) -> np.ndarray:
+    """(P, h, w) mean map of each pattern's trials (zeros for a pattern without trials)."""
+    onehot = np.zeros((n_pat, len(pat)))
+    onehot[pat, np.arange(len(pat))] = 1.0
+    onehot /= np.maximum(onehot.sum(axis=1, keepdims=True), 1.0)
+    return (onehot @ maps.reshape(len(maps), -1)).reshape(n_pat, *maps.shape[1:])
+
+
+def condition_matrix(maps: np.ndarray, pat: np.ndarray, n_pat: int, how: str, subtract_mean: bool) -> np.ndarray:
+    """The ZNCC matrix of one condition's pattern mean maps (``how``: signed | relu)."""
+    pm = pattern_maps(maps, pat, n_pat)
+    if subtract_mean:
+        pm = pm - pm.mean(axis=0, keepdims=True)
+    if how == "relu":
+        pm = np.maximum(pm, 0)
+    return zncc_matrix(pm)
+
+
+def animal_stats(ap: AnimalPair, p: CompareParams, how: str, sel: np.ndarray | None = None,
+                 cond: np.ndarray | None = None, maps: np.ndarray | None = None) -> np.ndarray:
+    """(2 conditions, len(SETS)) statistics of one animal; ``sel`` a trial subset (with repeats),
+    ``cond`` another condition labelling, ``maps`` other trial maps (an ensemble member's)."""
+    cond = ap.cond if cond is None else cond
+    maps = ap.maps if maps is None else maps
     idx = np.arange(len(cond)) if sel is None else sel
-    out = np.empty((2, 2))
+    out = np.empty((2, len(SETS)))
     for c in (0, 1):
         ii = idx[cond[idx] == c]
-        out[c] = _stats(_matrix(pg.maps[ii], pg.pat[ii], n, how))
+        z = condition_matrix(maps[ii], ap.pat[ii], len(ap.patterns), how, p.subtract_mean)
+        out[c] = [summarise(z, ap.sets[s], p.summary) for s in SETS]
     return out
 
 
-# Held-out trials per pattern and condition below which a comparison is flagged. Measured
-# (docs/classify.md): with ~70 per pattern (10-min sessions) W x 1.8 was detected in 5 of 5 animals
-# and 19 of 20 null pairs passed; with 1-2 (the demo) the maps' mutual ZNCC and even the sign of
-# the difference change with the classifier's training seed (mean ZNCC 0.002-0.275, D -0.13 to +0.04).
-FEW_TRIALS_PER_PATTERN = 10
+# --------------------------------------------------------------------------------------------
+# tests and intervals over animals
+# --------------------------------------------------------------------------------------------
 
 
-def few_trials_warning(trials_per_pattern: float, a: str, b: str, method: str = "gradcam") -> list[str]:
-    """One message when the median held-out trials per (animal, pattern, condition) is below
-    :data:`FEW_TRIALS_PER_PATTERN`, else none; ``method``: the stores' ``gradcam.method``."""
-    if trials_per_pattern >= FEW_TRIALS_PER_PATTERN:
-        return []
-    if method == "gradcam":
-        why = ("Grad-CAM maps from so few trials depend on the classifier's training seed more than on the condition "
-               "(on the demo the sign of the difference changes with classify.seed)")
-        fix = ("record more trials per pattern (the validation used ~70), or use gradcam.method: hirescam, whose "
-               "maps held across training seeds on the demo")
-    else:
-        why = "the comparison was validated with ~70 trials per pattern"
-        fix = "record more trials per pattern"
-    return [f"{a} vs {b}: a median of {trials_per_pattern:g} held-out trial(s) per pattern and condition, under "
-            f"{FEW_TRIALS_PER_PATTERN}: {why}; treat the p-value as exploratory. Fix: {fix}"]
+def sign_flip_test(d: Sequence[float], *, n_permutations: int = 20000, seed: int = 0) -> dict:
+    """Two-sided sign-flip permutation test of mean(d) = 0 over units (animals).
+
+    Exact (all ``2**n`` sign patterns) up to :data:`MAX_EXACT_ANIMALS` units, else
+    ``n_permutations`` random sign patterns plus the observed one. Returns p, whether it is exact,
+    the number of patterns and the smallest p the test can give (``2 / 2**n`` exact).
+    """
+    d = np.asarray([x for x in d if np.isfinite(x)], np.float64)
+    n = len(d)
+    if n == 0:
+        return {"p": None, "exact": True, "n_sign_patterns": 0, "smallest_possible_p": 1.0, "n": 0}
+    obs = abs(d.mean())
+    tol = 1e-12 * max(1.0, float(np.abs(d).max()))
+    if n <= MAX_EXACT_ANIMALS:
+        bits = (np.arange(2**n)[:, None] >> np.arange(n)[None]) & 1
+        means = np.abs(((1 - 2 * bits) * d).mean(axis=1))
+        p = float(np.mean(means >= obs - tol))
+        return {"p": p, "exact": True, "n_sign_patterns": int(2**n), "smallest_possible_p": 2.0 / 2**n, "n": n}
+    rng = np.random.default_rng([seed, 11])
+    means = np.abs((rng.choice([-1.0, 1.0], size=(n_permutations, n)) * d).mean(axis=1))
+    p = float((1 + np.sum(means >= obs - tol)) / (1 + n_permutations))
+    return {"p": p, "exact": False, "n_sign_patterns": int(n_permutations), "n": n,
+            "smallest_possible_p": 1.0 / (1 + n_permutations)}
 
 
-def compare_conditions(stores: Sequence[str | Path], a: str, b: str, params: Mapping[str, Any] | CompareParams,
-                       metrics_files: Sequence[str | Path] = ()) -> dict:
-    """The statistics of conditions ``a`` vs ``b`` from the sessions' gradcam.zarr stores (dict)."""
-    p = CompareParams.from_config(params)
-    strata, how, method = load_strata(stores)
-    groups = sorted({g for g, _ in strata})
-    paired = []
-    for g in groups:
-        if (g, a) in strata and (g, b) in strata:
-            pg = _paired(strata[(g, a)], strata[(g, b)], g)
-            if pg is not None:
-                paired.append(pg)
-    if not paired:
-        raise CalflowInputError(f"no model group has held-out trials of both {a} and {b} with >= 2 common patterns",
-                                file="config", fix="compare conditions recorded in the same animals (sessions "
-                                                   "'<animal>_<condition>' sharing a targets table)")
-    obs = np.stack([_group_stats(pg, pg.cond, how) for pg in paired])  # (G, 2 cond, 2 stat)
-    d_obs = float(np.mean(obs[:, 1, 1] - obs[:, 0, 1]))
-    rng = np.random.default_rng([p.seed, 1])
-    null = np.empty(p.n_permutations)
-    for r in range(p.n_permutations):
-        diffs = []
-        for pg in paired:
-            cond = pg.cond.copy()
-            for s in pg.strata:
-                cond[s] = cond[s][rng.permutation(len(s))]
-            st = _group_stats(pg, cond, how)
-            diffs.append(st[1, 1] - st[0, 1])
-        null[r] = np.mean(diffs)
-    p_perm = float((1 + np.sum(np.abs(null) >= abs(d_obs) - 1e-12)) / (1 + p.n_permutations))
-    rng = np.random.default_rng([p.seed, 2])
-    boot = np.empty((p.n_bootstrap, 2, 2))
+def group_permutation_test(d: Sequence[float], labels: Sequence[int], *, n_permutations: int = 20000,
+                           seed: int = 0) -> dict:
+    """Two-sided permutation test of mean(d | label 1) - mean(d | label 0) = 0 over units, by
+    re-assigning the labels (exact up to :data:`MAX_EXACT_ASSIGNMENTS` assignments)."""
+    d = np.asarray(d, np.float64)
+    lab = np.asarray(labels, np.int64)
+    n, n1 = len(d), int(lab.sum())
+    if n1 == 0 or n1 == n:
+        return {"p": None, "exact": True, "n_assignments": 0, "smallest_possible_p": 1.0}
+
+    def stat(mask: np.ndarray) -> np.ndarray:  # (R, n) bool label-1 masks
+        return (mask * d).sum(axis=1) / n1 - (~mask * d).sum(axis=1) / (n - n1)
+
+    obs = abs(float(stat(lab[None] == 1)[0]))
+    tol = 1e-12 * max(1.0, float(np.abs(d).max()))
+    total = math.comb(n, n1)
+    if total <= MAX_EXACT_ASSIGNMENTS:
+        masks = np.zeros((total, n), bool)
+        for r, comb in enumerate(itertools.combinations(range(n), n1)):
+            masks[r, list(comb)] = True
+        vals = np.abs(stat(masks))
+        p = float(np.mean(vals >= obs - tol))
+        smallest = (2.0 if 2 * n1 == n else 1.0) / total
+        return {"p": p, "exact": True, "n_assignments": total, "smallest_possible_p": smallest}
+    rng = np.random.default_rng([seed, 12])
+    masks = np.stack([rng.permutation(lab) == 1 for _ in range(n_permutations)])
+    p = float((1 + np.sum(np.abs(stat(masks)) >= obs - tol)) / (1 + n_permutations))
+    return {"p": p, "exact": False, "n_assignments": n_permutations, "smallest_possible_p": 1 / (1 + n_permutations)}
+
+
+def bc_interval(boot: np.ndarray, est: float, level: float) -> list[float | None]:
+    """Bias-corrected percentile interval (Efron) of ``est`` from bootstrap replicates ``boot``."""
+    b = np.asarray(boot, np.float64)
+    b = b[np.isfinite(b)]
+    if not b.size or not np.isfinite(est):
+        return [None, None]
+    frac = (np.sum(b < est) + 0.5 * np.sum(b == est)) / b.size
+    z0 = sps.norm.ppf(np.clip(frac, 1.0 / (2 * b.size), 1 - 1.0 / (2 * b.size)))
+    za = sps.norm.ppf([(1 - level) / 2, (1 + level) / 2])
+    q = sps.norm.cdf(2 * z0 + za)
+    lo, hi = np.quantile(b, q)
+    return [float(lo), float(hi)]
+
+
+# --------------------------------------------------------------------------------------------
+# one source, all animals
+# --------------------------------------------------------------------------------------------
+
+
+def _inner_bootstrap(ap: AnimalPair, p: CompareParams, how: str, rng: np.random.Generator) -> np.ndarray:
+    """(n_bootstrap, 2, len(SETS)) statistics of one animal with its trials resampled within
+    every (condition, pattern) cell."""
+    out = np.empty((p.n_bootstrap, 2, len(SETS)))
     for r in range(p.n_bootstrap):
-        per_group = []
-        for pg in paired:
-            sel = []
-            for c in (0, 1):
-                for k in range(len(pg.patterns)):
-                    ii = np.flatnonzero((pg.cond == c) & (pg.pat == k))
-                    sel.append(ii[rng.integers(0, len(ii), len(ii))])
-            per_group.append(_group_stats(pg, pg.cond, how, np.concatenate(sel)))
-        boot[r] = np.mean(per_group, axis=0)
-    lo, hi = (1 - p.ci) / 2 * 100, (1 + p.ci) / 2 * 100
+        sel = np.concatenate([c[rng.integers(0, len(c), len(c))] for c in ap.cells])
+        out[r] = animal_stats(ap, p, how, sel=sel)
+    return out
 
-    def ci(x: np.ndarray, est: float) -> list[float]:
-        # basic (reverse-percentile) interval: resampling trials adds noise to the pattern means and
-        # biases ZNCC down; reflecting the quantiles around the estimate removes that additive bias
-        return [float(2 * est - np.nanpercentile(x, hi)), float(2 * est - np.nanpercentile(x, lo))]
 
+def hierarchical_bootstrap(paired: Sequence[AnimalPair], p: CompareParams, how: str) -> np.ndarray:
+    """(n_bootstrap, 2, len(SETS)) mean statistics over animals drawn with replacement, each with
+    one of its own trial-resampled replicates (animals, then trials within (condition, pattern))."""
+    n = len(paired)
+    if p.n_bootstrap == 0:
+        return np.full((0, 2, len(SETS)), np.nan)
+    rng = np.random.default_rng([p.seed, 2])
+    inner = np.stack([_inner_bootstrap(ap, p, how, rng) for ap in paired])  # (n, B, 2, S)
+    pick_animals = rng.integers(0, n, (p.n_bootstrap, n))
+    pick_rep = rng.integers(0, p.n_bootstrap, (p.n_bootstrap, n))
+    with np.errstate(invalid="ignore"):
+        return np.nanmean(inner[pick_animals, pick_rep], axis=1)
+
+
+def _session_difference(ap: AnimalPair, p: CompareParams, how: str, k: int, obs: float,
+                        rng: np.random.Generator) -> float:
+    """Diagnostic p-value: condition labels permuted over the animal's trials within every
+    (pattern, fold) stratum (tests "do these two recordings differ")."""
+    keys = ap.pat * (int(ap.folds.max(initial=0)) + 1) + ap.folds
+    strata = [np.flatnonzero(keys == v) for v in np.unique(keys)]
+    hits = 0
+    for _ in range(p.diagnostic_permutations):
+        cond = ap.cond.copy()
+        for s in strata:
+            cond[s] = cond[s][rng.permutation(len(s))]
+        st = animal_stats(ap, p, how, cond=cond)
+        hits += abs(st[1, k] - st[0, k]) >= abs(obs) - 1e-12
+    return float((1 + hits) / (1 + p.diagnostic_permutations))
+
+
+def analyse_source(src: Source, a: str, b: str, p: CompareParams,
+                   animal_groups: Mapping[str, str] | None = None) -> dict | None:
+    """The animal-level comparison of conditions ``a`` vs ``b`` for one map source (None when no
+    animal has both conditions with >= 2 common patterns)."""
+    how = p.zncc_map or src.zncc_map
+    animals = sorted({an for an, _ in src.strata})
+    paired = [ap for an in animals if (an, a) in src.strata and (an, b) in src.strata
+              for ap in [pair_animal(an, src.strata[(an, a)], src.strata[(an, b)])] if ap is not None]
+    if not paired:
+        return None
+    k = SETS.index(p.statistic)
+    obs = np.stack([animal_stats(ap, p, how) for ap in paired])  # (n, 2, S)
+    d = obs[:, 1, :] - obs[:, 0, :]  # (n, S)
+    n = len(paired)
+    test = sign_flip_test(d[:, k], n_permutations=p.n_permutations, seed=p.seed)
+    testable = test["n"] > 0 and test["smallest_possible_p"] <= p.alpha
+    boot_mean = hierarchical_bootstrap(paired, p, how)  # (B, 2, S)
+    effect = {s: float(np.nanmean(d[:, i])) for i, s in enumerate(SETS)}
+    effect_ci = {s: bc_interval(boot_mean[:, 1, i] - boot_mean[:, 0, i], effect[s], p.ci) for i, s in enumerate(SETS)}
     per_cond = {}
     for c, name in enumerate((a, b)):
         per_cond[name] = {
-            "zncc_sum_offdiag": float(obs[:, c, 0].mean()), "zncc_sum_offdiag_ci": ci(boot[:, c, 0], obs[:, c, 0].mean()),
-            "zncc_mean_offdiag": float(obs[:, c, 1].mean()),
-            "zncc_mean_offdiag_ci": ci(boot[:, c, 1], obs[:, c, 1].mean()),
-            "n_trials": int(sum(int((pg.cond == c).sum()) for pg in paired)),
+            "statistic": float(np.nanmean(obs[:, c, k])),
+            "statistic_ci": bc_interval(boot_mean[:, c, k], float(np.nanmean(obs[:, c, k])), p.ci),
+            "by_set": {s: float(np.nanmean(obs[:, c, i])) for i, s in enumerate(SETS)},
+            "n_trials": int(sum(int((ap.cond == c).sum()) for ap in paired)),
         }
-    per_pattern = [int(np.sum((pg.cond == c) & (pg.pat == k))) for pg in paired for c in (0, 1)
-                   for k in range(len(pg.patterns))]
-    trials_per_pattern = float(np.median(per_pattern))
-    warnings = few_trials_warning(trials_per_pattern, a, b, method)
+    rng_diag = np.random.default_rng([p.seed, 3])
+    per_animal = []
+    for ap, o in zip(paired, obs, strict=True):
+        row = {"animal": ap.animal, "group": (animal_groups or {}).get(ap.animal), "patterns": ap.patterns,
+               "n_patterns": len(ap.patterns), "n_pairs_in_statistic": int(len(ap.sets[p.statistic][0])),
+               a: float(o[0, k]), b: float(o[1, k]), "effect": float(o[1, k] - o[0, k]),
+               "effect_by_set": {s: float(o[1, i] - o[0, i]) for i, s in enumerate(SETS)},
+               "trials_per_pattern_median": float(np.median(ap.trials_per_pattern))}
+        if p.diagnostic_permutations:
+            row["session_difference_p"] = _session_difference(ap, p, how, k, o[1, k] - o[0, k], rng_diag)
+        per_animal.append(row)
+    out = {
+        "source": src.name, "label": SOURCE_LABELS.get(src.name, src.name), "method": src.method, "zncc_map": how,
+        "statistic": p.statistic, "summary": p.summary, "subtract_mean": p.subtract_mean,
+        "n_animals": n, "effect": effect[p.statistic], "effect_ci": effect_ci[p.statistic],
+        "effect_by_set": effect, "effect_ci_by_set": effect_ci, "conditions": per_cond,
+        "test": {**test, "p": test["p"] if testable else None, "p_unreported": test["p"],
+                 "testable": bool(testable), "name": "exact sign-flip permutation over animals" if test["exact"]
+                 else "Monte Carlo sign-flip permutation over animals"},
+        "animals": per_animal,
+        "trials_per_pattern_median": float(np.median([x for ap in paired for x in ap.trials_per_pattern])),
+        "_matrices": {ap.animal: {c: condition_matrix(ap.maps[ap.cond == i], ap.pat[ap.cond == i], len(ap.patterns),
+                                                      how, p.subtract_mean) for i, c in enumerate((a, b))}
+                      for ap in paired},
+    }
+    if not testable:
+        out["test"]["message"] = (f"too few animals for a test (n = {n}; smallest possible p = "
+                                  f"2/2^{n} = {test['smallest_possible_p']:.3g} > alpha = {p.alpha:g})")
+    out["ensemble"] = _ensemble_spread(paired, p, how, k)
+    if animal_groups:
+        out["groups"] = _group_analysis(paired, d[:, k], animal_groups, p)
+    return out
+
+
+def _ensemble_spread(paired: Sequence[AnimalPair], p: CompareParams, how: str, k: int) -> dict | None:
+    """The effect recomputed from every ensemble member's own maps: per member the mean effect
+    over animals, their SD, and the SD expected of the K-member average (SD / sqrt(K))."""
+    if any(ap.members is None for ap in paired):
+        return None
+    K = min(len(ap.members) for ap in paired)  # type: ignore[arg-type]
+    if K < 2:
+        return {"members": K}
+    per = np.empty((K, len(paired)))
+    for m in range(K):
+        for i, ap in enumerate(paired):
+            st = animal_stats(ap, p, how, maps=ap.members[m])  # type: ignore[index]
+            per[m, i] = st[1, k] - st[0, k]
+    mean_effects = np.nanmean(per, axis=1)
+    sd = float(np.std(mean_effects, ddof=1))
+    return {"members": K, "member_effects": [float(x) for x in mean_effects], "member_sd": sd,
+            "ensemble_sd": sd / math.sqrt(K),
+            "per_animal_member_sd": [float(x) for x in np.std(per, axis=0, ddof=1)],
+            "members_agreeing_in_sign": int(np.sum(np.sign(mean_effects) == np.sign(np.nanmean(per))))}
+
+
+def _group_analysis(paired: Sequence[AnimalPair], d: np.ndarray, animal_groups: Mapping[str, str],
+                    p: CompareParams) -> dict:
+    """Per experimental group: the mean effect and its sign-flip test; with two or more groups,
+    the group x condition interaction of every pair of groups (label permutation over animals)."""
+    names = [animal_groups.get(ap.animal) for ap in paired]
+    groups = [g for g in dict.fromkeys(names) if g]
+    out: dict[str, Any] = {"per_group": {}, "interactions": []}
+    for g in groups:
+        dg = d[[n == g for n in names]]
+        t = sign_flip_test(dg, n_permutations=p.n_permutations, seed=p.seed)
+        ok = t["n"] > 0 and t["smallest_possible_p"] <= p.alpha
+        out["per_group"][g] = {"n_animals": int(len(dg)), "effect": float(np.nanmean(dg)),
+                               "p": t["p"] if ok else None, "smallest_possible_p": t["smallest_possible_p"]}
+    for g0, g1 in itertools.combinations(groups, 2):
+        sel = np.array([n in (g0, g1) for n in names])
+        lab = np.array([n == g1 for n in names])[sel].astype(np.int64)
+        t = group_permutation_test(d[sel], lab, n_permutations=p.n_permutations, seed=p.seed)
+        ok = t["p"] is not None and t["smallest_possible_p"] <= p.alpha
+        diff = float(np.nanmean(d[sel][lab == 1]) - np.nanmean(d[sel][lab == 0]))
+        out["interactions"].append({
+            "groups": [g0, g1], "interaction": diff, "p": t["p"] if ok else None, "exact": t["exact"],
+            "smallest_possible_p": t["smallest_possible_p"],
+            "definition": f"mean effect of {g1} minus mean effect of {g0} (difference of per-animal differences)",
+            **({} if ok else {"message": "too few animals for a test of the interaction"})})
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the comparison
+# --------------------------------------------------------------------------------------------
+
+# Held-out trials per pattern and condition below which a comparison is flagged: with 1-2 (the old
+# demo) the maps' mutual ZNCC and the sign of the difference changed with the classifier's seed.
+FEW_TRIALS_PER_PATTERN = 10
+
+
+def few_trials_warning(trials_per_pattern: float, a: str, b: str) -> list[str]:
+    """One message when the median held-out trials per (animal, pattern, condition) is below
+    :data:`FEW_TRIALS_PER_PATTERN`, else none."""
+    if trials_per_pattern >= FEW_TRIALS_PER_PATTERN:
+        return []
+    return [f"{a} vs {b}: a median of {trials_per_pattern:g} held-out trial(s) per pattern and condition, under "
+            f"{FEW_TRIALS_PER_PATTERN}: the pattern maps are noisy and the per-animal effects uncertain. "
+            "Fix: record more trials per pattern"]
+
+
+def compare_conditions(sources: Mapping[str, Sequence[str | Path]], a: str, b: str,
+                       params: Mapping[str, Any] | CompareParams, metrics_files: Sequence[str | Path] = (),
+                       animal_groups: Mapping[str, str] | None = None) -> dict:
+    """Conditions ``a`` vs ``b`` from map stores per source (``{"gradcam": [...], "stim_maps":
+    [...], "gradcam_shuffled": [...]}``; the primary source is gradcam when given, else the first).
+
+    ``animal_groups``: animal -> experimental group (the sheet's ``group`` column) for the
+    interaction. Returns the result dict (its ``_matrices`` are for the figure, not the JSON).
+    """
+    p = CompareParams.from_config(params)
+    if not sources or not any(sources.values()):
+        raise CalflowInputError("no map stores to compare", file="config",
+                                fix="give sessions with a stim log and a targets table in both conditions")
+    results: dict[str, dict] = {}
+    for name, stores in sources.items():
+        if not stores:
+            continue
+        r = analyse_source(load_source(name, stores), a, b, p, animal_groups)
+        if r is not None:
+            results[name] = r
+    primary = PRIMARY if PRIMARY in results else next(iter(results), None)
+    if primary is None:
+        raise CalflowInputError(f"no animal has held-out trials of both {a} and {b} with >= 2 common patterns",
+                                file="config", fix="compare conditions recorded in the same animals (the sheet's "
+                                                   "'animal' column) with the same targets table")
+    head = results[primary]
+    warnings = few_trials_warning(head["trials_per_pattern_median"], a, b)
+    if not head["test"]["testable"]:
+        warnings.append(f"{a} vs {b}: {head['test']['message']}; the effect and its CI are reported, no p-value")
+    controls = {}
+    for name, r in results.items():
+        if name == primary:
+            continue
+        agree = bool(np.sign(r["effect"]) == np.sign(head["effect"]))
+        controls[name] = {"effect": r["effect"], "effect_ci": r["effect_ci"], "p": r["test"]["p"],
+                          "same_sign_as_primary": agree}
+        if name == "stim_maps" and not agree:
+            warnings.append(f"{a} vs {b}: the model-free stimulus-triggered maps give an effect of the opposite sign "
+                            f"({r['effect']:+.3f}) to {SOURCE_LABELS.get(primary, primary)} ({head['effect']:+.3f}): "
+                            "the network's maps do not follow the raw responses")
+        if name == "gradcam_shuffled" and abs(r["effect"]) >= 0.5 * abs(head["effect"]) > 0:
+            warnings.append(f"{a} vs {b}: a classifier trained on shuffled pattern labels shows an effect "
+                            f"({r['effect']:+.3f}) at least half the size of the real one ({head['effect']:+.3f}): "
+                            "the difference does not need the pattern identities the classifier learned")
+    ens = head.get("ensemble") or {}
+    if ens.get("member_sd") is not None and abs(head["effect"]) > 0 and ens["ensemble_sd"] > 0.5 * abs(head["effect"]):
+        warnings.append(f"{a} vs {b}: the classifier ensemble's seed-to-seed spread (SD {ens['ensemble_sd']:.3f} of "
+                        f"the {ens['members']}-member mean) is over half the effect ({head['effect']:+.3f})")
     for w in warnings:
         log.warning(w)
     acc = accuracy_by_condition(metrics_files)
-    for name in (a, b):
-        per_cond[name]["classifier_test_accuracy"] = acc.get(name)
     return {
-        "a": a, "b": b, "conditions": per_cond,
-        "groups": [{"group": pg.group, "patterns": pg.patterns, "n_patterns": len(pg.patterns),
-                    "zncc_sum_offdiag": {a: float(o[0, 0]), b: float(o[1, 0])},
-                    "zncc_mean_offdiag": {a: float(o[0, 1]), b: float(o[1, 1])}} for pg, o in zip(paired, obs, strict=True)],
-        "difference_mean_offdiag": d_obs, "difference_mean_offdiag_ci": ci(boot[:, 1, 1] - boot[:, 0, 1], d_obs),
-        "difference_sum_offdiag": float(np.mean(obs[:, 1, 0] - obs[:, 0, 0])),
-        "difference_sum_offdiag_ci": ci(boot[:, 1, 0] - boot[:, 0, 0], float(np.mean(obs[:, 1, 0] - obs[:, 0, 0]))),
-        "p_permutation": p_perm, "n_permutations": p.n_permutations, "n_bootstrap": p.n_bootstrap, "ci": p.ci,
-        "zncc_map": how, "trials_per_pattern_median": trials_per_pattern,
-        "warnings": warnings,
-        "resampling_unit": "held-out trial, within (group, pattern, fold) for the permutation and within "
-                           "(group, condition, pattern) for the bootstrap",
-        "null_differences": [float(x) for x in np.quantile(null, [0.025, 0.5, 0.975])],
-        "_matrices": {pg.group: {c: _matrix(pg.maps[pg.cond == i], pg.pat[pg.cond == i], len(pg.patterns), how)
-                                 for i, c in enumerate((a, b))} for pg in paired},
+        "a": a, "b": b, "unit": "animal", "primary": primary, "n_animals": head["n_animals"],
+        "statistic": p.statistic, "summary": p.summary,
+        "effect": head["effect"], "effect_ci": head["effect_ci"], "p": head["test"]["p"],
+        "test": {k: v for k, v in head["test"].items() if k != "p_unreported"},
+        "sources": results, "controls": controls, "warnings": warnings,
+        "classifier_accuracy": {c: acc.get(c) for c in (a, b)},
+        "classifier_accuracy_note": "held-out frame accuracy of the stimulation classifier; it says how well the "
+                                    "network tells the targets apart, not how connected they are",
+        "ci": p.ci, "alpha": p.alpha, "n_bootstrap": p.n_bootstrap,
+        "resampling": "hierarchical bootstrap: animals with replacement, then trials within each (condition, "
+                      "pattern); bias-corrected percentile intervals",
     }
 
 
-def accuracy_by_condition(metrics_files: Sequence[str | Path]) -> dict[str, float]:
-    """Held-out accuracy per condition pooled over every group's metrics.json (frame-weighted)."""
+def accuracy_by_condition(metrics_files: Sequence[str | Path]) -> dict[str, dict]:
+    """Held-out accuracy per condition pooled over every model's metrics.json (frame-weighted), with
+    the trial-clustered CI where the metrics give it (``conditions[c].test_accuracy_ci``)."""
     num: dict[str, float] = {}
     den: dict[str, int] = {}
+    cis: dict[str, list] = {}
     for f in metrics_files:
         m = json.loads(Path(f).read_text())
         for s in m["sessions"].values():
@@ -269,14 +632,23 @@ def accuracy_by_condition(metrics_files: Sequence[str | Path]) -> dict[str, floa
             c = s["condition"]
             num[c] = num.get(c, 0.0) + t["accuracy"] * t["n_stimulated_frames"]
             den[c] = den.get(c, 0) + t["n_stimulated_frames"]
-    return {c: num[c] / den[c] for c in num if den[c]}
+        for c, v in m.get("conditions", {}).items():
+            if v.get("test_accuracy_ci"):
+                cis.setdefault(c, []).append(v["test_accuracy_ci"])
+    out = {}
+    for c in num:
+        if den[c]:
+            out[c] = {"accuracy": num[c] / den[c], "n_frames": den[c],
+                      "per_model_ci": cis.get(c, [])}
+    return out
 
 
 def write_comparison(result: dict, out_json: str | Path, out_png: str | Path | None = None) -> None:
-    """The JSON (without the matrices) and a figure: the matrices side by side and the statistics."""
-    mats = result.pop("_matrices", {})
+    """The JSON (without the matrices) and a figure: per-animal effects of every source, and the
+    primary source's matrices of the first animals."""
+    mats = {name: r.pop("_matrices", {}) for name, r in result["sources"].items()}
     with atomic_output(out_json) as tmp:
-        tmp.write_text(json.dumps(result, indent=2))
+        tmp.write_text(json.dumps(result, indent=2, allow_nan=True))
     if out_png is None:
         return
     import matplotlib
@@ -285,25 +657,39 @@ def write_comparison(result: dict, out_json: str | Path, out_png: str | Path | N
     import matplotlib.pyplot as plt
 
     a, b = result["a"], result["b"]
-    groups = list(mats)
-    fig, axes = plt.subplots(len(groups), 3, figsize=(13, 4.2 * len(groups)), squeeze=False)
-    for r, g in enumerate(groups):
-        names = next(x["patterns"] for x in result["groups"] if x["group"] == g)
+    names = list(result["sources"])
+    prim = result["primary"]
+    show = list(mats.get(prim, {}))[:3]
+    fig, axes = plt.subplots(1 + len(show), max(2, len(names)), figsize=(4.6 * max(2, len(names)),
+                                                                           4.0 * (1 + len(show))), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for c, name in enumerate(names):
+        r = result["sources"][name]
+        ax = axes[0, c]
+        ax.set_axis_on()
+        eff = [x["effect"] for x in r["animals"]]
+        ax.axhline(0, c="grey", lw=0.8)
+        ax.scatter(np.zeros(len(eff)) + np.linspace(-0.15, 0.15, len(eff)), eff, c="k", s=18, zorder=3)
+        lo, hi = r["effect_ci"]
+        ax.errorbar([0.5], [r["effect"]], yerr=[[r["effect"] - (lo if lo is not None else r["effect"])],
+                                                [(hi if hi is not None else r["effect"]) - r["effect"]]],
+                    fmt="o", c="#d62728", capsize=4)
+        ax.set_xticks([0, 0.5], ["animals", "mean, CI"])
+        ax.set_xlim(-0.5, 1.0)
+        ax.set_ylabel(f"{b} - {a}, {r['summary']} ZNCC ({r['statistic']})")
+        ptxt = f"p = {r['test']['p']:.4f}" if r["test"]["p"] is not None else "no test (too few animals)"
+        ax.set_title(f"{SOURCE_LABELS.get(name, name)}\n{ptxt}, n = {r['n_animals']} animals", fontsize=8)
+    for row, an in enumerate(show, 1):
+        pats = next(x["patterns"] for x in result["sources"][prim]["animals"] if x["animal"] == an)
         for c, cond in enumerate((a, b)):
-            zncc_figure(mats[g][cond], names, f"{g} {cond}", ax=axes[r, c])
-        ax = axes[r, 2]
-        if r == 0:
-            x = np.arange(2)
-            mean = [result["conditions"][c]["zncc_mean_offdiag"] for c in (a, b)]
-            cis = np.array([result["conditions"][c]["zncc_mean_offdiag_ci"] for c in (a, b)])
-            ax.bar(x, mean, color=["#1f77b4", "#ff7f0e"])
-            ax.errorbar(x, mean, yerr=np.abs([np.array(mean) - cis[:, 0], cis[:, 1] - np.array(mean)]), fmt="none", c="k")
-            ax.set_xticks(x, [a, b])
-            ax.set_ylabel("mean off-diagonal ZNCC")
-            ax.set_title(f"p = {result['p_permutation']:.4f} (permutation, trials)", fontsize=9)
-        else:
-            ax.set_axis_off()
+            ax = axes[row, c]
+            ax.set_axis_on()
+            ax.imshow(mats[prim][an][cond], cmap="RdBu_r", vmin=-1, vmax=1)
+            ax.set_xticks(range(len(pats)), pats, rotation=90, fontsize=6)
+            ax.set_yticks(range(len(pats)), pats, fontsize=6)
+            ax.set_title(f"{an} {cond} ({prim})", fontsize=9)
     fig.tight_layout()
     with atomic_output(out_png) as tmp_png:
-        fig.savefig(tmp_png, dpi=90, format="png")
+        fig.savefig(tmp_png, dpi=80, format="png")
     plt.close(fig)

@@ -143,12 +143,15 @@ def load_sessions(
     *,
     base_dir: str | Path | None = None,
     produced_prefixes: tuple[str, ...] = ("results/",),
+    animal_separator: str = "_",
 ) -> pd.DataFrame:
     """Read and validate the sessions sheet; return it indexed by ``session``.
 
     Paths are checked to exist unless they start with one of ``produced_prefixes`` (files the
     workflow itself makes, such as the simulated demo sessions). Stim logs and target tables that
     exist are checked for their columns here too, so a bad file stops the run before any job.
+    An empty or missing ``animal`` is the session name before ``animal_separator``
+    (:func:`default_animal`); an animal's sessions must share their ``group``.
     """
     path = Path(path)
     base = Path(base_dir) if base_dir is not None else Path.cwd()
@@ -194,10 +197,32 @@ def load_sessions(
                     check_targets(p)
         rows.append(row)
     out = pd.DataFrame(rows)
-    for col in ("stim_log", "targets", "masks"):
+    for col in ("stim_log", "targets", "masks", "animal", "group"):
         if col not in out.columns:
             out[col] = None
+    out["animal"] = [a if isinstance(a, str) and a else default_animal(s, animal_separator)
+                     for s, a in zip(out["session"], out["animal"], strict=True)]
+    _check_animal_groups(out, path)
     return out.set_index("session", drop=False)
+
+
+def default_animal(session: str, separator: str = "_") -> str:
+    """The animal of a session without an ``animal`` cell: its name before the first ``separator``."""
+    return session.split(separator, 1)[0] if separator else session
+
+
+def _check_animal_groups(sheet: pd.DataFrame, path: Path) -> None:
+    """An animal belongs to one experimental group (the ``group`` column)."""
+    first: dict[str, tuple[int, Any]] = {}
+    for i, (animal, group) in enumerate(zip(sheet["animal"], sheet["group"], strict=True)):
+        line = i + 2
+        g = group if isinstance(group, str) and group else None
+        if animal in first and first[animal][1] != g:
+            raise CalflowInputError(
+                f"row {line}, field 'group': animal '{animal}' is in group {g!r} here but {first[animal][1]!r} in "
+                f"row {first[animal][0]}", file=path,
+                fix="give all sessions of one animal the same group (the group is a property of the animal)")
+        first.setdefault(animal, (line, g))
 
 
 _TARGETS_RE = re.compile(r"^\s*(\d+(\s*;\s*\d+)*)?\s*$")

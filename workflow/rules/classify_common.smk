@@ -12,9 +12,11 @@ def classify_sessions():
 
 
 def classifier_group(session):
+    """The classifier (model group) of a session: its animal (the sheet's `animal` column, or the
+    session name before classify.animal_separator), or the session itself with group_by: session."""
     if CLS["group_by"] == "session":
         return session
-    return session.split(CLS["animal_separator"], 1)[0] if CLS["animal_separator"] else session
+    return SESSIONS.loc[session, "animal"]
 
 
 CLASSIFY_SESSIONS = classify_sessions()
@@ -53,7 +55,18 @@ def _classify_entry_inputs(sessions):
 
 
 def _compare_inputs(w):
+    """Map stores of both conditions per source (Grad-CAM, the controls) and the classifiers' metrics."""
     sessions = [s for s in CLASSIFY_SESSIONS if SESSIONS.loc[s, "condition"] in (w.a, w.b)]
     groups = sorted({classifier_group(s) for s in sessions})
-    return {"gradcam": [f"results/{s}/gradcam.zarr" for s in sessions],
-            "metrics": [f"results/classifier/{g}/metrics.json" for g in groups]}
+    out = {"gradcam": [f"results/{s}/gradcam.zarr" for s in sessions],
+           "stim_maps": [f"results/{s}/stim_maps.zarr" for s in sessions],
+           "metrics": [f"results/classifier/{g}/metrics.json" for g in groups]}
+    if CLS.get("shuffle_control"):
+        out["gradcam_shuffled"] = [f"results/{s}/gradcam_shuffled.zarr" for s in sessions]
+    return out
+
+
+def animal_groups():
+    """animal -> experimental group (the sheet's `group` column) of the classified sessions."""
+    return {classifier_group(s): SESSIONS.loc[s, "group"] for s in CLASSIFY_SESSIONS
+            if isinstance(SESSIONS.loc[s, "group"], str) and SESSIONS.loc[s, "group"]}

@@ -23,7 +23,8 @@ try:
     _validated = load_config(CONFIG_FILE, SCHEMAS, data=dict(config))
     config.clear()
     config.update(_validated)
-    SESSIONS = load_sessions(config["sessions"], SCHEMAS)
+    SESSIONS = load_sessions(config["sessions"], SCHEMAS,
+                             animal_separator=config["classify"]["animal_separator"])
 except CalflowInputError as err:
     sys.exit(f"calflow: {err}")
 
@@ -48,7 +49,8 @@ def _stable_seed(text):
 
 
 def demo_animal(session):
-    return session.split(config["demo"]["animal_separator"], 1)[0]
+    """The animal of a demo session (its cells and W): the sheet's animal column."""
+    return SESSIONS.loc[session, "animal"]
 
 
 # ---- Resources scaled to the input (any executor; profiles/slurm adds GPUs and partitions) ----

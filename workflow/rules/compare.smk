@@ -1,9 +1,33 @@
-# Condition comparison (docs/classify.md): animal-level statistics of the Grad-CAM maps and the
-# model-free controls. Helpers (COMPARE_PAIRS, _compare_inputs) are in classify_common.smk.
+# Condition comparison (docs/classify.md): animal-level statistics of the Grad-CAM maps and of the
+# controls (model-free stimulus-triggered maps, the shuffled-label classifier's Grad-CAM).
+# Helpers (COMPARE_PAIRS, _compare_inputs, classifier_group) are in classify_common.smk.
+
+
+rule stim_maps:
+    """Model-free control: the stimulus-triggered average map of every trial (no network)."""
+    input:
+        motion="results/{session}/motion.zarr",
+        stim_log=lambda w: SESSIONS.loc[w.session, "stim_log"],
+        targets=lambda w: SESSIONS.loc[w.session, "targets"],
+    output:
+        store=directory("results/{session}/stim_maps.zarr"),
+    params:
+        stim_maps=config["stim_maps"],
+        condition=lambda w: SESSIONS.loc[w.session, "condition"],
+        animal=lambda w: classifier_group(w.session),
+    conda:
+        "../../envs/report.yaml"
+    log:
+        "results/logs/stim_maps/{session}.log",
+    threads: 1
+    resources:
+        mem_mb=1500,
+    script:
+        "../scripts/stim_maps.py"
 
 
 rule compare:
-    """Summed / mean off-diagonal ZNCC per condition, bootstrap CIs, permutation p-value, accuracy."""
+    """Per-animal effects of every map source, sign-flip test over animals, hierarchical bootstrap CIs."""
     input:
         unpack(_compare_inputs),
     output:
@@ -11,8 +35,9 @@ rule compare:
         figure=report("results/compare/{a}_vs_{b}.png", caption="../report/compare.rst", category="Comparison"),
     params:
         compare=config["compare"],
+        animal_groups=lambda w: animal_groups(),
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/report.yaml"
     log:
         "results/logs/compare/{a}_vs_{b}.log",
     threads: 1

@@ -1,0 +1,218 @@
+"""The condition comparison: animals as the unit, exact sign-flip test, hierarchical bootstrap,
+pattern-pair sets, controls, and the model-free stimulus-triggered maps."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from calflow import compare as cmp
+from calflow.errors import CalflowInputError
+from calflow.io import MovieWriter, write_array
+from calflow.stim_maps import session_stim_maps, trial_weights
+
+HW = 10
+NAMES = ["1", "2", "3", "4", "5", "1+2", "3+4"]
+
+
+def _store(path, session, condition, animal, maps, pats, names=NAMES, members=None, method="gradcam"):
+    g = zarr.open_group(path, mode="w", zarr_format=3)
+    g.attrs.update({"session": session, "condition": condition, "group": animal, "patterns": names,
+                    "zncc_map": "signed", "method": method, "members": 1 if members is None else len(members)})
+    write_array(path, "trial_maps", maps.astype(np.float32), ("trial", "ly", "lx"))
+    write_array(path, "trial_pattern", np.asarray(pats, np.int64), ("trial",))
+    write_array(path, "trial_fold", (np.arange(len(pats)) % 2).astype(np.int64), ("trial",))
+    if members is not None:
+        write_array(path, "member_trial_maps", members.astype(np.float32), ("member", "trial", "ly", "lx"))
+    return str(path)
+
+
+def _blobs(rng, n):
+    yy, xx = np.mgrid[:HW, :HW]
+    return [np.exp(-((yy - rng.uniform(1, HW - 1)) ** 2 + (xx - rng.uniform(1, HW - 1)) ** 2) / 3) for _ in range(n)]
+
+
+def _session_maps(rng, own, shared_amp, session_amp, n_per, noise=0.5):
+    """Trial maps: each pattern its own blob(s) + ``shared_amp`` x an animal-wide blob (the
+    connectivity knob) + ``session_amp`` x a map of this session alone (a session nuisance)."""
+    common = _blobs(rng, 1)[0]
+    session_map = rng.uniform(0, 2) * rng.normal(size=(HW, HW))  # its strength varies between sessions too
+    maps, pats = [], []
+    for k, name in enumerate(NAMES):
+        base = sum(own[int(t) - 1] for t in name.split("+"))
+        for _ in range(n_per):
+            maps.append(base + shared_amp * common + session_amp * session_map + noise * rng.normal(size=(HW, HW)))
+            pats.append(k)
+    return np.stack(maps), np.array(pats)
+
+
+def _experiment(tmp, seed, n_animals, shared=(0.3, 0.3), session_amp=0.25, n_per=6, groups=None):
+    stores = []
+    for an in range(n_animals):
+        rng = np.random.default_rng([seed, an])
+        own = _blobs(rng, 5)
+        for cond, amp in zip(("A", "B"), shared[an] if groups else shared, strict=True):
+            maps, pats = _session_maps(rng, own, amp, session_amp, n_per)
+            stores.append(_store(tmp / f"{seed}_{an}_{cond}.zarr", f"m{an}_{cond}", cond, f"m{an}", maps, pats))
+    return stores
+
+
+FAST = {"n_bootstrap": 0, "diagnostic_permutations": 0}
+
+
+def test_sign_flip_test_is_exact_and_knows_its_smallest_p():
+    t = cmp.sign_flip_test([0.1, 0.2, 0.3, 0.1, 0.2, 0.4])
+    assert t["exact"] and t["n_sign_patterns"] == 64
+    assert t["p"] == pytest.approx(2 / 64) and t["smallest_possible_p"] == pytest.approx(2 / 64)
+    t = cmp.sign_flip_test([0.1, -0.1, 0.2, -0.2])
+    assert t["p"] == 1.0
+    t = cmp.sign_flip_test(np.linspace(0.1, 1, 20), n_permutations=2000)
+    assert not t["exact"] and t["p"] < 0.001
+
+
+def test_pair_sets_keep_pairs_that_share_a_target_out():
+    sets = cmp.pair_sets(["1", "2", "1+2", "3+4", "2+3"])
+    as_names = {k: {(int(i), int(j)) for i, j in zip(*v, strict=True)} for k, v in sets.items()}
+    assert as_names["singles"] == {(0, 1)}
+    assert as_names["pairs"] == {(2, 3)}  # 1+2 and 3+4; 2+3 shares a target with both
+    assert (0, 2) not in as_names["disjoint"] and (0, 3) in as_names["disjoint"] and (1, 3) in as_names["disjoint"]
+    assert len(as_names["all"]) == 10
+
+
+def test_animal_level_test_holds_its_level_where_the_trial_level_one_does_not(tmp_path):
+    """A true null with a session-specific map component (same distribution in both conditions):
+    the trial-level permutation calls most recordings different; the sign-flip over animals keeps
+    its level."""
+    p_animal, p_trial = [], []
+    for seed in range(40):
+        stores = _experiment(tmp_path, seed, n_animals=6)
+        res = cmp.compare_conditions({"gradcam": stores}, "A", "B", {**FAST, "diagnostic_permutations": 50})
+        p_animal.append(res["p"])
+        p_trial += [x["session_difference_p"] for x in res["sources"]["gradcam"]["animals"]]
+    fpr_animal = np.mean(np.array(p_animal) < 0.05)
+    fpr_trial = np.mean(np.array(p_trial) < 0.05)
+    assert fpr_animal <= 0.125, p_animal  # 40 nulls at alpha 0.05: 5 or more rejections has p < 0.05
+    assert fpr_trial >= 0.4, fpr_trial
+
+
+def test_a_strengthened_shared_component_is_detected_in_every_animal(tmp_path):
+    stores = _experiment(tmp_path, 1, n_animals=6, shared=(0.2, 1.2), session_amp=0.1)
+    res = cmp.compare_conditions({"gradcam": stores}, "A", "B", {"n_bootstrap": 200, "diagnostic_permutations": 0})
+    assert res["unit"] == "animal" and res["n_animals"] == 6
+    assert res["p"] == pytest.approx(2 / 64) and res["test"]["exact"]
+    assert all(x["effect"] > 0 for x in res["sources"]["gradcam"]["animals"])
+    lo, hi = res["effect_ci"]
+    assert 0 < lo <= res["effect"] <= hi
+    a, b = (res["sources"]["gradcam"]["conditions"][c] for c in "AB")
+    assert a["statistic_ci"][0] <= a["statistic"] <= a["statistic_ci"][1]
+    assert b["statistic"] > a["statistic"]
+    assert set(res["sources"]["gradcam"]["effect_by_set"]) == set(cmp.SETS)
+    out = tmp_path / "c" / "A_vs_B.json"
+    cmp.write_comparison(res, out, tmp_path / "c" / "A_vs_B.png")
+    saved = json.loads(out.read_text())
+    assert saved["p"] == res["p"] and (tmp_path / "c" / "A_vs_B.png").stat().st_size > 1000
+    assert "_matrices" not in saved["sources"]["gradcam"]
+
+
+def test_too_few_animals_gives_the_effect_without_a_p_value(tmp_path, caplog):
+    stores = _experiment(tmp_path, 2, n_animals=4, shared=(0.2, 1.2))
+    res = cmp.compare_conditions({"gradcam": stores}, "A", "B", FAST)
+    assert res["p"] is None and not res["test"]["testable"]
+    assert "too few animals for a test" in res["test"]["message"] and "2/2^4" in res["test"]["message"]
+    assert any("too few animals" in w for w in res["warnings"]) and "too few animals" in caplog.text
+    assert res["effect"] > 0
+
+
+def test_subtracting_the_mean_map_removes_a_component_shared_by_every_pattern(tmp_path):
+    stores = _experiment(tmp_path, 3, n_animals=6, shared=(0.0, 1.5), session_amp=0.0)
+    plain = cmp.compare_conditions({"gradcam": stores}, "A", "B", FAST)
+    sub = cmp.compare_conditions({"gradcam": stores}, "A", "B", {**FAST, "subtract_mean": True})
+    assert plain["effect"] > 0.2
+    assert abs(sub["effect"]) < 0.5 * plain["effect"]
+
+
+def test_group_by_condition_interaction_is_permuted_over_animals(tmp_path):
+    n = 8
+    shared = [(0.3, 0.3)] * 4 + [(0.3, 1.3)] * 4
+    stores = _experiment(tmp_path, 4, n_animals=n, shared=shared, session_amp=0.1, groups=True)
+    groups = {f"m{i}": ("vehicle" if i < 4 else "CFA") for i in range(n)}
+    res = cmp.compare_conditions({"gradcam": stores}, "A", "B", FAST, animal_groups=groups)
+    g = res["sources"]["gradcam"]["groups"]
+    assert g["per_group"]["CFA"]["effect"] > g["per_group"]["vehicle"]["effect"]
+    (inter,) = g["interactions"]
+    assert inter["groups"] == ["vehicle", "CFA"] and inter["interaction"] > 0
+    assert inter["exact"] and inter["smallest_possible_p"] == pytest.approx(2 / 70)
+    assert inter["p"] == pytest.approx(2 / 70)
+    # 4 animals per group cannot reach 0.05 in a sign-flip test of their own
+    assert g["per_group"]["CFA"]["p"] is None
+
+
+def test_controls_are_reported_and_a_sign_disagreement_is_flagged(tmp_path):
+    up = _experiment(tmp_path / "up", 5, n_animals=6, shared=(0.2, 1.2), session_amp=0.1)
+    down = _experiment(tmp_path / "down", 6, n_animals=6, shared=(1.2, 0.2), session_amp=0.1)
+    res = cmp.compare_conditions({"gradcam": up, "stim_maps": down}, "A", "B", FAST)
+    assert res["primary"] == "gradcam" and res["effect"] > 0
+    ctl = res["controls"]["stim_maps"]
+    assert ctl["effect"] < 0 and not ctl["same_sign_as_primary"]
+    assert any("opposite sign" in w for w in res["warnings"])
+    same = cmp.compare_conditions({"gradcam": up, "stim_maps": up}, "A", "B", FAST)
+    assert not any("opposite sign" in w for w in same["warnings"])
+
+
+def test_ensemble_members_give_the_seed_spread(tmp_path):
+    stores = []
+    for an in range(6):
+        rng = np.random.default_rng([9, an])
+        own = _blobs(rng, 5)
+        for cond, amp in (("A", 0.2), ("B", 1.0)):
+            maps, pats = _session_maps(rng, own, amp, 0.1, 4)
+            members = np.stack([maps + 0.3 * rng.normal(size=maps.shape) for _ in range(5)])
+            stores.append(_store(tmp_path / f"{an}{cond}.zarr", f"m{an}_{cond}", cond, f"m{an}",
+                                 members.mean(axis=0), pats, members=members))
+    res = cmp.compare_conditions({"gradcam": stores}, "A", "B", FAST)
+    ens = res["sources"]["gradcam"]["ensemble"]
+    assert ens["members"] == 5 and len(ens["member_effects"]) == 5
+    assert ens["ensemble_sd"] == pytest.approx(ens["member_sd"] / np.sqrt(5))
+    assert all(e > 0 for e in ens["member_effects"]) and ens["members_agreeing_in_sign"] == 5
+
+
+def test_no_animal_with_both_conditions_is_a_clear_error(tmp_path):
+    rng = np.random.default_rng(0)
+    maps, pats = _session_maps(rng, _blobs(rng, 5), 0.3, 0.0, 2)
+    only_a = [_store(tmp_path / "a.zarr", "m0_A", "A", "m0", maps, pats)]
+    with pytest.raises(CalflowInputError, match="no animal has held-out trials of both A and B"):
+        cmp.compare_conditions({"gradcam": only_a}, "A", "B", FAST)
+    with pytest.raises(CalflowInputError, match="compare.statistic"):
+        cmp.CompareParams.from_config({"statistic": "best"})
+
+
+def test_stim_maps_are_the_response_minus_the_baseline(tmp_path):
+    T, H, W = 120, 16, 16
+    movie = np.full((T, H, W), 100.0, np.float32)
+    rows = ["frame,targets"]
+    for start, tg, (y, x) in ((20, "1", (2, 2)), (60, "2", (12, 12)), (90, "1", (2, 2))):
+        movie[start : start + 8, y : y + 2, x : x + 2] += 40  # the stimulated cell responds
+        rows += [f"{t},{tg}" for t in range(start, start + 5)]
+    store = tmp_path / "motion.zarr"
+    with MovieWriter(store, movie.shape, movie.dtype, fps=30.0, chunk_frames=50) as w:
+        w.write(movie)
+    (tmp_path / "stim.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "targets.csv").write_text("id,y,x\n1,2,2\n2,12,12\n")
+    entry = {"session": "m0_A", "condition": "A", "motion": str(store), "stim_log": str(tmp_path / "stim.csv"),
+             "targets": str(tmp_path / "targets.csv")}
+    out = tmp_path / "stim_maps.zarr"
+    info = session_stim_maps(entry, {"downsample": 2, "baseline_frames": 5, "tail_frames": 3, "block_frames": 32},
+                             out, animal="m0")
+    assert info == {"trials": 3, "patterns": 2}
+    g = zarr.open_group(out, mode="r")
+    assert g.attrs["group"] == "m0" and g.attrs["patterns"] == ["1", "2"]
+    maps = np.asarray(g["trial_maps"][:])
+    assert maps.shape == (3, 8, 8)
+    # response window: 5 stimulated + 3 tail frames = the 8 frames of the transient -> +40 in the cell's pixel
+    assert maps[0, 1, 1] == pytest.approx(40.0) and maps[1, 6, 6] == pytest.approx(40.0)
+    assert np.abs(maps[0][np.arange(8) != 1]).max() == 0 and maps[0, 6, 6] == 0
+    w = trial_weights(np.array([2]), np.array([4]), 10, 5, 0).toarray()
+    assert w[0, :2].sum() == pytest.approx(-1) and w[0, 2:4].sum() == pytest.approx(1)
