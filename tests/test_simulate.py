@@ -659,6 +659,12 @@ def test_fov_rotation_rotates_the_cell_centroids():
     d_world = true_displacement(moving, 9, q)[0]
     np.testing.assert_allclose(q + d_world - true_displacement(moving, 9, q + d_world, coords="frame")[0], q,
                                atol=1e-8)
+    # static=False: the within-session motion only, as without the re-placement
+    plain = simulate(dataclasses.replace(p, motion=True, fov_rotation_deg=0.0, fov_offset=(0.0, 0.0)), 2)
+    np.testing.assert_allclose(true_displacement(moving, 9, q, static=False), true_displacement(plain, 9, q),
+                               atol=1e-12)
+    np.testing.assert_allclose(dense_displacement(moving, 9, static=False), dense_displacement(plain, 9), atol=1e-12)
+    assert np.abs(true_displacement(moving, 9, q) - true_displacement(plain, 9, q)).max() > 1.0
     # the padding covers the whole field: |D| + 3 <= pad at every pixel of every frame
     worst = max(np.abs(dense_displacement(moving, t, coords="frame")).max() for t in range(20))
     assert worst > 4 and worst + 3 <= moving.pad

@@ -14,7 +14,11 @@ Conventions (used by every stage that is evaluated against this simulator):
 
 * Images are indexed ``[y, x]`` (row, column); point coordinates are ``(y, x)`` in pixels,
   pixel centres at integers. The *world* (template) frame is the un-moved FOV; ``footprints``,
-  ``centers``, ``masks.tif`` and ``targets.csv`` are in world coordinates.
+  ``centers``, ``masks.tif`` and ``targets.csv`` are in world coordinates. With a per-session
+  FOV re-placement (``fov_offset``, ``fov_rotation_deg``) the world is the animal's reference
+  FOV and the re-placement is a static part of every frame's displacement.
+* Per-session nuisance (expression, detector, neuropil, FOV re-placement, bleaching, stimulation
+  artefact, off-target excitation): :func:`draw_nuisance`; study designs: :func:`study_params`.
 * Motion: a displacement ``(dy, dx)`` moves the content. The world point ``q`` appears at
   ``q + D_t(q)`` in frame t; equivalently ``frame_t(p) = world_t(p - D_t^frame(p))``. For
   rigid motion the two fields are the same vector, ``rigid_shifts[t]``.
@@ -408,10 +412,10 @@ def draw_nuisance(seed: int, scale: float = 1.0, *, base: SimParams | None = Non
     every spread (0 = the base values, i.e. no change; 1 = realistic day-to-day variation). Each
     quantity has its own random stream, so its value does not depend on the others.
 
-    The FOV re-placement stays small (at most 1.5 px per axis plus 1 degree, i.e. <= ~3.7 px at
-    the corners of a 128 px FOV, <= ~2.1 px at 64 px from the centre) so that a classifier
-    shared by an animal's sessions, trained with +-2 px shift augmentation at half resolution,
-    still sees the same cells.
+    The FOV re-placement stays small (offset <= 1.5 px per axis plus a rotation <= 1 degree: at
+    most 2.6 px per axis, 3.7 px in length, at the corners of a 128 px FOV, i.e. <= 1.3 px per
+    axis at half resolution) so that a classifier shared by an animal's sessions, trained with
+    +-2 px shift augmentation at half resolution, still sees the same cells.
     """
     seed = _check_seed("seed", seed)
     if isinstance(scale, bool) or not isinstance(scale, int | float | np.integer | np.floating) or not (
@@ -1166,6 +1170,7 @@ def true_displacement(
     points_yx: np.ndarray | Sequence[Sequence[float]],
     *,
     coords: str = "world",
+    static: bool = True,
 ) -> np.ndarray:
     """Total (rigid + non-rigid) displacement (n_frames, n_points, 2) as (dy, dx) in px.
 
@@ -1174,7 +1179,14 @@ def true_displacement(
     generative field; this is what a motion-corrector estimates in template coordinates).
     ``coords="frame"``: ``points_yx`` are frame pixel positions p and D is the generative
     field: ``frame_t(p) = world(p - D)``. Both agree to O(|grad D| * |D|) (~0.01 px by default).
+
+    ``static=True`` includes the session's static FOV placement (``fov_offset``,
+    ``fov_rotation_deg``): the displacement relative to the reference FOV. ``static=False``
+    leaves it out: the within-session motion only, what a corrector registering the session to
+    its own mean image estimates (the same as without a re-placement).
     """
+    if not static and truth.has_static:
+        truth = dataclasses.replace(truth, fov_offset=None, fov_rotation_deg=0.0)
     pts = np.asarray(points_yx, dtype=np.float64).reshape(-1, 2)
     idx = _as_frames(truth, frames)
     out = np.empty((idx.size, pts.shape[0], 2))
@@ -1195,13 +1207,15 @@ def true_displacement(
     return out
 
 
-def dense_displacement(truth: GroundTruth, t: int, *, coords: str = "world") -> np.ndarray:
+def dense_displacement(truth: GroundTruth, t: int, *, coords: str = "world", static: bool = True) -> np.ndarray:
     """Displacement field (Y, X, 2) of frame t at every pixel, (dy, dx) in px.
 
     ``coords="world"``: at world pixel q, the content of q appears at ``q + D[q]`` in frame t, so
     ``corrected = map_coordinates(frame_t, grid + D)`` undoes the motion. ``coords="frame"``: the
-    generative field, ``frame_t(p) = world(p - D[p])``. See :func:`true_displacement`.
+    generative field, ``frame_t(p) = world(p - D[p])``. ``static``: see :func:`true_displacement`.
     """
+    if not static and truth.has_static:
+        truth = dataclasses.replace(truth, fov_offset=None, fov_rotation_deg=0.0)
     Y, X = truth.params.height, truth.params.width
     if coords == "frame":
         return np.moveaxis(_frame_field(truth, int(_as_frames(truth, t)[0])), 0, -1)
