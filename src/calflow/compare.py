@@ -146,6 +146,15 @@ def pair_sets(names: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {k: (i[m], j[m]) for k, m in sel.items()}
 
 
+def _nanmean(x: np.ndarray, axis: int | None = None) -> Any:
+    """np.nanmean without the all-NaN warning (all NaN -> NaN)."""
+    x = np.asarray(x, np.float64)
+    ok = np.isfinite(x)
+    n = ok.sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok, x, 0.0).sum(axis=axis) / np.where(n > 0, n, np.nan)
+
+
 def summarise(z: np.ndarray, idx: tuple[np.ndarray, np.ndarray], summary: str) -> float:
     """Mean or sum of the entries ``z[idx]`` (NaN when the set is empty or all NaN)."""
     v = z[idx]
@@ -403,8 +412,7 @@ def hierarchical_bootstrap(paired: Sequence[AnimalPair], p: CompareParams, how: 
     inner = np.stack([_inner_bootstrap(ap, p, how, rng) for ap in paired])  # (n, B, 2, S)
     pick_animals = rng.integers(0, n, (p.n_bootstrap, n))
     pick_rep = rng.integers(0, p.n_bootstrap, (p.n_bootstrap, n))
-    with np.errstate(invalid="ignore"):
-        return np.nanmean(inner[pick_animals, pick_rep], axis=1)
+    return _nanmean(inner[pick_animals, pick_rep], axis=1)
 
 
 def _session_difference(ap: AnimalPair, p: CompareParams, how: str, k: int, obs: float,
@@ -440,14 +448,14 @@ def analyse_source(src: Source, a: str, b: str, p: CompareParams,
     test = sign_flip_test(d[:, k], n_permutations=p.n_permutations, seed=p.seed)
     testable = test["n"] > 0 and test["smallest_possible_p"] <= p.alpha
     boot_mean = hierarchical_bootstrap(paired, p, how)  # (B, 2, S)
-    effect = {s: float(np.nanmean(d[:, i])) for i, s in enumerate(SETS)}
+    effect = {s: float(_nanmean(d[:, i])) for i, s in enumerate(SETS)}
     effect_ci = {s: bc_interval(boot_mean[:, 1, i] - boot_mean[:, 0, i], effect[s], p.ci) for i, s in enumerate(SETS)}
     per_cond = {}
     for c, name in enumerate((a, b)):
         per_cond[name] = {
-            "statistic": float(np.nanmean(obs[:, c, k])),
-            "statistic_ci": bc_interval(boot_mean[:, c, k], float(np.nanmean(obs[:, c, k])), p.ci),
-            "by_set": {s: float(np.nanmean(obs[:, c, i])) for i, s in enumerate(SETS)},
+            "statistic": float(_nanmean(obs[:, c, k])),
+            "statistic_ci": bc_interval(boot_mean[:, c, k], float(_nanmean(obs[:, c, k])), p.ci),
+            "by_set": {s: float(_nanmean(obs[:, c, i])) for i, s in enumerate(SETS)},
             "n_trials": int(sum(int((ap.cond == c).sum()) for ap in paired)),
         }
     rng_diag = np.random.default_rng([p.seed, 3])
@@ -497,12 +505,12 @@ def _ensemble_spread(paired: Sequence[AnimalPair], p: CompareParams, how: str, k
         for i, ap in enumerate(paired):
             st = animal_stats(ap, p, how, maps=ap.members[m])  # type: ignore[index]
             per[m, i] = st[1, k] - st[0, k]
-    mean_effects = np.nanmean(per, axis=1)
+    mean_effects = _nanmean(per, axis=1)
     sd = float(np.std(mean_effects, ddof=1))
     return {"members": K, "member_effects": [float(x) for x in mean_effects], "member_sd": sd,
             "ensemble_sd": sd / math.sqrt(K),
             "per_animal_member_sd": [float(x) for x in np.std(per, axis=0, ddof=1)],
-            "members_agreeing_in_sign": int(np.sum(np.sign(mean_effects) == np.sign(np.nanmean(per))))}
+            "members_agreeing_in_sign": int(np.sum(np.sign(mean_effects) == np.sign(_nanmean(per))))}
 
 
 def _group_analysis(paired: Sequence[AnimalPair], d: np.ndarray, animal_groups: Mapping[str, str],
@@ -516,14 +524,14 @@ def _group_analysis(paired: Sequence[AnimalPair], d: np.ndarray, animal_groups: 
         dg = d[[n == g for n in names]]
         t = sign_flip_test(dg, n_permutations=p.n_permutations, seed=p.seed)
         ok = t["n"] > 0 and t["smallest_possible_p"] <= p.alpha
-        out["per_group"][g] = {"n_animals": int(len(dg)), "effect": float(np.nanmean(dg)),
+        out["per_group"][g] = {"n_animals": int(len(dg)), "effect": float(_nanmean(dg)),
                                "p": t["p"] if ok else None, "smallest_possible_p": t["smallest_possible_p"]}
     for g0, g1 in itertools.combinations(groups, 2):
         sel = np.array([n in (g0, g1) for n in names])
         lab = np.array([n == g1 for n in names])[sel].astype(np.int64)
         t = group_permutation_test(d[sel], lab, n_permutations=p.n_permutations, seed=p.seed)
         ok = t["p"] is not None and t["smallest_possible_p"] <= p.alpha
-        diff = float(np.nanmean(d[sel][lab == 1]) - np.nanmean(d[sel][lab == 0]))
+        diff = float(_nanmean(d[sel][lab == 1]) - _nanmean(d[sel][lab == 0]))
         out["interactions"].append({
             "groups": [g0, g1], "interaction": diff, "p": t["p"] if ok else None, "exact": t["exact"],
             "smallest_possible_p": t["smallest_possible_p"],

@@ -30,11 +30,11 @@ import numpy as np
 import zarr
 from scipy import sparse
 
-from calflow.stimulation import find_trials, read_labels, read_targets
 from calflow.compare import pattern_maps, zncc_matrix
 from calflow.errors import CalflowInputError
 from calflow.io import MovieReader, atomic_output, write_array
 from calflow.params import from_section
+from calflow.stimulation import find_trials, read_labels, read_targets
 
 
 @dataclass(frozen=True)

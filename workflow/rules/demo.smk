@@ -12,6 +12,9 @@ rule simulate_demo:
         fps=lambda w: float(SESSIONS.loc[w.session, "fps"]),
         seed=lambda w: config["seed"] * 7919 + _stable_seed(w.session),
         anatomy_seed=lambda w: config["seed"] * 7919 + _stable_seed(demo_animal(w.session)),
+        trials_per_pattern=config["demo"]["trials_per_pattern"],
+        nuisance=config["demo"]["nuisance"],
+        nuisance_seed=lambda w: config["seed"] * 7919 + _stable_seed("nuisance " + w.session),
     conda:
         "../../envs/io.yaml"
     log:

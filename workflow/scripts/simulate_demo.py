@@ -1,12 +1,16 @@
 """Thin wrapper: snakemake rule `simulate_demo` -> calflow.simulate.write_session."""
+import dataclasses
 from pathlib import Path
 
 from calflow.runner import run_script
-from calflow.simulate import SimParams, write_session
+from calflow.simulate import draw_nuisance, study_params, write_session
 
 
 def main(smk):
-    params = SimParams.from_dict({**smk.params.sim, "fps": smk.params.fps, "w_gain": smk.params.w_gain})
+    params = study_params(**{**smk.params.sim, "fps": smk.params.fps, "w_gain": smk.params.w_gain,
+                             "trials_per_pattern": smk.params.trials_per_pattern})
+    params = dataclasses.replace(params, **draw_nuisance(smk.params.nuisance_seed, smk.params.nuisance, base=params))
+    params.validate()
     write_session(
         Path(smk.output.movie).parent,
         params,
