@@ -222,6 +222,15 @@ def test_classifier_metrics_are_held_out_and_above_chance(trained):
     assert saved["warnings"] == []  # both folds learned
     blob = torch.load(out / "model.pt", weights_only=True)
     assert len(blob["folds"]) == 2 and blob["meta"]["target_ids"] == ["0", "1", "2"]
+    # the default seed ensemble: every member's held-out accuracy and their spread
+    assert blob["arch"]["members"] == 5 and m["members"]["members"] == 5
+    acc = m["members"]["test_accuracy"]
+    assert len(acc) == 5 and all(0 <= a <= 1 for a in acc)
+    assert m["members"]["test_accuracy_spread"]["min"] == min(acc) and m["members"]["test_accuracy_spread"]["max"] == max(acc)
+    assert len(m["sessions"]["a1_A"]["members"]["test_target_accuracy"]) == 5 and m["control"] is None
+    assert len(m["conditions"]["A"]["member_test_accuracy"]) == 5
+    preds = np.load(out / "predictions.npz")
+    assert preds["a1_A"].shape == (TINY.n_frames, 4)
 
 
 def test_training_resumes_to_the_same_weights(trained, tmp_path):
@@ -233,12 +242,181 @@ def test_training_resumes_to_the_same_weights(trained, tmp_path):
     # another scratch_dir is not another model: the checkpoint's fingerprint ignores it
     cl.train_group(entries, entries[0]["targets"], {**FAST, "scratch_dir": str(scratch)}, tmp_path, group="a1")
     assert list(scratch.iterdir()) == []  # the sessions' scratch files are gone after training
-    a = torch.load(out / "model.pt", weights_only=True)["folds"]
-    b = torch.load(tmp_path / "model.pt", weights_only=True)["folds"]
+    blob_a = torch.load(out / "model.pt", weights_only=True)
+    a, b = blob_a["folds"], torch.load(tmp_path / "model.pt", weights_only=True)["folds"]
+    assert blob_a["arch"]["members"] == 5 and a[0]["head_weight"].shape[0] == 5  # an ensemble, resumed as one
     for fa, fb in zip(a, b, strict=True):
         for k in fa:
             assert torch.equal(fa[k], fb[k]), k
     assert json.loads((tmp_path / "metrics.json").read_text())["training"][0]["resumed_from"] == 20
+
+
+ARCH = {"n_out": 5, "frame_hw": [32, 32], "depth": 2, "width": 4, "dropout": 0.0, "in_channels": 3, "reduce": 4,
+        "context": 1}
+
+
+def test_ensemble_member_equals_the_extracted_single_network():
+    """Member k of the grouped ensemble is a plain StimNet: the same logits (own or shared input)
+    and the same Grad-CAM / HiResCAM as captum's LayerGradCam / LayerGradientXActivation of the
+    extracted network (vs_none score), from one backward pass for all members."""
+    from captum.attr import LayerGradCam, LayerGradientXActivation
+
+    K = 3
+    ens = cl.init_ensemble({**ARCH, "members": K}, seed=4, fold=1).eval()
+    x = torch.randn(6, K, 3, 32, 32)
+    shared = torch.randn(6, 3, 32, 32)
+    out, out_shared = ens(x), ens(shared)
+    assert out.shape == out_shared.shape == (6, K, 5)
+    nets = [ens.member(k) for k in range(K)]
+    for k, net in enumerate(nets):
+        torch.testing.assert_close(net(x[:, k]), out[:, k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(net(shared), out_shared[:, k], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(out_shared[:, 0], out_shared[:, 1])  # own initialisations
+    back = cl.StimEnsemble.from_members(nets, ARCH)
+    for name, v in ens.state_dict().items():
+        assert torch.equal(back.state_dict()[name], v), name
+    contrast = torch.from_numpy(np.stack([gc.score_weights(5, [j], "vs_none") for j in range(4)]))
+    for method, ref_cls in (("gradcam", LayerGradCam), ("hirescam", LayerGradientXActivation)):
+        for layer_name in ("0", "last"):
+            for j in (0, 2):
+                w = torch.from_numpy(np.tile(gc.score_weights(5, [j]), (6, 1)))
+                ours = gc.grad_cam(ens, gc.get_layer(ens, layer_name), shared, w, method)
+                assert ours.shape == ((6, K, 32, 32) if layer_name == "0" else (6, K, 16, 16))
+                for k, net in enumerate(nets):
+                    ref = ref_cls(lambda inp, net=net: net(inp) @ contrast.T, gc.get_layer(net, layer_name))
+                    if method == "gradcam":
+                        theirs = ref.attribute(shared, target=j, relu_attributions=False).detach()[:, 0].numpy()
+                    else:
+                        theirs = ref.attribute(shared, target=j).detach().sum(dim=1).numpy()
+                    np.testing.assert_allclose(ours[:, k], theirs, rtol=1e-4, atol=1e-6)
+                    np.testing.assert_allclose(ours[:, k], gc.grad_cam(net, gc.get_layer(net, layer_name), shared, w,
+                                                                       method), rtol=1e-4, atol=1e-6)
+                assert not np.allclose(ours[:, 0], ours[:, 1])
+
+
+def test_members_train_to_different_weights_from_different_seeds(trained):
+    """Every member has its own initialisation and batches: the trained members differ, and member 0
+    of the ensemble ends where a one-network run with the same seed ends (the members are independent:
+    the summed loss gives each member the gradient of its own)."""
+    _, entries, out, _ = trained
+    models, info = cl.load_fold_models(out / "model.pt")
+    assert info["arch"]["members"] == 5 and len({cl.member_seed(0, 0, k) for k in range(5)}) == 5
+    for ens in models:
+        nets = [ens.member(k) for k in range(5)]
+        w = [torch.cat([p.detach().ravel() for p in n.parameters()]) for n in nets]
+        for i in range(5):
+            for j in range(i + 1, 5):
+                assert (w[i] - w[j]).abs().max() > 1e-2, (i, j)
+    targets = cl.read_targets(entries[0]["targets"])
+    p1 = cl.ClassifyParams.from_config({**FAST, "dropout": 0.0, "members": 1, "iterations": 15})
+    p3 = dataclasses.replace(p1, members=3)
+    with cl.load_session(entries[0], targets, p1) as s:
+        alone, _ = cl.train_fold([s], p1, 1, out.parent / "ck_alone")
+        ens, _ = cl.train_fold([s], p3, 1, out.parent / "ck_ens")
+        prob = cl.predict(ens, s, np.arange(0, 400, 7), members=True)
+    assert prob.shape == (len(range(0, 400, 7)), 3, 4)
+    for name, v in alone.member(0).state_dict().items():
+        torch.testing.assert_close(ens.member(0).state_dict()[name], v, rtol=1e-3, atol=1e-4)
+    a1 = torch.cat([p.detach().ravel() for p in ens.member(1).parameters()])
+    a0 = torch.cat([p.detach().ravel() for p in ens.member(0).parameters()])
+    assert (a1 - a0).abs().max() > 1e-2
+
+
+def test_old_single_network_model_file_loads_as_one_member(trained, tmp_path):
+    """A model.pt from before the ensemble (plain StimNet states, no ``members`` in its arch) loads as
+    a K = 1 ensemble; its gradcam.zarr has members 1 and equals the ensemble's member 0 maps."""
+    tmp, entries, out, _ = trained
+    blob = torch.load(out / "model.pt", weights_only=True)
+    models, _ = cl.load_fold_models(out / "model.pt")
+    arch = {k: v for k, v in blob["arch"].items() if k != "members"}
+    old_file = tmp_path / "model.pt"
+    torch.save({"folds": [m.member(0).state_dict() for m in models], "arch": arch, "meta": blob["meta"]}, old_file)
+    assert "head.3.weight" in torch.load(old_file, weights_only=True)["folds"][0]  # the single network's keys
+    old_models, info = cl.load_fold_models(old_file)
+    assert info["arch"]["members"] == 1 and old_models[0].members == 1
+    with cl.load_session(entries[0], cl.read_targets(entries[0]["targets"]),
+                         cl.ClassifyParams.from_config(blob["meta"]["params"])) as s:
+        idx = np.arange(0, 300, 11)
+        np.testing.assert_allclose(cl.predict(old_models[1], s, idx), cl.predict(models[1], s, idx, members=True)[:, 0],
+                                   rtol=1e-5, atol=1e-6)
+    st = tmp_path / "gradcam.zarr"
+    gc.session_gradcam(entries[0], old_file, {}, st)
+    g = open_group(st)
+    assert g.attrs["members"] == 1 and np.asarray(g["member_trial_maps"][:]).shape[0] == 1
+    full = open_group(_gradcam_store(trained, entries[0]))
+    np.testing.assert_allclose(np.asarray(g["trial_maps"][:]), np.asarray(full["member_trial_maps"][:])[0],
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_shuffled_labels_keep_trial_structure(trained):
+    _, entries, _, _ = trained
+    t = cl.read_targets(entries[0]["targets"])
+    lab = cl.read_labels(entries[0]["stim_log"], t, TINY.n_frames)
+    tr = cl.find_trials(lab, 2)
+    sh = cl.shuffle_trial_labels(lab, tr, 0, "a1_A")
+    assert sh.shape == lab.shape and sh.dtype == np.float32
+    none = lab[:, -1] > 0.5
+    np.testing.assert_array_equal(sh[none], lab[none])  # unstimulated frames untouched
+    np.testing.assert_array_equal(sh[:, -1], lab[:, -1])
+    new = []
+    for a, b in zip(tr.start, tr.stop, strict=True):
+        rows = sh[a:b]
+        assert (rows == rows[0]).all() and rows[0, :-1].sum() >= 1  # one label for the whole trial
+        new.append(tuple(np.flatnonzero(rows[0, :-1]).tolist()))
+    assert sorted(new) == sorted(tr.pattern)  # the same multiset of patterns
+    assert sum(a != b for a, b in zip(new, tr.pattern, strict=True)) >= len(new) // 2
+    np.testing.assert_array_equal(cl.shuffle_trial_labels(lab, tr, 0, "a1_A"), sh)  # seeded
+    assert not np.array_equal(cl.shuffle_trial_labels(lab, tr, 1, "a1_A"), sh)
+    assert not np.array_equal(cl.shuffle_trial_labels(lab, tr, 0, "a1_B"), sh)
+
+
+@pytest.fixture(scope="module")
+def shuffled(trained):
+    tmp, entries, _, _ = trained
+    out = tmp / "classifier" / "a1" / "shuffled"
+    return out, cl.train_group(entries, entries[0]["targets"], FAST, out, group="a1", shuffle_labels=True)
+
+
+def test_shuffled_label_classifier_is_near_chance_and_the_real_one_is_not(trained, shuffled):
+    """Held-out target accuracy against the stim log: the real classifier well above chance, the
+    shuffled-label control near it (3 single targets and a pair: about 0.4 by chance)."""
+    _, _, _, real = trained
+    out, m = shuffled
+    blob = torch.load(out / "model.pt", weights_only=True)
+    assert blob["meta"]["control"] == "shuffled_labels" and m["control"] == "shuffled_labels"
+    assert (out / "checkpoints" / "fold0_last.pt").is_file() and (out / "predictions.npz").is_file()
+    chance = real["members"]["chance_target_accuracy"]  # 3 single targets and a pair: about 0.42
+    assert m["members"]["chance_target_accuracy"] == chance and 0.35 < chance < 0.5
+    r, c = real["members"]["ensemble_test_target_accuracy"], m["members"]["ensemble_test_target_accuracy"]
+    # measured over training seeds 0-2: real 0.69-0.75, shuffled 0.47-0.50
+    assert r > chance + 0.2 and c < chance + 0.15 and r - c > 0.15, (r, c, chance)
+    assert m["warnings"] == [] and "test_vs_shuffled_labels" in m["sessions"]["a1_A"]
+
+
+def _gradcam_store(trained, entry):
+    tmp, _, out, _ = trained
+    st = tmp / entry["session"] / "gradcam.zarr"
+    if not st.is_dir():
+        gc.session_gradcam(entry, out / "model.pt", {}, st, plots_dir=tmp / entry["session"] / "plots" / "gradcam")
+    return st
+
+
+def test_gradcam_shuffled_store_has_the_gradcam_layout_and_true_patterns(trained, shuffled, tmp_path):
+    _, entries, _, _ = trained
+    real = open_group(_gradcam_store(trained, entries[0]))
+    st = tmp_path / "gradcam_shuffled.zarr"
+    gc.session_gradcam(entries[0], shuffled[0] / "model.pt", {}, st)
+    g = open_group(st)
+    assert g.attrs["control"] == "shuffled_labels" and real.attrs["control"] is None
+    for key in ("session", "condition", "group", "patterns", "method", "zncc_map", "members"):
+        assert g.attrs[key] == real.attrs[key], key
+    assert set(g.array_keys()) == set(real.array_keys())
+    for key in ("trial_pattern", "trial_fold", "trial_start"):  # the stim log's trials and patterns
+        np.testing.assert_array_equal(np.asarray(g[key][:]), np.asarray(real[key][:]))
+    mt = np.asarray(g["member_trial_maps"][:])
+    assert mt.shape == (5, *np.asarray(real["trial_maps"][:]).shape)
+    np.testing.assert_allclose(mt.mean(axis=0), np.asarray(g["trial_maps"][:]), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(np.asarray(g["trial_maps"][:]), np.asarray(real["trial_maps"][:]))
 
 
 def test_gradcam_matches_captum_layer_gradcam():
@@ -329,6 +507,13 @@ def test_session_gradcam_store(trained):
     assert np.asarray(g["display_maps"][:]).shape == (4, 40, 40)
     assert info["trials"] == len(tp) and (tmp / "a1_A" / "plots" / "gradcam" / "zncc.png").is_file()
     assert "trace_corr" not in g  # no cnmf store given
+    # the seed ensemble: every member's trial maps, whose mean over members is trial_maps
+    mt = np.asarray(g["member_trial_maps"][:])
+    assert g.attrs["members"] == 5 and mt.shape == (5, *tm.shape) and mt.dtype == np.float32
+    assert list(g["member_trial_maps"].metadata.dimension_names) == ["member", "trial", "ly", "lx"]
+    np.testing.assert_allclose(mt.mean(axis=0), tm, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(mt[0], mt[1])  # the members' maps differ
+    assert g.attrs["control"] is None and g.attrs["group"] == "a1"
 
 
 def test_cnmf_trace_correlation_reads_the_contract(tmp_path):

@@ -835,33 +835,49 @@ class _Pools:
 def _batch(data: Sequence[SessionData], pools: _Pools, p: ClassifyParams, fold: int, it: int,
            hw: tuple[int, int], member: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Member ``member``'s batch of iteration ``it``: (B, C, h, w) inputs and (B, N + 1) labels drawn
-    from ``default_rng([seed, fold, it, member])`` (member 0: the single network's ``[seed, fold, it]``)."""
+    from ``default_rng([seed, fold, it, member])`` (member 0: the single network's ``[seed, fold, it]``).
+
+    Every random number is drawn first, sample by sample; then each session's windows are read at
+    once (one read per run of consecutive frames) and augmented as one array."""
     rng = np.random.default_rng([p.seed, fold, it, member])
     sizes = np.array([len(x) for x in pools.all], float)
     which = rng.choice(len(pools.all), size=p.batch_size, p=sizes / sizes.sum())
-    xs, ys = [], []
+    t = np.zeros(p.batch_size, np.int64)
+    quiet_t = np.full(p.batch_size, -1, np.int64)
+    gain, offset, quiet_w = (np.zeros(p.batch_size, np.float32) for _ in range(3))
+    roll = np.zeros((p.batch_size, 2), np.int64)
     for i, k in enumerate(which):
         pool = pools.all[k]
         stim = pools.stim[k]
         if i % 2 == 0 and len(stim):  # every other frame a stimulated one: balanced against "none"
             pool = stim
-        t = int(pool[rng.integers(0, len(pool))])
-        s = data[k]
-        gain = rng.uniform(1 - p.contrast, 1 + p.contrast)
-        offset = rng.uniform(-p.brightness, p.brightness)
-        x = window(s, np.array([t]), p.context)[0]
+        t[i] = int(pool[rng.integers(0, len(pool))])
+        gain[i] = rng.uniform(1 - p.contrast, 1 + p.contrast)
+        offset[i] = rng.uniform(-p.brightness, p.brightness)
         if p.mix and rng.random() < p.mix:  # background mixing: the label stays, the spontaneous activity changes
             quiet = pools.none[k]
             if len(quiet):
-                x = x + rng.uniform(0.5, 1.0) * window(s, np.array([int(quiet[rng.integers(0, len(quiet))])]),
-                                                       p.context)[0]
-        x = x * gain + offset
+                quiet_w[i] = rng.uniform(0.5, 1.0)
+                quiet_t[i] = int(quiet[rng.integers(0, len(quiet))])
         if p.shift:
-            dy, dx = rng.integers(-p.shift, p.shift + 1, size=2)
-            x = np.roll(x, (int(dy), int(dx)), axis=(1, 2))
-        xs.append(_net_input(s, x[None].astype(np.float32), hw)[0])
-        ys.append(s.labels[t])
-    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+            roll[i] = rng.integers(-p.shift, p.shift + 1, size=2)
+    n_in = 2 * p.context + 1
+    xs = np.empty((p.batch_size, n_in, *hw), np.float32)
+    ys = np.empty((p.batch_size, data[0].labels.shape[1]), np.float32)
+    for k in np.unique(which).tolist():
+        sel = np.flatnonzero(which == k)
+        s = data[k]
+        x = window(s, t[sel], p.context)
+        mixed = quiet_t[sel] >= 0
+        if mixed.any():
+            x[mixed] += quiet_w[sel][mixed, None, None, None] * window(s, quiet_t[sel][mixed], p.context)
+        x = x * gain[sel, None, None, None] + offset[sel, None, None, None]
+        if p.shift:
+            for j, (dy, dx) in enumerate(roll[sel].tolist()):
+                x[j] = np.roll(x[j], (dy, dx), axis=(1, 2))
+        xs[sel] = _net_input(s, x, hw)
+        ys[sel] = s.labels[t[sel]]
+    return torch.from_numpy(xs), torch.from_numpy(ys)
 
 
 def _ensemble_batch(data: Sequence[SessionData], pools: _Pools, p: ClassifyParams, fold: int, it: int,
@@ -982,6 +998,8 @@ def frame_metrics(prob: np.ndarray, labels: np.ndarray, target_ids: Sequence[str
         "accuracy": float(correct[is_stim].mean()) if is_stim.any() else None,
         "n_stimulated_frames": int(is_stim.sum()),
         "target_accuracy": float(target_ok.mean()) if is_stim.any() else None,
+        # a top target drawn at random: on average the stimulated targets' share of the N
+        "chance_target_accuracy": float((stim[is_stim].sum(axis=1) / n).mean()) if is_stim.any() else None,
         "missed_as_none": float((top[is_stim] == n).mean()) if is_stim.any() else None,
         "none_accuracy": float(none_ok.mean()) if none_ok.size else None,
         "n_none_frames": int((~is_stim).sum()),
@@ -1129,6 +1147,7 @@ def _train_loaded(data: Sequence[SessionData], entries: Sequence[Mapping[str, An
         per_condition[cond] = {"sessions": [s.session for s in ss], "test_accuracy": m["accuracy"],
                                "test_target_accuracy": m["target_accuracy"], "test_missed_as_none": m["missed_as_none"],
                                "test_none_accuracy": m["none_accuracy"],
+                               "chance_target_accuracy": m["chance_target_accuracy"],
                                "train_accuracy": float(np.mean([per_session[s.session]["train_accuracy"] for s in ss])),
                                "per_target": m["per_target"],
                                "member_test_accuracy": [x["accuracy"] for x in mm],
@@ -1142,6 +1161,7 @@ def _train_loaded(data: Sequence[SessionData], entries: Sequence[Mapping[str, An
     members_summary = {
         "members": K, "ensemble_test_accuracy": ens_all["accuracy"],
         "ensemble_test_target_accuracy": ens_all["target_accuracy"],
+        "chance_target_accuracy": ens_all["chance_target_accuracy"],
         "test_accuracy": [x["accuracy"] for x in m_all], "test_accuracy_spread": _spread([x["accuracy"] for x in m_all]),
         "test_target_accuracy": [x["target_accuracy"] for x in m_all],
         "test_target_accuracy_spread": _spread([x["target_accuracy"] for x in m_all]),
