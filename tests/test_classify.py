@@ -322,6 +322,23 @@ def test_members_train_to_different_weights_from_different_seeds(trained):
     assert (a1 - a0).abs().max() > 1e-2
 
 
+def test_cache_sized_passes_train_like_the_whole_batch(trained, monkeypatch):
+    """On the CPU a batch goes through the network in cache-sized passes whose gradients accumulate:
+    the same training as one pass over the whole batch (to float rounding)."""
+    _, entries, out, _ = trained
+    p = cl.ClassifyParams.from_config({**FAST, "dropout": 0.0, "members": 2, "iterations": 6})
+    with cl.load_session(entries[0], cl.read_targets(entries[0]["targets"]), p) as s:
+        whole, _ = cl.train_fold([s], p, 0, out.parent / "ck_whole")
+        monkeypatch.setattr(cl, "CPU_PASS_BYTES", 1)  # one sample per pass
+        assert cl.pass_rows(whole, "cpu") == 1 and cl.pass_rows(whole, "cuda") is None
+        passes, _ = cl.train_fold([s], p, 0, out.parent / "ck_passes")
+        idx = np.arange(0, 400, 9)
+        np.testing.assert_allclose(cl.predict(passes, s, idx, members=True), cl.predict(whole, s, idx, members=True),
+                                   rtol=1e-4, atol=1e-5)
+    for name, v in whole.state_dict().items():
+        torch.testing.assert_close(passes.state_dict()[name], v, rtol=1e-3, atol=1e-5)
+
+
 def test_old_single_network_model_file_loads_as_one_member(trained, tmp_path):
     """A model.pt from before the ensemble (plain StimNet states, no ``members`` in its arch) loads as
     a K = 1 ensemble; its gradcam.zarr has members 1 and equals the ensemble's member 0 maps."""

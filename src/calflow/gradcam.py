@@ -45,7 +45,8 @@ import torch.nn.functional as F
 import zarr
 from torch import nn
 
-from calflow.classify import ClassifyParams, _net_input, load_fold_models, load_session, read_targets, window
+from calflow.classify import (ClassifyParams, _net_input, load_fold_models, load_session, pass_rows, read_targets,
+                              window)
 from calflow.errors import CalflowInputError
 from calflow.io import atomic_output, open_group, write_array
 from calflow.params import from_section
@@ -289,11 +290,12 @@ def _mean_cam(model: nn.Module, layer: nn.Module, data: Any, frames: np.ndarray,
     one map per member of a :class:`calflow.classify.StimEnsemble` (all from one backward pass per batch)."""
     dev = next(model.parameters()).device
     w = np.tile(score_weights(data.labels.shape[1], targets, p.score), (len(frames), 1))
+    step = min(p.batch_size, pass_rows(model, dev) or p.batch_size)  # CPU: cache-sized passes
     acc = []
-    for a in range(0, len(frames), p.batch_size):
-        idx = frames[a : a + p.batch_size]
+    for a in range(0, len(frames), step):
+        idx = frames[a : a + step]
         x = _net_input(data, window(data, idx, context), model.input_hw)
-        cam = grad_cam(model, layer, torch.from_numpy(x).to(dev), torch.from_numpy(w[a : a + p.batch_size]).to(dev),
+        cam = grad_cam(model, layer, torch.from_numpy(x).to(dev), torch.from_numpy(w[a : a + step]).to(dev),
                        p.method)
         acc.append(cam if cam.ndim == 4 else cam[:, None])
     return np.concatenate(acc).mean(axis=0)
