@@ -82,8 +82,12 @@ SECTION_CHANGES = {
     "decode": lambda c: c.setdefault("decode", {}).update(n_permutations=20),
     "train_classifier": lambda c: c["classify"].update(iterations=c["classify"]["iterations"] + 1),
     "gradcam": lambda c: c.setdefault("gradcam", {}).update(zncc_map="relu"),
+    "stim_maps": lambda c: c.setdefault("stim_maps", {}).update(tail_frames=3),
     "compare": lambda c: c["compare"].update(n_permutations=c["compare"]["n_permutations"] + 1),
 }
+# stages a section change re-runs besides the named one: the classify section trains both the
+# classifier and its shuffled-label control
+ALSO_RERUN = {"train_classifier": {"train_classifier_shuffled"}}
 
 
 @pytest.mark.parametrize("stage", list(SECTION_CHANGES))
@@ -91,6 +95,8 @@ def test_changed_section_reruns_its_stage_and_what_follows_only(workdir, stage):
     descendants = rulegraph_descendants(workdir)
     assert stage in descendants, f"rule {stage} is not in the tiny run's rule graph"
     expected = {stage} | descendants[stage]
+    for other in ALSO_RERUN.get(stage, ()):
+        expected |= {other} | descendants[other]
     config = tiny_config()
     SECTION_CHANGES[stage](config)
     write_workdir(workdir, config, TINY_SESSIONS)

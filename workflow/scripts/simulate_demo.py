@@ -3,12 +3,15 @@ import dataclasses
 from pathlib import Path
 
 from calflow.runner import run_script
-from calflow.simulate import draw_nuisance, study_params, write_session
+from calflow.simulate import SimParams, draw_nuisance, study_params, write_session
 
 
 def main(smk):
-    params = study_params(**{**smk.params.sim, "fps": smk.params.fps, "w_gain": smk.params.w_gain,
-                             "trials_per_pattern": smk.params.trials_per_pattern})
+    sim = {**smk.params.sim, "fps": smk.params.fps, "w_gain": smk.params.w_gain}
+    if "n_frames" in sim:  # an explicit length: as many blocks of trials as fit
+        params = SimParams.from_dict(sim)
+    else:  # every pattern trials_per_pattern times, n_frames to fit
+        params = study_params(**sim, trials_per_pattern=smk.params.trials_per_pattern)
     params = dataclasses.replace(params, **draw_nuisance(smk.params.nuisance_seed, smk.params.nuisance, base=params))
     params.validate()
     write_session(
