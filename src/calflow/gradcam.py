@@ -45,8 +45,15 @@ import torch.nn.functional as F
 import zarr
 from torch import nn
 
-from calflow.classify import (ClassifyParams, _net_input, load_fold_models, load_session, pass_rows, read_targets,
-                              window)
+from calflow.classify import (
+    ClassifyParams,
+    _net_input,
+    load_fold_models,
+    load_session,
+    pass_rows,
+    read_targets,
+    window,
+)
 from calflow.errors import CalflowInputError
 from calflow.io import atomic_output, open_group, write_array
 from calflow.params import from_section
