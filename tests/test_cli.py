@@ -35,7 +35,7 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
 def test_validate_shipped_config():
     proc = subprocess.run([sys.executable, "-m", "calflow", "validate"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "4 session(s): m1_POD0, m1_POD3, m2_POD0, m2_POD3" in proc.stdout
+    assert "12 session(s): m1_POD0, m1_POD3, m2_POD0, m2_POD3, m3_POD0" in proc.stdout  # six animals x POD0, POD3
 
 
 def test_validate_reports_bad_sheet(tmp_path):

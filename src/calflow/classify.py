@@ -86,15 +86,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from calflow.config import check_stim_log, check_targets
 from calflow.device import resolve_device
 from calflow.errors import CalflowInputError
 from calflow.io import MovieReader, atomic_output, process_temp_prefix, remove_orphaned_temp_dirs
 from calflow.params import from_section
+from calflow.stimulation import NONE, Targets, Trials, find_trials, read_labels, read_targets  # noqa: F401 - re-exported
 
 log = logging.getLogger("calflow.classify")
 
-NONE = "none"
 MAX_MEMBERS = 64
 
 
@@ -171,103 +170,6 @@ def group_of(session: str, group_by: str = "animal", separator: str = "_") -> st
 # --------------------------------------------------------------------------------------------
 # inputs: targets, stim log, trials, folds, frames
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Targets:
-    """A session's targets table: ids (N,), positions (N, 2) (y, x) px, radii (N,) px (NaN if absent)."""
-
-    ids: list[str]
-    yx: np.ndarray
-    radius: np.ndarray
-
-    def same_as(self, other: Targets) -> bool:
-        return self.ids == other.ids and np.allclose(self.yx, other.yx) and np.allclose(
-            self.radius, other.radius, equal_nan=True)
-
-
-def read_targets(path: str | Path) -> Targets:
-    """Read and validate ``id,y,x[,radius]`` (calflow.config.check_targets)."""
-    df = check_targets(path)
-    ids = [str(int(float(v))) for v in df["id"]]
-    yx = df[["y", "x"]].astype(float).to_numpy()
-    radius = df["radius"].astype(float).to_numpy() if "radius" in df.columns else np.full(len(ids), np.nan)
-    if not ids:
-        raise CalflowInputError("the targets table has no rows", file=path, fix="list at least one target")
-    return Targets(ids, yx, radius)
-
-
-def read_labels(path: str | Path, targets: Targets, n_frames: int) -> np.ndarray:
-    """Multi-hot labels (T, N + 1) float32 from a stim log; the last column is "none".
-
-    Frames missing from the log are unstimulated. An unknown target id or a frame outside the
-    movie is a :class:`CalflowInputError` naming the row.
-    """
-    df = check_stim_log(path)
-    index = {t: j for j, t in enumerate(targets.ids)}
-    n = len(targets.ids)
-    labels = np.zeros((n_frames, n + 1), np.float32)
-    for i, (frame, tg) in enumerate(zip(df["frame"], df["targets"], strict=True)):
-        t = int(frame)
-        if t >= n_frames:
-            raise CalflowInputError(f"row {i + 2}, field 'frame': frame {t} is past the movie's {n_frames} frames",
-                                    file=path, fix="the stim log must describe this session's movie")
-        for tok in filter(None, (x.strip() for x in tg.split(";"))):
-            key = str(int(tok))
-            if key not in index:
-                raise CalflowInputError(f"row {i + 2}, field 'targets': target id {tok} is not in the targets table",
-                                        file=path, fix=f"use the ids of the targets table ({', '.join(targets.ids)})")
-            labels[t, index[key]] = 1.0
-    labels[:, n] = labels[:, :n].sum(axis=1) == 0
-    return labels
-
-
-@dataclass
-class Trials:
-    """Trials of a session: maximal runs of frames with the same non-empty set of targets.
-
-    ``start``/``stop`` (n,) frames, ``pattern`` (n,) tuples of target indices, ``unit`` (T,) the
-    trial each frame belongs to (the trial plus the frames up to the next trial; frames before the
-    first trial belong to it), ``fold`` (n,) the cross-fitting fold of each trial.
-    """
-
-    start: np.ndarray
-    stop: np.ndarray
-    pattern: list[tuple[int, ...]]
-    unit: np.ndarray
-    fold: np.ndarray
-
-    @property
-    def frame_fold(self) -> np.ndarray:
-        return self.fold[self.unit] if len(self.fold) else np.zeros(len(self.unit), np.int64)
-
-
-def find_trials(labels: np.ndarray, n_folds: int) -> Trials:
-    """Trials and their folds (contiguous blocks of trials in time order) from the labels."""
-    stim = labels[:, :-1] > 0.5
-    T = len(labels)
-    starts, stops, pats = [], [], []
-    prev: tuple[int, ...] = ()
-    for t in range(T):
-        cur = tuple(np.flatnonzero(stim[t]).tolist())
-        if cur and cur != prev:
-            if starts and stops[-1] is None:
-                stops[-1] = t
-            starts.append(t)
-            stops.append(None)
-            pats.append(cur)
-        elif not cur and prev:
-            stops[-1] = t
-        prev = cur
-    if stops and stops[-1] is None:
-        stops[-1] = T
-    start = np.array(starts, np.int64)
-    unit = np.zeros(T, np.int64)
-    for i, s in enumerate(start[1:], 1):
-        unit[s:] = i
-    n = len(start)
-    fold = (np.arange(n) * n_folds // max(n, 1)).astype(np.int64)
-    return Trials(start, np.array(stops, np.int64), pats, unit, fold)
 
 
 def scratch_root(scratch_dir: str = "") -> Path:

@@ -54,6 +54,7 @@ from calflow.classify import (
     read_targets,
     window,
 )
+from calflow.compare import zncc_matrix  # noqa: F401 - the one definition (no torch there)
 from calflow.errors import CalflowInputError
 from calflow.io import atomic_output, open_group, write_array
 from calflow.params import from_section
@@ -185,18 +186,6 @@ def zncc(a: np.ndarray, b: np.ndarray) -> float:
     b = np.asarray(b, np.float64).ravel() - np.mean(b)
     den = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / den) if den > 0 else float("nan")
-
-
-def zncc_matrix(maps: np.ndarray) -> np.ndarray:
-    """(P, P) ZNCC between every pair of (P, ...) maps; a flat map's row and column are NaN."""
-    m = np.asarray(maps, np.float64).reshape(len(maps), -1)
-    m = m - m.mean(axis=1, keepdims=True)
-    norm = np.sqrt((m * m).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z = (m @ m.T) / np.outer(norm, norm)
-    z[norm == 0] = np.nan
-    z[:, norm == 0] = np.nan
-    return z
 
 
 def offdiag(z: np.ndarray) -> np.ndarray:
