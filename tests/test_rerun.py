@@ -86,8 +86,8 @@ SECTION_CHANGES = {
     "compare": lambda c: c["compare"].update(n_permutations=c["compare"]["n_permutations"] + 1),
 }
 # stages a section change re-runs besides the named one: the classify section trains both the
-# classifier and its shuffled-label control
-ALSO_RERUN = {"train_classifier": {"train_classifier_shuffled"}}
+# classifier and its shuffled-label control, the gradcam section both Grad-CAM rules
+ALSO_RERUN = {"train_classifier": {"train_classifier_shuffled"}, "gradcam": {"gradcam_shuffled"}}
 
 
 @pytest.mark.parametrize("stage", list(SECTION_CHANGES))

@@ -14,7 +14,7 @@ rule simulate_demo:
         anatomy_seed=lambda w: config["seed"] * 7919 + _stable_seed(demo_animal(w.session)),
         trials_per_pattern=config["demo"]["trials_per_pattern"],
         nuisance=config["demo"]["nuisance"],
-        nuisance_seed=lambda w: config["seed"] * 7919 + _stable_seed("nuisance " + w.session),
+        nuisance_seed=lambda w: config["seed"] * 7919 + _stable_seed(f"nuisance {w.session}"),
     conda:
         "../../envs/io.yaml"
     log:
