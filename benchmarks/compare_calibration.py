@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from calflow import simulate as sim  # noqa: E402
 from calflow.compare import SETS, CompareParams, Source, Stratum, analyse_source, sign_flip_test  # noqa: E402
+from calflow.io import block_average  # noqa: E402
 from calflow.stim_maps import StimMapsParams, trial_weights  # noqa: E402
 from calflow.stimulation import find_trials  # noqa: E402
 
@@ -66,10 +67,8 @@ def session_stratum(p: sim.SimParams, seed: int, aseed: int, nuisance_seed: int,
     labels = np.concatenate([stim, ~stim.any(axis=1, keepdims=True)], axis=1).astype(np.float32)
     tr = find_trials(labels, 1)
     w = trial_weights(tr.start, tr.stop, len(movie), sp.baseline_frames, sp.tail_frames)
-    T, H, W = movie.shape
-    d = sp.downsample
-    x = movie[:, : H // d * d, : W // d * d].reshape(T, H // d, d, W // d, d).mean(axis=(2, 4)).reshape(T, -1)
-    maps = (w @ x).reshape(-1, H // d, W // d)
+    x = block_average(movie, sp.downsample, np.float64)
+    maps = (w @ x.reshape(len(x), -1)).reshape(-1, *x.shape[1:])
     ids = [str(j + 1) for j in range(stim.shape[1])]
     return Stratum(maps, ["+".join(ids[j] for j in pat) for pat in tr.pattern], np.zeros(len(tr.pattern), np.int64),
                    [f"seed{seed}"])

@@ -88,7 +88,13 @@ from torch import nn
 
 from calflow.device import resolve_device
 from calflow.errors import CalflowInputError
-from calflow.io import MovieReader, atomic_output, process_temp_prefix, remove_orphaned_temp_dirs
+from calflow.io import (
+    MovieReader,
+    atomic_output,
+    block_average,
+    process_temp_prefix,
+    remove_orphaned_temp_dirs,
+)
 from calflow.params import from_section
 from calflow.stimulation import NONE, Targets, Trials, find_trials, read_labels, read_targets  # noqa: F401 - re-exported
 
@@ -334,8 +340,7 @@ def open_movie(store: str | Path, downsample: int, block_frames: int = 200, norm
         shift = s1 = s2 = None
         with open(path, "wb") as f:
             for a, block in reader.iter_blocks(block_frames):
-                b = np.asarray(block, np.float32)[:, : h * d, : w * d]
-                b = b.reshape(len(b), h, d, w, d).mean(axis=(2, 4))
+                b = block_average(block, d)
                 if not np.isfinite(b).all():
                     raise CalflowInputError(f"the movie has NaN or infinite pixels (frames {a}-{a + len(b) - 1})",
                                             file=store, fix="re-run motion correction")

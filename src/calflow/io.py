@@ -269,6 +269,14 @@ def write_array(
     )
 
 
+def block_average(frames: np.ndarray, d: int, dtype: type = np.float32) -> np.ndarray:
+    """(n, H, W) frames -> (n, H // d, W // d) means of d x d blocks (the ragged edge is dropped)."""
+    n, H, W = frames.shape
+    h, w = H // d, W // d
+    x = np.asarray(frames, dtype)[:, : h * d, : w * d]
+    return x.reshape(n, h, d, w, d).mean(axis=(2, 4))
+
+
 class MovieReader:
     """Read-only access to a calflow movie store, streamed in frame blocks.
 

@@ -32,7 +32,7 @@ from scipy import sparse
 
 from calflow.compare import pattern_maps, zncc_matrix
 from calflow.errors import CalflowInputError
-from calflow.io import MovieReader, atomic_output, write_array
+from calflow.io import MovieReader, atomic_output, block_average, write_array
 from calflow.params import from_section
 from calflow.stimulation import find_trials, read_labels, read_targets
 
@@ -90,7 +90,7 @@ def compute_trial_maps(store: str | Path, weights: sparse.csc_matrix, downsample
         wb = weights[:, a : a + len(block)]
         if not wb.nnz:
             continue
-        x = np.asarray(block, np.float64)[:, : h * d, : w * d].reshape(len(block), h, d, w, d).mean(axis=(2, 4))
+        x = block_average(block, d, np.float64)
         if not np.isfinite(x).all():
             raise CalflowInputError(f"the movie has NaN or infinite pixels (frames {a}-{a + len(block) - 1})",
                                     file=store, fix="re-run motion correction")
