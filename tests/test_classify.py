@@ -329,7 +329,7 @@ def test_cache_sized_passes_train_like_the_whole_batch(trained, monkeypatch):
     p = cl.ClassifyParams.from_config({**FAST, "dropout": 0.0, "members": 2, "iterations": 6})
     with cl.load_session(entries[0], cl.read_targets(entries[0]["targets"]), p) as s:
         whole, _ = cl.train_fold([s], p, 0, out.parent / "ck_whole")
-        monkeypatch.setattr(cl, "CPU_PASS_BYTES", 1)  # one sample per pass
+        monkeypatch.setattr("calflow.classify.train.CPU_PASS_BYTES", 1)  # one sample per pass (read by pass_rows)
         assert cl.pass_rows(whole, "cpu") == 1 and cl.pass_rows(whole, "cuda") is None
         passes, _ = cl.train_fold([s], p, 0, out.parent / "ck_passes")
         idx = np.arange(0, 400, 9)

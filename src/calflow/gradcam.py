@@ -47,13 +47,13 @@ from torch import nn
 
 from calflow.classify import (
     ClassifyParams,
-    _net_input,
     load_fold_models,
     load_session,
     pass_rows,
     read_targets,
     window,
 )
+from calflow.classify.data import _net_input
 from calflow.compare import zncc_matrix  # noqa: F401 - the one definition (no torch there)
 from calflow.errors import CalflowInputError
 from calflow.io import atomic_output, open_group, write_array
