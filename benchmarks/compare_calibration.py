@@ -26,6 +26,13 @@ compare_calibration.json and a power figure; prints a table.
 
     python benchmarks/compare_calibration.py                                  # full: ~80 min on one core
     python benchmarks/compare_calibration.py --null-experiments 20 --pool 24  # quick look
+
+More null experiments on fresh seeds, then one table over all of them (rejections add; the
+effect mean and SD pool):
+
+    python benchmarks/compare_calibration.py --null-start 200 --null-experiments 200 --gains \
+        --diagnostic-permutations 0 --out benchmarks/out/compare_calibration_null2.json
+    python benchmarks/compare_calibration.py --merge benchmarks/out/compare_calibration_null*.json
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -89,38 +97,85 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> list[float]:
     return [float(lo), float(hi)]
 
 
+def null_summary(d0: np.ndarray, trial_p: np.ndarray, *, first_seed: int | list[int]) -> dict:
+    """False-positive rate of the sign-flip test over null experiments ``d0`` (experiments x
+    animals, per-animal effects), with its Clopper-Pearson CI; keeps ``d0`` for merging."""
+    n_exp, n_an = d0.shape
+    pv = np.array([sign_flip_test(row)["p"] for row in d0]) if n_exp else np.zeros(0)
+    rej = int(np.sum(pv < 0.05))
+    return {"experiments": int(n_exp), "animals_per_experiment": int(n_an),
+            "rejections": rej, "false_positive_rate": rej / max(n_exp, 1),
+            "ci95": clopper_pearson(rej, max(n_exp, 1)),
+            # the test's size for continuous symmetric effects: sign patterns come in +- pairs
+            "exact_level": 2 * int(0.05 * 2**n_an / 2) / 2**n_an,
+            "trial_level_false_positive_rate": float(np.mean(trial_p < 0.05)) if len(trial_p) else None,
+            "trial_level_sessions": int(len(trial_p)), "trial_level_p": [float(x) for x in trial_p],
+            "effect_sd": float(d0.std(ddof=1)) if d0.size > 1 else None,
+            "effect_mean": float(d0.mean()) if d0.size else None,
+            "first_anatomy_seed": first_seed, "effects": d0.tolist()}
+
+
+def merge_null(files: list[Path], out_path: Path) -> int:
+    """One null table over the experiments of several runs on disjoint seeds. Rejections and
+    experiments add (the experiments are independent); the effect mean and SD pool by counts, so a
+    run made before per-experiment effects were kept still merges."""
+    runs = [json.loads(Path(f).read_text())["null"] for f in files]
+    n_an = {r["animals_per_experiment"] for r in runs}
+    if len(n_an) != 1:
+        raise SystemExit(f"{', '.join(map(str, files))}: different animals per experiment {sorted(n_an)}")
+    n_exp = sum(r["experiments"] for r in runs)
+    rej = sum(r["rejections"] for r in runs)
+    m = [r["experiments"] * r["animals_per_experiment"] for r in runs]
+    mean = sum(k * r["effect_mean"] for k, r in zip(m, runs, strict=True)) / sum(m)
+    ss = sum((k - 1) * r["effect_sd"] ** 2 + k * (r["effect_mean"] - mean) ** 2 for k, r in zip(m, runs, strict=True))
+    tl = [(r["trial_level_false_positive_rate"], r["trial_level_sessions"]) for r in runs
+          if r.get("trial_level_false_positive_rate") is not None]
+    n0 = {"experiments": n_exp, "animals_per_experiment": n_an.pop(), "rejections": rej,
+          "false_positive_rate": rej / n_exp, "ci95": clopper_pearson(rej, n_exp),
+          "exact_level": runs[0]["exact_level"], "effect_mean": mean, "effect_sd": math.sqrt(ss / (sum(m) - 1)),
+          "trial_level_false_positive_rate": (sum(a * b for a, b in tl) / sum(b for _, b in tl)) if tl else None,
+          "trial_level_sessions": sum(b for _, b in tl),
+          "first_anatomy_seed": [r.get("first_anatomy_seed", 100000) for r in runs]}
+    out = {"merged_from": [str(f) for f in files], "null": n0}
+    out_path = out_path if out_path != OUT / "compare_calibration.json" else OUT / "compare_calibration_null_merged.json"
+    out_path.write_text(json.dumps(out, indent=2))
+    print(f"null: {rej}/{n_exp} experiments of {n0['animals_per_experiment']} animals rejected at 0.05 -> rate "
+          f"{n0['false_positive_rate']:.3f}, 95% CI {n0['ci95'][0]:.3f}-{n0['ci95'][1]:.3f} (exact size "
+          f"{n0['exact_level']:.3f}); per-animal effect {mean:+.4f} (SD {n0['effect_sd']:.4f}); wrote {out_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--null-experiments", type=int, default=200)
     ap.add_argument("--null-animals", type=int, default=8)
+    ap.add_argument("--null-start", type=int, default=0,
+                    help="index of the first null experiment (its animals' seeds follow those of the ones before)")
+    ap.add_argument("--diagnostic-permutations", type=int, default=200,
+                    help="trial-level permutations of the within-animal diagnostic (0 = off, faster)")
+    ap.add_argument("--merge", type=Path, nargs="*", default=None,
+                    help="combine the null experiments of these JSON files (disjoint seeds) into one table")
     ap.add_argument("--gains", type=float, nargs="*", default=[1.5, 1.8])
     ap.add_argument("--animals", type=int, nargs="*", default=[4, 6, 8, 12])
     ap.add_argument("--pool", type=int, default=80, help="simulated animals per gain for the power estimate")
     ap.add_argument("--power-draws", type=int, default=2000)
     ap.add_argument("--out", type=Path, default=OUT / "compare_calibration.json")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge_null(args.merge, args.out)
     logging.disable(logging.WARNING)
     p = frozen_design()
-    cp = CompareParams(n_bootstrap=0, diagnostic_permutations=200)
+    cp = CompareParams(n_bootstrap=0, diagnostic_permutations=args.diagnostic_permutations)
     sp = StimMapsParams()
     t0 = time.perf_counter()
     out: dict = {"design": p.to_dict(), "compare": dataclasses.asdict(cp), "stim_maps": dataclasses.asdict(sp),
                  "maps": "stimulus-triggered average (calflow.stim_maps math), no motion", "nuisance_scale": 1.0}
     # --- null: independent experiments (--null-experiments 0 skips them, --gains with no value the power)
-    null = [animal_effect(p, 1.0, 100000 + i, cp, sp) for i in range(args.null_experiments * args.null_animals)]
+    first = 100000 + args.null_start * args.null_animals
+    null = [animal_effect(p, 1.0, first + i, cp, sp) for i in range(args.null_experiments * args.null_animals)]
     d0 = np.array([x["effect"] for x in null]).reshape(args.null_experiments, args.null_animals)
-    pv = np.array([sign_flip_test(row)["p"] for row in d0]) if len(d0) else np.zeros(0)
-    rej = int(np.sum(pv < 0.05))
-    n_exp = max(args.null_experiments, 1)
-    trial_p = np.array([x["session_difference_p"] for x in null])
-    out["null"] = {"experiments": args.null_experiments, "animals_per_experiment": args.null_animals,
-                   "rejections": rej, "false_positive_rate": rej / n_exp,
-                   "ci95": clopper_pearson(rej, n_exp),
-                   # the test's size for continuous symmetric effects: sign patterns come in +- pairs
-                   "exact_level": 2 * int(0.05 * 2**args.null_animals / 2) / 2**args.null_animals,
-                   "trial_level_false_positive_rate": float(np.mean(trial_p < 0.05)) if len(trial_p) else None,
-                   "trial_level_sessions": int(len(trial_p)), "effect_sd": float(d0.std(ddof=1)) if d0.size > 1 else None,
-                   "effect_mean": float(d0.mean()) if d0.size else None}
+    trial_p = np.array([x["session_difference_p"] for x in null if x["session_difference_p"] is not None])
+    out["null"] = null_summary(d0, trial_p, first_seed=first)
     # --- power: a pool of animals per gain
     rng = np.random.default_rng(7)
     out["power"] = {}
@@ -142,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"null: {n0['rejections']}/{n0['experiments']} experiments of {n0['animals_per_experiment']} animals "
               f"rejected at 0.05 -> rate {n0['false_positive_rate']:.3f}, 95% CI {n0['ci95'][0]:.3f}-"
               f"{n0['ci95'][1]:.3f} (trial-level diagnostic on the same sessions: "
-              f"{n0['trial_level_false_positive_rate']:.3f})")
+              f"{n0['trial_level_false_positive_rate']})")
     print(f"{'gain':>5} {'mean d':>8} {'sd d':>7} " + " ".join(f"{'n=' + str(n):>6}" for n in args.animals))
     for g, row in out["power"].items():
         print(f"{g:>5} {row['effect_mean']:8.4f} {row['effect_sd']:7.4f} "

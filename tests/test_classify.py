@@ -233,6 +233,28 @@ def test_classifier_metrics_are_held_out_and_above_chance(trained):
     assert preds["a1_A"].shape == (TINY.n_frames, 4)
 
 
+def test_accuracy_per_condition_has_a_trial_clustered_ci(trained):
+    """metrics.json: per condition the held-out accuracy's percentile CI from a bootstrap over trials
+    (each trial's frames one cluster), seeded, and the number of trials; per session the counts."""
+    tmp, entries, out, m = trained
+    truth = np.load(entries[0]["truth"])
+    for cond, session in (("A", "a1_A"), ("B", "a1_B")):
+        c, s = m["conditions"][cond], m["sessions"][session]
+        tt = s["test_trials"]
+        assert c["n_trials"] == s["n_trials"] == len(tt["correct"]) == len(tt["stimulated_frames"])
+        assert sum(tt["stimulated_frames"]) == s["test"]["n_stimulated_frames"]
+        assert sum(tt["correct"]) / sum(tt["stimulated_frames"]) == pytest.approx(c["test_accuracy"])
+        lo, hi = c["test_accuracy_ci"]
+        assert lo <= c["test_accuracy"] <= hi and hi - lo > 0.02 and "trial" in c["test_accuracy_ci_method"]
+    # a trial's stimulated frames: the simulator's trial length
+    assert set(m["sessions"]["a1_A"]["test_trials"]["stimulated_frames"]) == {TINY.trial_frames}
+    assert len(m["sessions"]["a1_A"]["test_trials"]["correct"]) == len(truth["trial_start"])
+    again = cmp.clustered_accuracy([[(m["sessions"]["a1_A"]["test_trials"]["correct"],
+                                      m["sessions"]["a1_A"]["test_trials"]["stimulated_frames"])]],
+                                   n_bootstrap=cl.ACCURACY_BOOTSTRAP, seed=FAST.get("seed", 0))
+    assert again["ci"] == m["conditions"]["A"]["test_accuracy_ci"]  # seeded by classify.seed
+
+
 def test_training_resumes_to_the_same_weights(trained, tmp_path):
     tmp, entries, out, _ = trained
     cl.train_group(entries, entries[0]["targets"], FAST, tmp_path, group="a1", stop_at=20)
@@ -586,9 +608,120 @@ def test_report_sections_show_classifier_gradcam_and_comparison(trained):
     assert len(comp["tables"][0].rows) == 1 and comp["tables"][0].rows[0][7] == "too few animals"
     assert ("unit of replication", "the animal (n = 1); trials are resampled within animals for the CI only") in \
         comp["facts"]
+    facts = dict(comp["facts"])
+    assert facts["analysis profile"].startswith("default: the default analysis")
+    seed = next(v for k, v in comp["facts"] if k.startswith("seed study's statistic"))
+    assert "not the headline test" in next(k for k, _ in comp["facts"] if k.startswith("seed study's statistic"))
+    assert seed.startswith(f"A {rp.fmt(res['conditions']['A']['seed_study_sum']['mean'])} (mean over animals; a1 ")
+    acc = facts["classifier accuracy (not evidence about connectivity)"]
+    lo, hi = res["classifier_accuracy"]["A"]["ci"]
+    assert f"A {rp.fmt(res['classifier_accuracy']['A']['accuracy'])} (95% CI {lo:.3f} – {hi:.3f})" in acc
+    assert "not evidence about connectivity" in acc and "animals, then trials" in acc
+    m = json.loads((out / "metrics.json").read_text())
+    assert any(k == "held-out accuracy, model a1" and "95% CI" in v and f"{m['conditions']['A']['n_trials']} trials" in v
+               for k, v in cls["facts"])
     empty = rp.sessions_from_records([{"session": "none1", "condition": "C", "movie": "", "fps": 30.0}], tmp)
     assert rp.classifier_section(ctx, "C", empty) is None and rp.gradcam_section(ctx, empty[0]) is None
     assert rp.zncc_section(ctx, "C", empty) is None
+
+
+def test_true_response_maps_include_off_target_drive(tmp_path):
+    """The truth's stim_drive (K x N: the target and the off-target excitation of its neighbours)
+    enters each target's expected response map; a file without it falls back to the target alone."""
+    K = 3
+    fp = np.zeros((K, 8, 8))
+    fp[0, :4, :4] = fp[1, :4, 4:] = fp[2, 4:, :4] = 1.0  # three cells side by side
+    W = np.zeros((K, K))
+    W[0, 2] = 0.5  # target (cell 0) drives cell 2 through W
+    truth = {"W": W, "footprints": fp, "w_gain": np.float64(1.0), "target_cells": np.array([0]),
+             "stim_drive": np.array([[20.0], [8.0], [0.0]])}  # off-target: cell 1 at 0.4 x the target's rate
+    maps = gc.true_response_maps(truth, [0], (8, 8), context=0, kinetics=False)[0]
+    np.testing.assert_allclose(maps, fp[0] + 0.4 * fp[1] + 0.5 * fp[2])
+    old = {k: v for k, v in truth.items() if k != "stim_drive"}  # a ground truth from before stim_drive
+    np.testing.assert_allclose(gc.true_response_maps(old, [0], (8, 8), context=0, kinetics=False)[0],
+                               fp[0] + 0.5 * fp[2])
+    # a simulated session with off-target excitation: its truth file carries it, relative to the target's rate
+    from calflow.simulate import _stim_drive, save_ground_truth, simulate
+
+    params = dataclasses.replace(TINY, n_frames=60, offtarget_radius_px=8.0)
+    t = simulate(params, seed=3)
+    gt = np.load(save_ground_truth(t, tmp_path / "ground_truth.npz"))
+    rel = gc.relative_stim_drive(gt, gt["target_cells"])
+    expect = _stim_drive(params, t.centers, t.target_cells)[0].T / params.stim_gain
+    np.testing.assert_allclose(rel, expect)
+    assert (rel > 0).sum() > len(gt["target_cells"])  # some neighbour is excited off target
+    with_drive = gc.true_response_maps(gt, gt["target_cells"], (20, 20), context=1)
+    plain = gc.true_response_maps({k: gt[k] for k in gt.files if k != "stim_drive"} | {"footprints": gt["footprints"]},
+                                  gt["target_cells"], (20, 20), context=1)
+    assert not np.allclose(with_drive, plain)
+
+
+def _footprints_from_truth(entry, store):
+    """footprints.zarr (the segment stage's layout) from the simulated session's true masks."""
+    import zarr
+
+    from calflow.segment.infer import footprints_from_labels
+    from calflow.simulate import load_ground_truth
+
+    labels = load_ground_truth(entry["truth"]).masks().astype(np.int32)
+    fp = footprints_from_labels(labels, np.ones(labels.shape, np.float32))
+    zarr.open_group(store, mode="w", zarr_format=3).attrs.update(
+        {"format": "csr", "shape": list(fp.shape), "frame_shape": list(labels.shape), "n_components": fp.shape[0]})
+    for key, arr, dims in (("data", fp.data, ("nnz",)), ("indices", fp.indices.astype(np.int64), ("nnz",)),
+                           ("indptr", fp.indptr.astype(np.int64), ("component_ptr",))):
+        write_array(store, key, arr, dims)
+    return str(store)
+
+
+def test_seed000_profile_runs_through_classify_gradcam_and_compare(trained, tmp_path):
+    """classify.profile seed000 as the workflow resolves it: the cells mask, a single input frame
+    (context 0), Grad-CAM at the last conv block with ReLU maps for ZNCC, and the summed ZNCC over all
+    pattern pairs as the comparison's statistic."""
+    from calflow.config import load_config
+
+    _, trained_entries, _, _ = trained
+    cfg = load_config("c.yaml", data={"classify": {"profile": "seed000"}}, log_profile=lambda _: None)
+    entries = [{**e, "footprints": _footprints_from_truth(e, tmp_path / e["session"] / "footprints.zarr")}
+               for e in trained_entries]
+    section = {**FAST, "members": 2, **{k: cfg["classify"][k] for k in ("mask", "context")}}
+    assert (section["mask"], section["context"]) == ("cells", 0)
+    out = tmp_path / "classifier"
+    m = cl.train_group(entries, entries[0]["targets"], section, out, group="a1")
+    blob = torch.load(out / "model.pt", weights_only=True)
+    assert blob["arch"]["in_channels"] == 1 and blob["meta"]["params"]["mask"] == "cells"
+    chance = m["members"]["chance_target_accuracy"]
+    assert m["members"]["ensemble_test_target_accuracy"] > chance + 0.1, m["members"]  # it learned something
+    p = cl.ClassifyParams.from_config(section)
+    with cl.load_session(entries[0], cl.read_targets(entries[0]["targets"]), p) as s:
+        assert 0.05 < s.mask.mean() < 0.95  # the inputs outside the (dilated) cells are hidden
+        np.testing.assert_array_equal(s.mask, cl.downsample_mask(cl.cell_mask(entries[0]["footprints"], 2), 1))
+    stores, flat = [], 0
+    for e in entries:
+        st = tmp_path / e["session"] / "gradcam.zarr"
+        info = gc.session_gradcam(e, out / "model.pt", cfg["gradcam"], st)
+        g = open_group(st)
+        assert (g.attrs["layer"], g.attrs["zncc_map"], g.attrs["method"]) == ("last", "relu", "gradcam")
+        assert list(g.attrs["layer_shape"]) == [20, 20]  # 40 px, downsample 1, two blocks: the last at 1/2
+        pm = np.asarray(g["pattern_maps"][:], np.float64)
+        assert np.isfinite(pm).all() and np.abs(pm).max() > 0
+        z = np.asarray(g["zncc"][:])
+        np.testing.assert_allclose(z, gc.zncc_matrix(np.maximum(pm, 0)), atol=1e-6)  # NaN where a ReLU map is 0
+        assert info["flat_maps"] == int((pm.max(axis=(1, 2)) <= 0).sum())
+        flat += info["flat_maps"]
+        stores.append(st)
+    res = cmp.compare_conditions({"gradcam": stores}, "A", "B", {**cfg["compare"], "n_bootstrap": 20,
+                                                                  "diagnostic_permutations": 0},
+                                 [out / "metrics.json"], profile=cfg["classify"]["profile"])
+    assert res["profile"] == "seed000" and (res["statistic"], res["summary"]) == ("all", "sum")
+    head = res["sources"]["gradcam"]
+    assert head["zncc_map"] == "relu"  # compare.zncc_map "": the stores' own
+    for c in "AB":  # under this profile the headline is the seed study's own number
+        assert res["conditions"][c]["seed_study_sum"]["mean"] == pytest.approx(head["conditions"][c]["statistic"],
+                                                                                nan_ok=True)
+    # On this tiny animal the last block's Grad-CAM is negative nearly everywhere (measured: every pattern map
+    # with context 0), so the ReLU maps are empty: the comparison must say so rather than report a number.
+    assert (sum(sum(x["flat_maps"].values()) for x in head["animals"]) > 0) == (flat > 0)
+    assert (flat > 0) == any("pattern maps of Grad-CAM" in w and "flat" in w for w in res["warnings"])
 
 
 # The simulated animal of benchmarks/gradcam_validation.py (design "criteria"): targets share

@@ -216,3 +216,80 @@ def test_stim_maps_are_the_response_minus_the_baseline(tmp_path):
     assert np.abs(maps[0][np.arange(8) != 1]).max() == 0 and maps[0, 6, 6] == 0
     w = trial_weights(np.array([2]), np.array([4]), 10, 5, 0).toarray()
     assert w[0, :2].sum() == pytest.approx(-1) and w[0, 2:4].sum() == pytest.approx(1)
+
+
+def test_seed_study_sum_is_reported_per_condition_whatever_the_headline(tmp_path):
+    stores = _experiment(tmp_path, 7, n_animals=6, shared=(0.2, 1.2), session_amp=0.1)
+    res = cmp.compare_conditions({"gradcam": stores}, "A", "B", FAST)  # headline: mean over disjoint pairs
+    seed = cmp.compare_conditions({"gradcam": stores}, "A", "B", {**FAST, "statistic": "all", "summary": "sum"},
+                                  profile="seed000")
+    assert res["profile"] == "default" and seed["profile"] == "seed000"
+    for c in "AB":
+        s = res["conditions"][c]["seed_study_sum"]
+        assert "seed study" in s["label"] and "not the headline" in s["label"]
+        assert s["n_animals"] == 6 and sorted(s["per_animal"]) == [f"m{i}" for i in range(6)]
+        # the seed study's number is the headline statistic of the seed000 profile's comparison
+        assert s["mean"] == pytest.approx(seed["sources"]["gradcam"]["conditions"][c]["statistic"])
+        assert s["mean"] == pytest.approx(np.mean(list(s["per_animal"].values())))
+        assert s["mean"] != pytest.approx(res["sources"]["gradcam"]["conditions"][c]["statistic"])
+        per = {x["animal"]: x[c] for x in seed["sources"]["gradcam"]["animals"]}
+        assert s["per_animal"] == pytest.approx(per)
+    # 7 patterns = 21 pattern pairs, each ZNCC at most 1
+    assert 0 < res["conditions"]["A"]["seed_study_sum"]["mean"] < res["conditions"]["B"]["seed_study_sum"]["mean"] <= 21
+
+
+def _trials(rng, n, p_correct, frames=8):
+    """Per trial (correct, stimulated frames): every frame of a trial right or every one wrong."""
+    ok = rng.random(n) < p_correct
+    return ok.astype(int) * frames, np.full(n, frames)
+
+
+def test_accuracy_ci_resamples_trials_as_clusters_and_animals_as_units():
+    rng = np.random.default_rng(0)
+    session = _trials(rng, 20, 0.5)
+    one = cmp.clustered_accuracy([[session]], n_bootstrap=2000, seed=1)
+    assert one["n_units"] == 1 and one["n_trials"] == 20 and one["n_frames"] == 160
+    lo, hi = one["ci"]
+    # 20 all-or-none trials: about the binomial interval of 20, not of 160 independent frames (width ~0.15)
+    assert lo <= one["accuracy"] <= hi and hi - lo > 0.3
+    assert cmp.clustered_accuracy([[session]], n_bootstrap=2000, seed=1)["ci"] == one["ci"]  # seeded
+    # two animals, 0.95 and 0.55, many trials each: the animals, not the trials, set the interval
+    animals = [[_trials(rng, 200, 0.95)], [_trials(rng, 200, 0.55)]]
+    nested = cmp.clustered_accuracy(animals, n_bootstrap=2000, seed=1)
+    pooled = cmp.clustered_accuracy([[t for a in animals for t in a]], n_bootstrap=2000, seed=1)
+    assert nested["accuracy"] == pytest.approx(pooled["accuracy"])
+    assert (nested["ci"][1] - nested["ci"][0]) > 3 * (pooled["ci"][1] - pooled["ci"][0])
+    assert nested["ci"][0] < 0.6 and nested["ci"][1] > 0.9
+    assert cmp.clustered_accuracy(animals, n_bootstrap=0)["ci"] is None
+
+
+def test_accuracy_by_condition_pools_animals_from_the_metrics_files(tmp_path):
+    rng = np.random.default_rng(2)
+    files = []
+    for an, p_ok in (("m1", 0.9), ("m2", 0.6)):
+        sessions = {}
+        for cond in "AB":
+            c, f = _trials(rng, 30, p_ok)
+            sessions[f"{an}_{cond}"] = {"condition": cond, "test": {"accuracy": c.sum() / f.sum(),
+                                                                    "n_stimulated_frames": int(f.sum())},
+                                        "test_trials": {"correct": c.tolist(), "stimulated_frames": f.tolist()}}
+        conditions = {cond: {"test_accuracy": sessions[f"{an}_{cond}"]["test"]["accuracy"],
+                             "test_accuracy_ci": [0.1, 0.9], "n_trials": 30} for cond in "AB"}
+        path = tmp_path / f"{an}.json"
+        path.write_text(json.dumps({"group": an, "sessions": sessions, "conditions": conditions}))
+        files.append(path)
+    acc = cmp.accuracy_by_condition(files, n_bootstrap=500, seed=0)
+    for cond in "AB":
+        a = acc[cond]
+        both = [json.loads(f.read_text())["sessions"][f"{an}_{cond}"]["test_trials"]
+                for f, an in zip(files, ("m1", "m2"), strict=True)]
+        expect = sum(sum(t["correct"]) for t in both) / sum(sum(t["stimulated_frames"]) for t in both)
+        assert a["accuracy"] == pytest.approx(expect) and a["n_animals"] == 2 and a["n_trials"] == 60
+        assert a["ci"][0] < a["accuracy"] < a["ci"][1] and "animals" in a["ci_method"]
+        assert a["per_animal"]["m1"]["ci"] == [0.1, 0.9]
+    # metrics from before the per-trial counts: the pooled accuracy, no CI
+    old = json.loads(files[0].read_text())
+    for s in old["sessions"].values():
+        del s["test_trials"]
+    files[0].write_text(json.dumps(old))
+    assert cmp.accuracy_by_condition(files)["A"]["ci"] is None

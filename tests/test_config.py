@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from calflow.config import check_stim_log, check_targets, load_config, load_sessions
+from calflow.config import (
+    PROFILES,
+    check_stim_log,
+    check_targets,
+    load_config,
+    load_schema,
+    load_sessions,
+    validate,
+)
 from calflow.errors import CalflowInputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +28,8 @@ def test_shipped_config_and_sheet_are_valid(monkeypatch):
     sessions = load_sessions(cfg["sessions"])
     assert len(sessions) >= 2
     assert len(set(sessions["condition"])) >= 2, "the demo must cover two conditions"
+    raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    assert raw["classify"]["profile"] == "default" and cfg["classify"]["profile"] == "default"
 
 
 def test_defaults_are_filled():
@@ -36,6 +46,8 @@ def test_defaults_are_filled():
         ({"motion": {"device": "gpu"}}, r"field 'motion.device': 'gpu' is not one of"),
         ({"seed": "one"}, r"field 'seed': 'one' is not of type 'integer'"),
         ({"nonsense": 1}, r"unknown key"),
+        ({"classify": {"profile": "seed001"}},
+         r"field 'classify\.profile': 'seed001' is not one of \['default', 'seed000'\]\. Fix: expected analysis profile"),
     ],
 )
 def test_bad_config_values(data, pattern):
@@ -152,3 +164,43 @@ def test_schema_sections_match_the_stage_parameters():
 
     assert set(cfg["gradcam"]) == {f.name for f in dataclasses.fields(GradcamParams)}
     assert GradcamParams.from_config(cfg["gradcam"]) == GradcamParams()
+    from calflow.classify import ClassifyParams  # profile: resolved by load_config, not a classifier setting
+
+    assert set(cfg["classify"]) == {f.name for f in dataclasses.fields(ClassifyParams)} | {"profile"}
+    assert ClassifyParams.from_config(cfg["classify"]) == ClassifyParams()
+
+
+def test_seed000_profile_sets_its_keys_over_explicit_values_with_one_log_line():
+    lines = []
+    data = {"classify": {"profile": "seed000", "context": 5, "mask": "cells"}, "gradcam": {"layer": 0},
+            "compare": {"statistic": "disjoint", "n_bootstrap": 10}}
+    cfg = load_config("c.yaml", data=data, log_profile=lines.append)
+    assert len(lines) == 1
+    (line,) = lines
+    for (section, key), value in PROFILES["seed000"].items():
+        assert cfg[section][key] == value, (section, key)
+        assert f"{section}.{key} = {value!r}" in line
+    # the profile wins over explicit values, and the line names those it replaced (mask was already cells)
+    assert line.endswith("it replaced the config's classify.context = 5, gradcam.layer = 0, "
+                         "compare.statistic = 'disjoint'")
+    assert cfg["compare"]["n_bootstrap"] == 10 and cfg["classify"]["profile"] == "seed000"
+    # the resolved config is valid, and every stage's parameter class reads its section
+    validate(dict(cfg), load_schema("config"), file="c.yaml")
+    from calflow.classify import ClassifyParams
+    from calflow.compare import CompareParams
+    from calflow.gradcam import GradcamParams
+
+    cp = ClassifyParams.from_config(cfg["classify"])
+    assert (cp.mask, cp.context) == ("cells", 0)
+    assert GradcamParams.from_config(cfg["gradcam"]).layer == "last"
+    cmp = CompareParams.from_config(cfg["compare"])
+    assert (cmp.statistic, cmp.summary, cmp.zncc_map) == ("all", "sum", "")
+
+
+def test_default_profile_changes_nothing_and_logs_nothing(caplog):
+    caplog.set_level("INFO", logger="calflow.config")
+    assert load_config("c.yaml", data={"classify": {"profile": "default"}}) == load_config("c.yaml", data={})
+    assert caplog.records == []
+    load_config("c.yaml", data={"classify": {"profile": "seed000"}})  # default sink: the calflow.config logger
+    assert len(caplog.records) == 1 and "classify.profile seed000" in caplog.records[0].getMessage()
+    assert "replaced" not in caplog.records[0].getMessage()  # nothing was set explicitly

@@ -298,3 +298,24 @@ def test_real_movie_gets_crisper(tmp_path, rel, frames, params):
                                       "corr_with_template_after_mean", "frames_per_s")})
     assert stats["crispness_after"] > stats["crispness_before"]
     assert stats["corr_with_template_after_mean"] > stats["corr_with_template_before_mean"]
+
+
+def test_window_warning_flags_a_search_radius_that_eats_the_template():
+    from calflow.motion import window_warning
+
+    msg = window_warning(15, 64, 64, "raw.zarr")
+    assert msg is not None and "raw.zarr" in msg and "motion.max_shift = 15" in msg
+    assert window_warning(6, 64, 64) is None
+    assert window_warning(15, 512, 512) is None
+
+
+def test_demo_config_motion_search_fits_the_demo_frames():
+    """The shipped config's max_shift leaves the demo's frames a usable template window (with 15 on
+    64 x 64 px the demo's shifts locked onto the wrong structure: 12-16 px for <= 3 px of motion)."""
+    import yaml
+
+    from calflow.motion import window_warning
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
+    h, w = cfg["demo"]["sim"]["height"], cfg["demo"]["sim"]["width"]
+    assert window_warning(cfg["motion"]["max_shift"], h, w) is None

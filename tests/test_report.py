@@ -256,6 +256,41 @@ def test_truth_comparison_is_zero_for_exact_shifts_and_catches_a_sign_error(tree
     assert flipped["rmse"] > 1.5 * flipped["true_rms"]
 
 
+def test_truth_motion_leaves_the_static_fov_replacement_out(tree, tmp_path):
+    """A session whose field of view is re-placed (offset and rotation, static over the session): the
+    corrector registers to the session's own template, so an estimate of the within-session motion
+    (true_displacement(static=False)) scores ~0 px error; the rotation's static displacement is no motion."""
+    import dataclasses
+
+    from calflow.simulate import save_ground_truth
+
+    results = tree[0]
+    truth = dataclasses.replace(load_ground_truth(results / "demo" / "a1_A" / "ground_truth.npz"),
+                                fov_offset=np.array([1.5, -2.0]), fov_rotation_deg=4.0)
+    fake = tmp_path / "results"
+    shutil.copytree(results / "demo" / "a1_A", fake / "demo" / "a1_A")
+    save_ground_truth(truth, fake / "demo" / "a1_A" / "ground_truth.npz")
+    cy, cx = np.array([16.0, 32.0, 48.0]), np.array([16.0, 48.0])
+    centres = np.stack(np.meshgrid(cy, cx, indexing="ij"), axis=-1).reshape(-1, 2)
+    offset = np.array([0.4, -0.3])
+    within = true_displacement(truth, slice(None), centres + offset, static=False)
+    with_static = true_displacement(truth, slice(None), centres + offset)
+    spread = with_static - within - (with_static - within).mean(axis=(0, 1))
+    assert np.sqrt(np.mean(spread**2)) > 0.5  # the rotation moves the patch centres apart by ~1 px
+    n_t = within.shape[0]
+    store = fake / "a1_A" / "motion.zarr"
+    with MovieWriter(store, (n_t, 64, 64), "uint16", fps=30.0) as w:
+        w.write(np.zeros((n_t, 64, 64), np.uint16))
+    write_array(store, "rigid_shifts", truth.rigid_shifts + offset, ("time", "axis"))
+    write_array(store, "patch_shifts", within.reshape(n_t, 3, 2, 2) + offset, ("time", "patch_y", "patch_x", "axis"))
+    write_array(store, "patch_centers_y", cy, ("patch_y",))
+    write_array(store, "patch_centers_x", cx, ("patch_x",))
+    ctx = rp.ReportContext(results=fake, sessions=rp.sessions_from_records(SESSIONS[:1], fake))
+    tm = rp.truth_motion(ctx, ctx.sessions[0])
+    assert tm["rmse"] < 0.02 and tm["max_err"] < 0.1, tm["rmse"]
+    np.testing.assert_allclose(tm["offset"], offset, atol=0.02)
+
+
 def test_truth_cells_from_masks_or_footprints(tree, tmp_path):
     src = tree[0] / "demo" / "a1_A"
     from_masks = rp._truth_labels(src / "ground_truth.npz")

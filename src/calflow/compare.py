@@ -35,12 +35,16 @@ same analysis:
    condition change connectivity" (two recordings always differ a little; docs/classify.md shows
    its false-positive rate).
 
-Classifier accuracy per condition (held-out frames, with trial-clustered CIs from metrics.json)
-is reported beside the comparison and is not evidence about connectivity.
+Reported beside the test, and not part of it: per condition the seed study's own number (the
+summed off-diagonal ZNCC over all pattern pairs, per animal and its mean; ``seed_study_sum``), the
+analysis profile the config was resolved with (``classify.profile``, calflow.config), and the
+classifier's held-out accuracy per condition with a CI that resamples animals, then trials
+(:func:`clustered_accuracy`); the accuracy is not evidence about connectivity.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -67,6 +71,8 @@ SOURCE_LABELS = {
 }
 SETS = ("disjoint", "singles", "pairs", "all")
 MAX_EXACT_ANIMALS = 16  # 2**16 sign patterns
+SEED_STUDY_LABEL = ("the seed study's statistic: summed off-diagonal ZNCC over all pattern pairs (set all, summary "
+                    "sum) of this run's maps; reported for reference, not the headline test")
 MAX_EXACT_ASSIGNMENTS = 20000
 
 
@@ -387,6 +393,42 @@ def bc_interval(boot: np.ndarray, est: float, level: float) -> list[float | None
     return [float(lo), float(hi)]
 
 
+def clustered_accuracy(units: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]], *, n_bootstrap: int = 2000,
+                       level: float = 0.95, seed: int = 0) -> dict:
+    """Accuracy pooled over units (animals) with a percentile CI that resamples units, then trials.
+
+    ``units``: per unit its strata (sessions), each ``(correct, frames)``: per trial the number of
+    correctly classified and of all stimulated frames (a trial's frames are one cluster). The
+    estimate is the pooled ``sum(correct) / sum(frames)``; a bootstrap replicate draws the units
+    with replacement and, for every drawn unit, independently, the trials of each stratum with
+    replacement. With one unit this is the trial-clustered bootstrap of one animal. Returns
+    ``accuracy``, ``ci`` ([lo, hi], None without replicates), ``n_units``, ``n_trials``,
+    ``n_frames``, ``n_bootstrap``, ``level``.
+    """
+    units = [[(np.asarray(c, np.float64), np.asarray(f, np.float64)) for c, f in u if len(f)] for u in units]
+    units = [u for u in units if u]
+    correct = sum(float(c.sum()) for u in units for c, _ in u)
+    frames = sum(float(f.sum()) for u in units for _, f in u)
+    out = {"accuracy": correct / frames if frames else None, "ci": None, "n_units": len(units),
+           "n_trials": int(sum(len(f) for u in units for _, f in u)), "n_frames": int(frames),
+           "n_bootstrap": int(n_bootstrap), "level": float(level)}
+    if not frames or n_bootstrap < 1:
+        return out
+    rng = np.random.default_rng([int(seed), 21])
+    sums = np.zeros((len(units), n_bootstrap, 2))  # per unit and replicate: resampled (correct, frames)
+    for i, u in enumerate(units):
+        for c, f in u:
+            pick = rng.integers(0, len(f), (n_bootstrap, len(f)))
+            sums[i, :, 0] += c[pick].sum(axis=1)
+            sums[i, :, 1] += f[pick].sum(axis=1)
+    n = len(units)
+    tot = sums[rng.integers(0, n, (n_bootstrap, n)), rng.integers(0, n_bootstrap, (n_bootstrap, n))].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = tot[:, 0] / tot[:, 1]
+    out["ci"] = [float(x) for x in np.nanquantile(acc, [(1 - level) / 2, (1 + level) / 2])]
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # one source, all animals
 # --------------------------------------------------------------------------------------------
@@ -450,6 +492,9 @@ def analyse_source(src: Source, a: str, b: str, p: CompareParams,
     boot_mean = hierarchical_bootstrap(paired, p, how)  # (B, 2, S)
     effect = {s: float(_nanmean(d[:, i])) for i, s in enumerate(SETS)}
     effect_ci = {s: bc_interval(boot_mean[:, 1, i] - boot_mean[:, 0, i], effect[s], p.ci) for i, s in enumerate(SETS)}
+    # the seed study's own number: summed off-diagonal ZNCC over every pattern pair, whatever the headline
+    seed_sum = (obs if p.summary == "sum" else np.stack([animal_stats(ap, dataclasses.replace(p, summary="sum"), how)
+                                                         for ap in paired]))[:, :, SETS.index("all")]
     per_cond = {}
     for c, name in enumerate((a, b)):
         per_cond[name] = {
@@ -457,7 +502,12 @@ def analyse_source(src: Source, a: str, b: str, p: CompareParams,
             "statistic_ci": bc_interval(boot_mean[:, c, k], float(_nanmean(obs[:, c, k])), p.ci),
             "by_set": {s: float(_nanmean(obs[:, c, i])) for i, s in enumerate(SETS)},
             "n_trials": int(sum(int((ap.cond == c).sum()) for ap in paired)),
+            "seed_study_sum": {"label": SEED_STUDY_LABEL, "mean": float(_nanmean(seed_sum[:, c])),
+                               "per_animal": {ap.animal: float(seed_sum[i, c]) for i, ap in enumerate(paired)},
+                               "n_animals": n},
         }
+    mats = {ap.animal: {c: condition_matrix(ap.maps[ap.cond == i], ap.pat[ap.cond == i], len(ap.patterns), how,
+                                            p.subtract_mean) for i, c in enumerate((a, b))} for ap in paired}
     rng_diag = np.random.default_rng([p.seed, 3])
     per_animal = []
     for ap, o in zip(paired, obs, strict=True):
@@ -465,7 +515,9 @@ def analyse_source(src: Source, a: str, b: str, p: CompareParams,
                "n_patterns": len(ap.patterns), "n_pairs_in_statistic": int(len(ap.sets[p.statistic][0])),
                a: float(o[0, k]), b: float(o[1, k]), "effect": float(o[1, k] - o[0, k]),
                "effect_by_set": {s: float(o[1, i] - o[0, i]) for i, s in enumerate(SETS)},
-               "trials_per_pattern_median": float(np.median(ap.trials_per_pattern))}
+               "trials_per_pattern_median": float(np.median(ap.trials_per_pattern)),
+               # pattern maps that are flat (e.g. zero everywhere after ReLU): their ZNCC is undefined
+               "flat_maps": {c: int(np.isnan(np.diag(mats[ap.animal][c])).sum()) for c in (a, b)}}
         if p.diagnostic_permutations:
             row["session_difference_p"] = _session_difference(ap, p, how, k, o[1, k] - o[0, k], rng_diag)
         per_animal.append(row)
@@ -479,9 +531,7 @@ def analyse_source(src: Source, a: str, b: str, p: CompareParams,
                  else "Monte Carlo sign-flip permutation over animals"},
         "animals": per_animal,
         "trials_per_pattern_median": float(np.median([x for ap in paired for x in ap.trials_per_pattern])),
-        "_matrices": {ap.animal: {c: condition_matrix(ap.maps[ap.cond == i], ap.pat[ap.cond == i], len(ap.patterns),
-                                                      how, p.subtract_mean) for i, c in enumerate((a, b))}
-                      for ap in paired},
+        "_matrices": mats,
     }
     if not testable:
         out["test"]["message"] = (f"too few animals for a test (n = {n}; smallest possible p = "
@@ -561,12 +611,14 @@ def few_trials_warning(trials_per_pattern: float, a: str, b: str) -> list[str]:
 
 def compare_conditions(sources: Mapping[str, Sequence[str | Path]], a: str, b: str,
                        params: Mapping[str, Any] | CompareParams, metrics_files: Sequence[str | Path] = (),
-                       animal_groups: Mapping[str, str] | None = None) -> dict:
+                       animal_groups: Mapping[str, str] | None = None, profile: str = "default") -> dict:
     """Conditions ``a`` vs ``b`` from map stores per source (``{"gradcam": [...], "stim_maps":
     [...], "gradcam_shuffled": [...]}``; the primary source is gradcam when given, else the first).
 
     ``animal_groups``: animal -> experimental group (the sheet's ``group`` column) for the
-    interaction. Returns the result dict (its ``_matrices`` are for the figure, not the JSON).
+    interaction. ``profile``: the analysis profile the config was resolved with
+    (``classify.profile``, calflow.config.PROFILES), recorded in the result. Returns the result
+    dict (its ``_matrices`` are for the figure, not the JSON).
     """
     p = CompareParams.from_config(params)
     if not sources or not any(sources.values()):
@@ -603,51 +655,81 @@ def compare_conditions(sources: Mapping[str, Sequence[str | Path]], a: str, b: s
             warnings.append(f"{a} vs {b}: a classifier trained on shuffled pattern labels shows an effect "
                             f"({r['effect']:+.3f}) at least half the size of the real one ({head['effect']:+.3f}): "
                             "the difference does not need the pattern identities the classifier learned")
+    flat = sum(sum(x["flat_maps"].values()) for x in head["animals"])
+    if flat:
+        total = sum(2 * x["n_patterns"] for x in head["animals"])
+        why = ("zero everywhere after ReLU: Grad-CAM is negative there, and its sign is not guaranteed, "
+               "docs/classify.md" if head["zncc_map"] == "relu" else "constant")
+        warnings.append(f"{a} vs {b}: {flat} of {total} pattern maps of {SOURCE_LABELS.get(primary, primary)} are flat "
+                        f"({why}); their ZNCC is undefined and left out of the statistic, so a sum covers fewer "
+                        "pattern pairs")
     ens = head.get("ensemble") or {}
     if ens.get("member_sd") is not None and abs(head["effect"]) > 0 and ens["ensemble_sd"] > 0.5 * abs(head["effect"]):
         warnings.append(f"{a} vs {b}: the classifier ensemble's seed-to-seed spread (SD {ens['ensemble_sd']:.3f} of "
                         f"the {ens['members']}-member mean) is over half the effect ({head['effect']:+.3f})")
     for w in warnings:
         log.warning(w)
-    acc = accuracy_by_condition(metrics_files)
+    acc = accuracy_by_condition(metrics_files, n_bootstrap=p.n_bootstrap, level=p.ci, seed=p.seed)
     return {
-        "a": a, "b": b, "unit": "animal", "primary": primary, "n_animals": head["n_animals"],
+        "a": a, "b": b, "unit": "animal", "primary": primary, "n_animals": head["n_animals"], "profile": profile,
         "statistic": p.statistic, "summary": p.summary,
+        "conditions": {c: {"seed_study_sum": head["conditions"][c]["seed_study_sum"]} for c in (a, b)},
         "effect": head["effect"], "effect_ci": head["effect_ci"], "p": head["test"]["p"],
         "test": {k: v for k, v in head["test"].items() if k != "p_unreported"},
         "sources": results, "controls": controls, "warnings": warnings,
         "classifier_accuracy": {c: acc.get(c) for c in (a, b)},
-        "classifier_accuracy_note": "held-out frame accuracy of the stimulation classifier; it says how well the "
-                                    "network tells the targets apart, not how connected they are",
+        "classifier_accuracy_note": ACCURACY_NOTE,
         "ci": p.ci, "alpha": p.alpha, "n_bootstrap": p.n_bootstrap,
         "resampling": "hierarchical bootstrap: animals with replacement, then trials within each (condition, "
                       "pattern); bias-corrected percentile intervals",
     }
 
 
-def accuracy_by_condition(metrics_files: Sequence[str | Path]) -> dict[str, dict]:
-    """Held-out accuracy per condition pooled over every model's metrics.json (frame-weighted), with
-    the trial-clustered CI where the metrics give it (``conditions[c].test_accuracy_ci``)."""
+ACCURACY_NOTE = ("held-out accuracy of the stimulation classifier on stimulated frames, pooled over animals; CI: "
+                 "percentile bootstrap resampling animals, then trials within each session (a trial's frames are "
+                 "one cluster). It says how well the network tells the stimulated targets apart, not how "
+                 "connected they are: it is not evidence about connectivity")
+
+
+def accuracy_by_condition(metrics_files: Sequence[str | Path], *, n_bootstrap: int = 2000, level: float = 0.95,
+                          seed: int = 0) -> dict[str, dict]:
+    """Held-out accuracy (stimulated frames) per condition over every model's metrics.json, with
+    animals as the unit: the pooled accuracy and :func:`clustered_accuracy`'s CI (animals, i.e. the
+    models' groups, then trials within each session). Per animal, the model's own trial-clustered
+    CI (``conditions[c].test_accuracy_ci``). Sessions of metrics without per-trial counts (files from
+    before them) count in the pooled accuracy only; the CI is then None."""
+    units: dict[str, dict[str, list]] = {}  # condition -> group -> [(correct, frames) per session]
     num: dict[str, float] = {}
     den: dict[str, int] = {}
-    cis: dict[str, list] = {}
+    complete: dict[str, bool] = {}
+    per_animal: dict[str, dict] = {}
     for f in metrics_files:
         m = json.loads(Path(f).read_text())
+        group = str(m.get("group", f))
         for s in m["sessions"].values():
-            t = s["test"]
+            t, c = s["test"], s["condition"]
             if t["accuracy"] is None:
                 continue
-            c = s["condition"]
             num[c] = num.get(c, 0.0) + t["accuracy"] * t["n_stimulated_frames"]
             den[c] = den.get(c, 0) + t["n_stimulated_frames"]
+            tt = s.get("test_trials")
+            complete[c] = complete.get(c, True) and tt is not None
+            if tt is not None:
+                units.setdefault(c, {}).setdefault(group, []).append((tt["correct"], tt["stimulated_frames"]))
         for c, v in m.get("conditions", {}).items():
-            if v.get("test_accuracy_ci"):
-                cis.setdefault(c, []).append(v["test_accuracy_ci"])
+            per_animal.setdefault(c, {})[group] = {"accuracy": v.get("test_accuracy"),
+                                                   "ci": v.get("test_accuracy_ci"), "n_trials": v.get("n_trials")}
     out = {}
     for c in num:
-        if den[c]:
-            out[c] = {"accuracy": num[c] / den[c], "n_frames": den[c],
-                      "per_model_ci": cis.get(c, [])}
+        if not den[c]:
+            continue
+        row = {"accuracy": num[c] / den[c], "n_frames": den[c], "ci": None, "level": level,
+               "n_animals": len(per_animal.get(c, {})), "per_animal": per_animal.get(c, {})}
+        if complete.get(c) and units.get(c):
+            cl = clustered_accuracy(list(units[c].values()), n_bootstrap=n_bootstrap, level=level, seed=seed)
+            row.update(ci=cl["ci"], n_trials=cl["n_trials"], n_animals=cl["n_units"],
+                       ci_method="percentile bootstrap: animals with replacement, then trials within each session")
+        out[c] = row
     return out
 
 

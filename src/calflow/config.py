@@ -3,12 +3,19 @@
 Validation fills in schema defaults, so every stage sees a complete section. Every problem is
 reported as one :class:`~calflow.errors.CalflowInputError` naming the file, the row (for the
 sheet) and the field, before any job starts.
+
+Analysis profiles (``classify.profile``, :data:`PROFILES`) are resolved here too, once, before the
+sections reach the rules: a profile sets keys of several sections (the classifier's input, the
+Grad-CAM layer, the comparison's statistic), so the rules' params carry the values it set and
+Snakemake re-runs exactly the stages whose values changed.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +27,32 @@ from calflow.errors import CalflowInputError
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
 RESERVED_SESSION_NAMES = {"models", "compare", "report", "demo", "logs", "benchmarks", "classifier"}
+
+log = logging.getLogger("calflow.config")
+
+# classify.profile -> the (section, key) values it sets; they win over the user's own values.
+PROFILES: dict[str, dict[tuple[str, str], Any]] = {
+    "default": {},
+    # The first seed study's analysis, kept as a documented sensitivity analysis (docs/classify.md,
+    # "Profiles"): the cells mask, a single frame as input, Grad-CAM (ReLU-ed maps) at the last conv
+    # block, and the summed off-diagonal ZNCC over every pattern pair. compare.zncc_map "" makes the
+    # comparison use the Grad-CAM stores' own (ReLU) maps and leaves the controls' maps their own.
+    "seed000": {
+        ("classify", "mask"): "cells",
+        ("classify", "context"): 0,
+        ("gradcam", "layer"): "last",
+        ("gradcam", "method"): "gradcam",
+        ("gradcam", "zncc_map"): "relu",
+        ("compare", "zncc_map"): "",
+        ("compare", "statistic"): "all",
+        ("compare", "summary"): "sum",
+    },
+}
+PROFILE_LABELS = {
+    "default": "the default analysis",
+    "seed000": "the first seed study's analysis, a sensitivity analysis: cells mask, single frame, last conv "
+               "block, ReLU Grad-CAM maps, summed off-diagonal ZNCC over all pattern pairs (docs/classify.md)",
+}
 
 
 def _with_defaults(validator_class: type) -> type:
@@ -78,8 +111,38 @@ def validate(instance: dict[str, Any], schema: dict[str, Any], *, file: str | Pa
     return instance
 
 
-def load_config(path: str | Path, schema_dir: str | Path | None = None, *, data: dict | None = None) -> dict:
-    """Read (unless ``data`` is given) and validate the workflow config; return it with defaults."""
+def apply_profile(cfg: dict[str, Any], given: Mapping[str, Any] | None = None, *,
+                  file: str | Path = "config") -> str | None:
+    """Resolve ``cfg["classify"]["profile"]`` in place: set every key of :data:`PROFILES` [profile]
+    (the profile wins over the user's values). ``given``: the config as the user wrote it (before
+    defaults), to name the keys whose explicit value the profile replaced. Returns the one log line
+    listing every key the profile set (None for a profile that sets nothing)."""
+    name = (cfg.get("classify") or {}).get("profile", "default")
+    if name not in PROFILES:
+        raise CalflowInputError(f"field 'classify.profile': {name!r} is not a profile", file=file,
+                                fix=f"use one of {', '.join(PROFILES)}")
+    values = PROFILES[name]
+    if not values:
+        return None
+    given = given or {}
+    replaced = []
+    for (section, key), value in values.items():
+        mine = given.get(section) if isinstance(given.get(section), Mapping) else {}
+        if key in mine and str(mine[key]) != str(value):
+            replaced.append(f"{section}.{key} = {mine[key]!r}")
+        cfg.setdefault(section, {})[key] = value
+    line = (f"classify.profile {name}, {PROFILE_LABELS.get(name, name)}; it set "
+            + ", ".join(f"{section}.{key} = {value!r}" for (section, key), value in values.items()))
+    if replaced:
+        line += f"; it replaced the config's {', '.join(replaced)}"
+    return line
+
+
+def load_config(path: str | Path, schema_dir: str | Path | None = None, *, data: dict | None = None,
+                log_profile: Callable[[str], Any] | None = None) -> dict:
+    """Read (unless ``data`` is given) and validate the workflow config; return it with defaults
+    and its ``classify.profile`` resolved (:func:`apply_profile`). The profile's one log line goes to
+    ``log_profile`` (default: the ``calflow.config`` logger at INFO)."""
     path = Path(path)
     if data is None:
         try:
@@ -91,7 +154,11 @@ def load_config(path: str | Path, schema_dir: str | Path | None = None, *, data:
             raise CalflowInputError(f"not valid YAML ({err})", file=path) from err
     if not isinstance(data, dict):
         raise CalflowInputError("the config must be a mapping of sections", file=path)
-    return validate(copy.deepcopy(data), load_schema("config", schema_dir), file=path)
+    cfg = validate(copy.deepcopy(data), load_schema("config", schema_dir), file=path)
+    line = apply_profile(cfg, data, file=path)
+    if line:
+        (log_profile or log.info)(line)
+    return cfg
 
 
 def _read_table(path: Path, required: list[str], what: str) -> pd.DataFrame:

@@ -49,6 +49,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from calflow import __version__  # noqa: E402
+from calflow.config import PROFILE_LABELS  # noqa: E402
 from calflow.io import atomic_output, open_group  # noqa: E402
 
 log = logging.getLogger("calflow.report")
@@ -410,8 +411,10 @@ def motion_metrics(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
 def truth_motion(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
     """calflow's shift estimates against the simulator's true motion (simulated sessions only).
 
-    The truth is the total (rigid + non-rigid) displacement at the patch centres
-    (:func:`calflow.simulate.true_displacement`). The template sits at the simulator's world
+    The truth is the within-session (rigid + non-rigid) displacement at the patch centres
+    (:func:`calflow.simulate.true_displacement` with ``static=False``): the session's static
+    field-of-view re-placement (offset, rotation) is part of its template, which the corrector
+    registers to, not motion to correct, so it is no error. The template sits at the simulator's world
     frame up to a constant offset, so ``estimate = truth + offset`` and errors are measured after
     removing the mean difference (as in docs/motion.md). Two numbers: the error of the patch
     shifts (the field the movie was corrected with) and of the rigid shift against the true
@@ -439,7 +442,7 @@ def truth_motion(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
             est = np.repeat(rigid[:, None, :], centres.shape[0], axis=1)
         # Template point p is world point p + offset; first guess of the offset from the rigid part.
         offset0 = (rigid - truth.rigid_shifts).mean(axis=0)
-        true = true_displacement(truth, slice(None), centres + offset0)  # (T, P, 2)
+        true = true_displacement(truth, slice(None), centres + offset0, static=False)  # (T, P, 2)
         offset = (est - true).mean(axis=(0, 1))
         err = est - true - offset
         true_mean = true.mean(axis=1)
@@ -1210,6 +1213,12 @@ def classifier_section(ctx: ReportContext, condition: str, sessions: list[Sessio
                       "trial blocks, cross-fitted)"),
              ("mean held-out accuracy", fmt(float(np.mean(acc))) if acc else "–")]
     models = {m["group"]: m for m, _, _ in found}  # one entry per model, not per session
+    for g, m in models.items():
+        c = m.get("conditions", {}).get(condition) or {}
+        if c.get("test_accuracy") is not None:
+            facts.append((f"held-out accuracy, model {g}", _accuracy_text(c["test_accuracy"], c.get("test_accuracy_ci"))
+                          + (f" over {c['n_trials']} trials" if c.get("n_trials") else "")
+                          + " (trial-clustered bootstrap; not evidence about connectivity)"))
     facts += [("warning", w) for m in models.values() for w in m.get("warnings", [])]
     tables = [Table(columns=["session", "model", "trials", "stimulated frames", "test accuracy",
                              "which target (top target output)", "stimulated but top is none", "train accuracy",
@@ -1281,6 +1290,11 @@ def _ci_text(ci: Sequence[float | None] | None, digits: int = 3) -> str:
     return f"{ci[0]:.{digits}f} – {ci[1]:.{digits}f}"
 
 
+def _accuracy_text(acc: float | None, ci: Sequence[float | None] | None) -> str:
+    """``0.908 (95% CI 0.881 – 0.931)``, or the accuracy alone without a CI."""
+    return fmt(acc) + (f" (95% CI {_ci_text(ci)})" if ci and ci[0] is not None else "")
+
+
 _SOURCE_NAMES = {"gradcam": "Grad-CAM (ensemble)", "stim_maps": "stimulus-triggered average (model-free)",
                  "gradcam_shuffled": "Grad-CAM, shuffled-label classifier"}
 
@@ -1298,6 +1312,10 @@ def compare_section(ctx: ReportContext) -> dict[str, Any] | None:
         head = r["sources"][r["primary"]]
         test = r["test"]
         p_text = fmt(r["p"], 4) if r["p"] is not None else test.get("message", "no test")
+        profile = r.get("profile", "default")
+        facts.append(("analysis profile", f"{profile}: {PROFILE_LABELS.get(profile, profile)}"
+                      + ("" if profile == "default" else " (classify.profile: a sensitivity analysis that "
+                                                         "reproduces the seed study, not the default analysis)")))
         facts += [(f"{a} vs {b}", f"effect ({b} - {a}, {r['summary']} ZNCC over {r['statistic']} pattern pairs) "
                                   f"{r['effect']:+.3f}, 95% CI {_ci_text(r['effect_ci'])}, {test['name']}: {p_text}"),
                   ("unit of replication", f"the animal (n = {r['n_animals']}); trials are resampled within animals "
@@ -1327,10 +1345,17 @@ def compare_section(ctx: ReportContext) -> dict[str, Any] | None:
                 animal_rows.append([f"{a} vs {b}", _SOURCE_NAMES.get(name, name), x["animal"], x.get("group") or "–",
                                     fmt(x["n_patterns"]), fmt(x[a]), fmt(x[b]), f"{x['effect']:+.3f}",
                                     fmt(x.get("session_difference_p"), 3)])
+        seed = {c: (r.get("conditions") or {}).get(c, {}).get("seed_study_sum") for c in (a, b)}
+        if all(seed.values()):
+            facts.append(("seed study's statistic (summed off-diagonal ZNCC, all pattern pairs; not the headline "
+                          "test)", "; ".join(f"{c} {fmt(v['mean'])} (mean over animals; "
+                                             + ", ".join(f"{an} {fmt(x)}" for an, x in v["per_animal"].items()) + ")"
+                                             for c, v in seed.items())))
         acc = r.get("classifier_accuracy") or {}
         if any(acc.values()):
             facts.append(("classifier accuracy (not evidence about connectivity)",
-                          ", ".join(f"{c} {fmt(v['accuracy'])}" for c, v in acc.items() if v)))
+                          "; ".join(f"{c} {_accuracy_text(v['accuracy'], v.get('ci'))}" for c, v in acc.items() if v)
+                          + ". " + r.get("classifier_accuracy_note", "")))
         fig = figure_from_png(f.with_suffix(".png"), f"{a} vs {b}",
                               "Top: the per-animal effect of every source with its mean and hierarchical-bootstrap "
                               "CI. Below: the primary source's ZNCC matrices of the first animals.", wide=True)

@@ -1,8 +1,9 @@
 # Helpers of workflow/rules/classify.smk: which sessions take part, model groups (animals), compared pairs.
 CLS = config["classify"]
 # The rule's params: the section without scratch_dir, a path of the machine that does not change the
-# results (changing it re-runs nothing; the scripts read it from the config).
-CLS_PARAMS = {k: v for k, v in CLS.items() if k != "scratch_dir"}
+# results (changing it re-runs nothing; the scripts read it from the config), and without profile,
+# whose values common.smk has already written into the sections (they are the params that count).
+CLS_PARAMS = {k: v for k, v in CLS.items() if k not in ("scratch_dir", "profile")}
 
 
 def classify_sessions():

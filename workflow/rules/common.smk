@@ -6,6 +6,8 @@ import sys
 import zlib
 from pathlib import Path
 
+from snakemake.logging import logger
+
 from calflow.config import load_config, load_sessions
 from calflow.errors import CalflowInputError
 from calflow.ingest import source_paths
@@ -20,7 +22,9 @@ _ENV.update(PYTHONPATH=os.pathsep.join(p for p in (_SRC, _ENV.get("PYTHONPATH"))
 CONFIG_FILE = ", ".join(map(str, workflow.configfiles)) or "config"
 
 try:
-    _validated = load_config(CONFIG_FILE, SCHEMAS, data=dict(config))
+    # classify.profile is resolved here, once: the rules' params carry the values it set
+    _validated = load_config(CONFIG_FILE, SCHEMAS, data=dict(config),
+                             log_profile=lambda line: logger.info(f"calflow: {line}"))
     config.clear()
     config.update(_validated)
     SESSIONS = load_sessions(config["sessions"], SCHEMAS,

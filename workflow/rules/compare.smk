@@ -36,6 +36,8 @@ rule compare:
     params:
         compare=config["compare"],
         animal_groups=lambda w: animal_groups(),
+        # recorded in the JSON; its values are already in the sections (common.smk resolves it)
+        profile=config["classify"]["profile"],
     conda:
         "../../envs/report.yaml"
     log:

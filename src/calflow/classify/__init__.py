@@ -36,20 +36,23 @@ from calflow.classify.model import (
 from calflow.classify.params import MAX_MEMBERS, ClassifyParams, scratch_root
 from calflow.classify.stage import CONTROL, train_group
 from calflow.classify.train import (
+    ACCURACY_BOOTSTRAP,
     UNTRAINED_ACCURACY,
     frame_metrics,
     pass_rows,
     predict,
+    stimulated_correct,
     train_fold,
+    trial_counts,
     untrained_folds,
 )
 from calflow.stimulation import NONE, Targets, Trials, find_trials, read_labels, read_targets
 
 __all__ = [
-    "CONTROL", "MAX_MEMBERS", "NONE", "UNTRAINED_ACCURACY", "ClassifyParams", "ScratchMovie", "SessionData",
-    "StimEnsemble", "StimNet", "Targets", "Trials", "build_ensemble", "build_model", "cell_mask", "crop_hw",
+    "ACCURACY_BOOTSTRAP", "CONTROL", "MAX_MEMBERS", "NONE", "UNTRAINED_ACCURACY", "ClassifyParams", "ScratchMovie",
+    "SessionData", "StimEnsemble", "StimNet", "Targets", "Trials", "build_ensemble", "build_model", "cell_mask", "crop_hw",
     "downsample_mask", "ensemble_state", "find_trials", "frame_metrics", "init_ensemble", "load_fold_models",
     "load_frames", "load_session", "member_seed", "open_movie", "pass_rows", "predict", "read_labels",
-    "read_targets", "save_fold_models", "scratch_root", "shuffle_trial_labels", "target_mask", "train_fold",
-    "train_group", "training_frames", "untrained_folds", "window",
+    "read_targets", "save_fold_models", "scratch_root", "shuffle_trial_labels", "stimulated_correct", "target_mask",
+    "train_fold", "train_group", "training_frames", "trial_counts", "untrained_folds", "window",
 ]

@@ -74,6 +74,10 @@ class ClassifyParams:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | ClassifyParams | None) -> ClassifyParams:
+        """The section's parameters; its ``profile`` is ignored here: calflow.config.load_config has
+        already written the profile's values into the sections (calflow.config.apply_profile)."""
+        if isinstance(config, Mapping) and "profile" in config:
+            config = {k: v for k, v in config.items() if k != "profile"}
         return from_section(cls, "classify", config)
 
 

@@ -9,7 +9,9 @@ Cross-fitting: fold ``f``'s ensemble trains on every trial block but ``f`` and p
 (:mod:`calflow.classify.data`), so every frame has a held-out prediction and a held-out Grad-CAM
 map. Outputs in the group's directory: ``model.pt`` (every fold's weights,
 :func:`calflow.classify.model.save_fold_models`), ``metrics.json`` (held-out and training metrics
-per session, per condition and per member) and ``predictions.npz`` (per session the held-out
+per session, per condition and per member; per condition the held-out accuracy's percentile CI from
+a bootstrap over trials, each trial's frames one cluster, and per session the per-trial counts it
+resamples) and ``predictions.npz`` (per session the held-out
 probabilities, (T, N + 1) float32, the ensemble's mean over members of the sigmoid).
 ``shuffle_labels=True``: the shuffled-label control (:data:`CONTROL`), trained the same way.
 """
@@ -30,7 +32,15 @@ import torch
 from calflow.classify.data import SessionData, load_session, shuffle_trial_labels
 from calflow.classify.model import save_fold_models
 from calflow.classify.params import ClassifyParams
-from calflow.classify.train import frame_metrics, predict, train_fold, untrained_folds
+from calflow.classify.train import (
+    ACCURACY_BOOTSTRAP,
+    frame_metrics,
+    predict,
+    train_fold,
+    trial_counts,
+    untrained_folds,
+)
+from calflow.compare import clustered_accuracy
 from calflow.device import resolve_device
 from calflow.errors import CalflowInputError
 from calflow.io import atomic_output
@@ -39,6 +49,9 @@ from calflow.stimulation import NONE, Targets, read_targets
 log = logging.getLogger("calflow.classify")
 
 CONTROL = "shuffled_labels"
+ACCURACY_CI_METHOD = (f"95% percentile interval of {ACCURACY_BOOTSTRAP} bootstrap resamples of the held-out trials "
+                      "(each trial with its frames one cluster, resampled within each session; seeded by "
+                      "classify.seed)")
 
 
 def train_group(entries: Sequence[Mapping[str, Any]], targets_path: str | Path, section: Mapping[str, Any] | ClassifyParams,
@@ -122,6 +135,8 @@ def _train_loaded(data: Sequence[SessionData], entries: Sequence[Mapping[str, An
         member_acc = [t["accuracy"] for t in member_test]
         member_target = [t["target_accuracy"] for t in member_test]
         per_session[s.session] = {"condition": s.condition, "test": test,
+                                  "test_trials": trial_counts(prob_test, s.eval_labels, s.trials.unit,
+                                                              len(s.trials.start)),
                                   "train_accuracy": float(np.mean(train_acc)) if train_acc else None,
                                   "train_none_accuracy": float(np.mean([t["none_accuracy"] for t in train_m
                                                                         if t["none_accuracy"] is not None])),
@@ -143,7 +158,12 @@ def _train_loaded(data: Sequence[SessionData], entries: Sequence[Mapping[str, An
         m = frame_metrics(pr, lab, ids)
         pm = np.concatenate([member_preds[s.session] for s in ss])
         mm = [frame_metrics(pm[:, k], lab, ids) for k in range(K)]
+        trials = [per_session[s.session]["test_trials"] for s in ss]  # one stratum per session, trials as clusters
+        ci = clustered_accuracy([[(t["correct"], t["stimulated_frames"]) for t in trials]],
+                                n_bootstrap=ACCURACY_BOOTSTRAP, level=0.95, seed=p.seed)
         per_condition[cond] = {"sessions": [s.session for s in ss], "test_accuracy": m["accuracy"],
+                               "test_accuracy_ci": ci["ci"], "n_trials": ci["n_trials"],
+                               "test_accuracy_ci_method": ACCURACY_CI_METHOD,
                                "test_target_accuracy": m["target_accuracy"], "test_missed_as_none": m["missed_as_none"],
                                "test_none_accuracy": m["none_accuracy"],
                                "chance_target_accuracy": m["chance_target_accuracy"],

@@ -229,6 +229,30 @@ def predict(model: StimEnsemble | StimNet, s: SessionData, frames: np.ndarray | 
     return out if members else out.mean(axis=1)
 
 
+def stimulated_correct(prob: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The accuracy rule frame by frame: (T,) bool "has a stimulation" and (T,) bool "correct" (a
+    stimulated frame whose top output, over all N + 1, is one of its stimulated targets)."""
+    n = labels.shape[1] - 1
+    stim = labels[:, :n] > 0.5
+    is_stim = stim.any(axis=1)
+    top = prob.argmax(axis=1)
+    correct = np.zeros(len(labels), bool)
+    correct[is_stim] = stim[is_stim, np.minimum(top[is_stim], n - 1)] & (top[is_stim] < n)
+    return is_stim, correct
+
+
+def trial_counts(prob: np.ndarray, labels: np.ndarray, unit: np.ndarray, n_trials: int) -> dict[str, list[int]]:
+    """Per trial (``unit``: the trial of every frame, :class:`calflow.stimulation.Trials`) the
+    correctly classified and all stimulated frames: the clusters of the accuracy's bootstrap."""
+    is_stim, correct = stimulated_correct(prob, labels)
+    u = np.asarray(unit)[is_stim]
+    return {"correct": np.bincount(u, weights=correct[is_stim], minlength=n_trials).astype(np.int64).tolist(),
+            "stimulated_frames": np.bincount(u, minlength=n_trials).astype(np.int64).tolist()}
+
+
+ACCURACY_BOOTSTRAP = 2000  # trial-clustered bootstrap resamples of the held-out accuracy (metrics.json)
+
+
 def frame_metrics(prob: np.ndarray, labels: np.ndarray, target_ids: Sequence[str]) -> dict:
     """Accuracy ("top prediction among the stimulated targets", stimulated frames), per target,
     none-frame accuracy, and the confusion matrix (true pattern x top output).
@@ -239,10 +263,8 @@ def frame_metrics(prob: np.ndarray, labels: np.ndarray, target_ids: Sequence[str
     last frames of a trial, docs/classify.md)."""
     n = len(target_ids)
     stim = labels[:, :n] > 0.5
-    is_stim = stim.any(axis=1)
+    is_stim, correct = stimulated_correct(prob, labels)
     top = prob.argmax(axis=1)
-    correct = np.zeros(len(labels), bool)
-    correct[is_stim] = stim[is_stim, np.minimum(top[is_stim], n - 1)] & (top[is_stim] < n)
     none_ok = top[~is_stim] == n
     top_target = prob[:, :n].argmax(axis=1)
     target_ok = stim[is_stim, top_target[is_stim]]
