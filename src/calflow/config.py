@@ -342,3 +342,20 @@ def check_targets(path: str | Path) -> pd.DataFrame:
     if df["id"].duplicated().any():
         raise CalflowInputError("target ids repeat", file=path, fix="give every target a unique id")
     return df
+
+
+# keys of the classify section that only steer the workflow: they are left out of the real
+# classifier's params, so changing them re-trains nothing (the profile is resolved by load_config,
+# scratch_dir is a path of the machine that the scripts read from the config)
+CLASSIFY_WORKFLOW_KEYS = ("shuffle_control", "control_members", "scratch_dir", "profile")
+
+
+def classify_model_params(section: Mapping[str, Any]) -> dict[str, Any]:
+    """The real classifier's rule params: the ``classify`` section without the workflow keys."""
+    return {k: v for k, v in section.items() if k not in CLASSIFY_WORKFLOW_KEYS}
+
+
+def classify_control_params(section: Mapping[str, Any]) -> dict[str, Any]:
+    """The shuffled-label control's rule params: the model's, ``members`` = ``control_members`` (default 1)."""
+    return {**classify_model_params(section), "members": int(section.get("control_members", 1))}
+

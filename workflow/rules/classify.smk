@@ -1,10 +1,7 @@
 # Stimulation classifier (GPU in profiles/slurm), Grad-CAM maps + ZNCC matrices, condition comparison.
 # docs/classify.md: one cross-fitted classifier per animal (sessions '<animal>_<condition>' sharing
 # a targets table), trained on every condition of that animal; models in results/classifier/{group}/.
-# Helpers are in classify_common.smk.
-
-# the model's settings: shuffle_control only switches the control rules on (changing it re-trains nothing)
-CLS_MODEL_PARAMS = {k: v for k, v in CLS_PARAMS.items() if k != "shuffle_control"}
+# Helpers (and the rules' params, CLS_MODEL_PARAMS / CLS_CONTROL_PARAMS) are in classify_common.smk.
 
 
 rule train_classifier:
@@ -74,7 +71,7 @@ rule train_classifier_shuffled:
         metrics="results/classifier/{group}/shuffled/metrics.json",
         predictions="results/classifier/{group}/shuffled/predictions.npz",
     params:
-        classify=CLS_MODEL_PARAMS,
+        classify=CLS_CONTROL_PARAMS,
         seed=config["seed"],
         sessions=lambda w: CLASSIFY_GROUPS[w.group],
         conditions=lambda w: [SESSIONS.loc[s, "condition"] for s in CLASSIFY_GROUPS[w.group]],

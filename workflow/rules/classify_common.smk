@@ -1,9 +1,10 @@
 # Helpers of workflow/rules/classify.smk: which sessions take part, model groups (animals), compared pairs.
 CLS = config["classify"]
-# The rule's params: the section without scratch_dir, a path of the machine that does not change the
-# results (changing it re-runs nothing; the scripts read it from the config), and without profile,
-# whose values common.smk has already written into the sections (they are the params that count).
-CLS_PARAMS = {k: v for k, v in CLS.items() if k not in ("scratch_dir", "profile")}
+# The rules' params (calflow.config.classify_model_params / classify_control_params): the section
+# without the keys that only steer the workflow (scratch_dir, profile, shuffle_control,
+# control_members), so changing those re-trains nothing; the control has members = control_members.
+CLS_MODEL_PARAMS = classify_model_params(CLS)
+CLS_CONTROL_PARAMS = classify_control_params(CLS)
 
 
 def classify_sessions():

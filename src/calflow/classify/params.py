@@ -51,6 +51,7 @@ class ClassifyParams:
     scratch_dir: str = ""  # directory of the downsampled movie's scratch file ("" = system temp dir, $TMPDIR)
     members: int = 5  # seed ensemble: networks per fold, trained at once as one grouped module (1 = one network)
     shuffle_control: bool = True  # workflow: also train a control classifier on shuffled trial labels
+    control_members: int = 1  # workflow: members of that control's ensemble (its spread is small, docs/compare.md)
 
     def __post_init__(self) -> None:
         def bad(key: str, fix: str) -> CalflowInputError:
@@ -70,6 +71,8 @@ class ClassifyParams:
             raise bad("dropout", "use a value in [0, 1)")
         if not 1 <= self.members <= MAX_MEMBERS:
             raise bad("members", f"use 1 (one network) to {MAX_MEMBERS}")
+        if not 1 <= self.control_members <= MAX_MEMBERS:
+            raise bad("control_members", f"use 1 (one network) to {MAX_MEMBERS}")
         scratch_root(self.scratch_dir)  # an existing writable directory, or ""
 
     @classmethod
