@@ -293,3 +293,12 @@ def test_accuracy_by_condition_pools_animals_from_the_metrics_files(tmp_path):
         del s["test_trials"]
     files[0].write_text(json.dumps(old))
     assert cmp.accuracy_by_condition(files)["A"]["ci"] is None
+
+
+def test_downsampled_frames_too_small_name_the_config_key():
+    from calflow.errors import CalflowInputError
+    from calflow.io import downsampled_hw
+
+    assert downsampled_hw((10, 64, 48), 2, 4, "classify.downsample", "m.zarr") == (32, 24)
+    with pytest.raises(CalflowInputError, match=r"m\.zarr.*too small for stim_maps\.downsample = 8"):
+        downsampled_hw((10, 12, 64), 8, 2, "stim_maps.downsample", "m.zarr")

@@ -654,7 +654,9 @@ def compare_conditions(sources: Mapping[str, Sequence[str | Path]], a: str, b: s
         if name == "gradcam_shuffled" and abs(r["effect"]) >= 0.5 * abs(head["effect"]) > 0:
             warnings.append(f"{a} vs {b}: a classifier trained on shuffled pattern labels shows an effect "
                             f"({r['effect']:+.3f}) at least half the size of the real one ({head['effect']:+.3f}): "
-                            "the difference does not need the pattern identities the classifier learned")
+                            "the difference does not need the pattern identities the classifier learned (Grad-CAM "
+                            "of any stimulation-aware network follows each trial's own responses); read the effect "
+                            "with the model-free stimulus-triggered maps, which measure those responses directly")
     flat = sum(sum(x["flat_maps"].values()) for x in head["animals"])
     if flat:
         total = sum(2 * x["n_patterns"] for x in head["animals"])

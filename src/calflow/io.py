@@ -269,6 +269,17 @@ def write_array(
     )
 
 
+def downsampled_hw(shape: tuple[int, ...], factor: int, min_px: int, key: str, store: str | Path) -> tuple[int, int]:
+    """(h, w) = (H // factor, W // factor) of a (T, H, W) movie, or a :class:`CalflowInputError`
+    naming ``key`` (the config key of the factor) when either side is under ``min_px``."""
+    H, W = int(shape[1]), int(shape[2])
+    h, w = H // int(factor), W // int(factor)
+    if h < min_px or w < min_px:
+        raise CalflowInputError(f"frames {H}x{W} are too small for {key} = {factor}", file=store,
+                                fix="use a smaller downsample factor")
+    return h, w
+
+
 def block_average(frames: np.ndarray, d: int, dtype: type = np.float32) -> np.ndarray:
     """(n, H, W) frames -> (n, H // d, W // d) means of d x d blocks (the ragged edge is dropped)."""
     n, H, W = frames.shape

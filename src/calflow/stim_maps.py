@@ -32,7 +32,7 @@ from scipy import sparse
 
 from calflow.compare import pattern_maps, zncc_matrix
 from calflow.errors import CalflowInputError
-from calflow.io import MovieReader, atomic_output, block_average, write_array
+from calflow.io import MovieReader, atomic_output, block_average, downsampled_hw, write_array
 from calflow.params import from_section
 from calflow.stimulation import find_trials, read_labels, read_targets
 
@@ -79,12 +79,8 @@ def compute_trial_maps(store: str | Path, weights: sparse.csc_matrix, downsample
                        block_frames: int = 200) -> np.ndarray:
     """(n_trials, H // d, W // d) float64: ``weights @ movie``, the movie streamed by blocks."""
     reader = MovieReader(store)
-    T, H, W = reader.shape
     d = int(downsample)
-    h, w = H // d, W // d
-    if h < 2 or w < 2:
-        raise CalflowInputError(f"frames {H}x{W} are too small for stim_maps.downsample = {d}", file=store,
-                                fix="use a smaller downsample factor")
+    h, w = downsampled_hw(reader.shape, d, 2, "stim_maps.downsample", store)
     out = np.zeros((weights.shape[0], h * w))
     for a, block in reader.iter_blocks(block_frames):
         wb = weights[:, a : a + len(block)]

@@ -61,6 +61,7 @@ from calflow.errors import CalflowInputError
 from calflow.io import (
     MovieReader,
     block_average,
+    downsampled_hw,
     process_temp_prefix,
     remove_orphaned_temp_dirs,
 )
@@ -194,10 +195,7 @@ def open_movie(store: str | Path, downsample: int, block_frames: int = 200, norm
     reader = MovieReader(store)
     T, H, W = reader.shape
     d = int(downsample)
-    h, w = H // d, W // d
-    if h < 4 or w < 4:
-        raise CalflowInputError(f"frames {H}x{W} are too small for classify.downsample = {d}", file=store,
-                                fix="use a smaller downsample factor")
+    h, w = downsampled_hw(reader.shape, d, 4, "classify.downsample", store)
     if T == 0:
         raise CalflowInputError("the movie has no frames", file=store, fix="re-run motion correction")
     root = scratch_root(scratch_dir)
