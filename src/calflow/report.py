@@ -1092,6 +1092,15 @@ def cnmf_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
                           f"{attrs.get('params', {}).get('min_r_spatial', '?')}.")
     return {"facts": facts, "notes": notes, "figures": figures, "tables": [table]}
 @section("decode", "Decoding", scope="session", order=65)
+
+def _decode_p_methods(r: dict) -> str:
+    """How decode.json's p-values were made: 'refit' (labels permuted, classifier refitted) and/or
+    'folds' (held-out labels permuted against fixed predictions), per classifier."""
+    m = sorted({v.get("p_method") for k, v in (r.get("classifiers") or {}).items()
+                if isinstance(v, dict) and v.get("p_method")})
+    return " / ".join({"refit": "refit test", "folds": "fold test"}.get(x, x) for x in m) or "none"
+
+
 def decode_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
     """Cross-validated decoding of the stimulus (decode.json): accuracy per classifier vs the dummy."""
     path = s.dir / "decode.json"
@@ -1107,7 +1116,8 @@ def decode_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
         ("response", f"mean over {p.get('window_s')} s minus {p.get('baseline_s')} s around onset"),
         ("spontaneous activity", f"z-scored over {fmt(r.get('spontaneous_frames'))} frames"
                                  f"{'' if p.get('zscore', True) else ' (off)'}; {fmt(r.get('pcs_removed', 0))} PCs removed"),
-        ("cross-validation", f"stratified {p.get('folds')}-fold, {p.get('n_permutations')} label permutations"),
+        ("cross-validation", f"{r.get('cv') or str(p.get('folds')) + '-fold'}, {p.get('n_permutations')} label "
+                             f"permutations (p-value: {_decode_p_methods(r)})"),
     ]
     notes = []
     if r.get("dropped_classes"):

@@ -3,7 +3,7 @@
 
 
 rule decode:
-    """Trial x neuron responses -> scikit-learn classifiers vs the dummy (stratified k-fold, permutation p)."""
+    """Trial x neuron responses, cleaned of spontaneous PCs -> scikit-learn classifiers vs the dummy (label-independent folds, permutation p)."""
     input:
         cnmf="results/{session}/cnmf.zarr",
         stim_log=lambda w: SESSIONS.loc[w.session, "stim_log"],
@@ -25,6 +25,6 @@ rule decode:
         "results/logs/decode/{session}.log",
     threads: 2
     resources:
-        mem_mb=2000,
+        mem_mb=2000,  # 10,000 neurons x 10,873 frames x 2,000 trials: 1.7 GB peak (benchmarks/decode_scale.py)
     script:
         "../scripts/decode.py"

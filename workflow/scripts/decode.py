@@ -10,7 +10,8 @@ def main(smk):
                          smk.params.decode, n_jobs=smk.threads)
     log = logging.getLogger("calflow.decode")
     for name, r in res["classifiers"].items():
-        log.info("%s: %s accuracy %.3f (p=%s)", smk.wildcards.session, name, r["accuracy"], r.get("p_value", "-"))
+        log.info("%s: %s accuracy %.3f (p=%s, %s test)", smk.wildcards.session, name, r["accuracy"],
+                 r.get("p_value", "-"), r.get("p_method", "no"))
 
 
 run_script(snakemake, main)  # noqa: F821 - injected by snakemake
