@@ -176,6 +176,7 @@ def test_every_section_with_outputs_is_present(html):
     assert "Traces (CNMF)" in html and "median r with the true calcium" in html
     assert "Against the simulation" in html and "Run provenance" in html
     assert "Decoding" in html and "Virtual staining" in html and "permutation p" in html
+    assert "(p-value: fold test)" in html  # decode.json's p_method (refit_test off by default), in the cross-validation fact
 
 
 def test_absent_outputs_leave_no_empty_section(html):

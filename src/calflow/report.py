@@ -1091,7 +1091,7 @@ def cnmf_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
                   caption=f"Accepted: SNR ≥ {attrs.get('params', {}).get('min_snr', '?')} and r spatial ≥ "
                           f"{attrs.get('params', {}).get('min_r_spatial', '?')}.")
     return {"facts": facts, "notes": notes, "figures": figures, "tables": [table]}
-@section("decode", "Decoding", scope="session", order=65)
+
 
 def _decode_p_methods(r: dict) -> str:
     """How decode.json's p-values were made: 'refit' (labels permuted, classifier refitted) and/or
@@ -1101,6 +1101,7 @@ def _decode_p_methods(r: dict) -> str:
     return " / ".join({"refit": "refit test", "folds": "fold test"}.get(x, x) for x in m) or "none"
 
 
+@section("decode", "Decoding", scope="session", order=65)
 def decode_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
     """Cross-validated decoding of the stimulus (decode.json): accuracy per classifier vs the dummy."""
     path = s.dir / "decode.json"
