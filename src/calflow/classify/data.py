@@ -8,7 +8,7 @@ targets``), hiding everything else. Frames are normalised per session: ``(frame 
 std`` of the whole movie (a dF-like input: what changes, not the anatomy), or with ``normalise:
 pixel`` by each pixel's own temporal std.
 
-Memory (out of core, DESIGN.md): the block-averaged movie (14 GB for 30 min of 512 x 512 at 30 Hz
+Memory (out of core, docs/design.md): the block-averaged movie (14 GB for 30 min of 512 x 512 at 30 Hz
 and d = 2) is never held in RAM. :func:`open_movie` writes it to a raw float32 scratch file while
 accumulating float64 per-pixel sums for the mean and std; training batches, predictions and
 Grad-CAM windows read 2 * context + 1 consecutive frames with one ``os.preadv`` each and normalise

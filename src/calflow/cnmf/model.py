@@ -21,7 +21,7 @@ Optionally (``add_components`` > 0) cells the seeds missed are added after the f
 greedy search of the residual: peaks of its (gaussian-smoothed) peak-to-noise image outside every
 support, each seeded as a disc of ``new_radius`` px.
 
-Written here rather than taken from CaImAn because CaImAn is not installable from PyPI (DESIGN.md);
+Written here rather than taken from CaImAn because CaImAn is not installable from PyPI (docs/design.md);
 the update rules are those of CNMF with HALS (Cichocki & Phan 2009; Pnevmatikakis et al. 2016).
 Dense (K, P) maps: fine for hundreds of components on 512 x 512 frames (K*P*4 bytes each).
 """
