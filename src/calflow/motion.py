@@ -406,7 +406,7 @@ class Registration:
         self.template = t
         h, w = t.shape
         self.shape = (h, w)
-        self.max_shift = int(min(params.max_shift, min(h, w) // 4))
+        self.max_shift = search_radius(params.max_shift, h, w)
         hp = params.highpass_sigma
         self.window = _window(h, w, self.max_shift + 1, _RAMP, device)
         self.ref_spec = _reference_spectrum(t, self.window, params.smooth_sigma, hp)
@@ -715,13 +715,18 @@ def correct_motion(
         torch.set_num_threads(threads_before)
 
 
+def search_radius(max_shift: int, h: int, w: int) -> int:
+    """The rigid search radius actually used, px: ``max_shift`` capped at a quarter of the smaller side."""
+    return int(min(max_shift, min(h, w) // 4))
+
+
 def window_warning(max_shift: int, h: int, w: int, source: str | Path = "") -> str | None:
     """A warning (logged and returned) when ``max_shift`` leaves under half of the frame's smaller
     side for the windowed template: the template is zero within ``max_shift + 1 + ramp`` px of
     every edge, and with little content left the correlation peak can lock onto the wrong
     structure (measured on the 64 x 64 demo with max_shift 15: estimated shifts of 12-16 px where
     the true motion was <= 3 px). None when the window is wide enough."""
-    r = int(min(max_shift, min(h, w) // 4))
+    r = search_radius(max_shift, h, w)
     left = min(h, w) - 2 * (r + 1 + _RAMP)
     if left >= min(h, w) / 2:
         return None
