@@ -74,6 +74,27 @@ def test_missing_chunk_is_named_instead_of_read_as_zeros(tmp_path):
         MovieReader(store)
 
 
+def test_blank_chunk_is_written_and_read_back_not_taken_for_damage(tmp_path):
+    """Frames all equal to the fill value (a closed shutter) are data: the chunk is written, the
+    store passes the integrity check through motion, and deleting that chunk is still damage."""
+    from calflow.ingest import ingest
+    from calflow.motion import correct_motion
+
+    movie = np.random.default_rng(2).poisson(200, (60, 32, 32)).astype(np.uint16)
+    movie[:20] = 0  # the whole first chunk
+    tifffile.imwrite(tmp_path / "blank.tif", movie)
+    store = tmp_path / "raw.zarr"
+    ingest(tmp_path / "blank.tif", store, fps=10, params={"chunk_frames": 20})
+    assert sorted(p.name for p in (store / "movie" / "c").iterdir()) == ["0", "1", "2"]
+    np.testing.assert_array_equal(MovieReader(store)[:], movie)
+    correct_motion(store, tmp_path / "motion.zarr", params={"patch_size": 16, "overlap": 8, "max_shift": 4,
+                                                            "template_frames": 20, "batch_size": 20})
+    assert MovieReader(tmp_path / "motion.zarr").shape == movie.shape
+    (store / "movie" / "c" / "0" / "0" / "0").unlink()
+    with pytest.raises(CalflowInputError, match=r"chunk movie/c/0/0/0 \(frames 0-19\) is missing"):
+        MovieReader(store)
+
+
 def test_corrupt_raw_store_stops_motion_before_it_writes(tmp_path):
     from calflow.motion import correct_motion
 

@@ -440,8 +440,24 @@ def source_paths(spec: str | Path, base_dir: Path | None = None) -> list[Path]:
     return _expand_tiffs(_split_spec(str(spec))[0], base_dir)
 
 
+MIN_FRAMES = 2  # motion needs a template and a frame to align; summary images need a time axis
+
+
 def open_source(spec: str | Path, base_dir: Path | None = None) -> FrameSource:
-    """Open a movie given as in the sessions sheet's ``movie`` column (see module docstring)."""
+    """Open a movie given as in the sessions sheet's ``movie`` column (see module docstring);
+    a single image (or a movie of fewer than :data:`MIN_FRAMES` frames) is refused here."""
+    src = _open_source(spec, base_dir)
+    if src.shape[0] < MIN_FRAMES:
+        src.close()
+        what = (f"is a single 2-D image ({src.shape[1]} x {src.shape[2]} px), not a movie" if src.shape[0] == 1
+                else f"has {src.shape[0]} frames")
+        raise CalflowInputError(what, file=src.paths[0] if len(src.paths) == 1 else str(spec),
+                                fix=f"give a movie of at least {MIN_FRAMES} frames (time, y, x); a folder of "
+                                    "single-frame TIFFs is read as one movie")
+    return src
+
+
+def _open_source(spec: str | Path, base_dir: Path | None = None) -> FrameSource:
     name = _split_spec(str(spec))[1]
     paths = source_paths(spec, base_dir)
     for p in paths:

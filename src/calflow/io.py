@@ -194,8 +194,9 @@ class MovieWriter:
         }
         # compute=False writes metadata and coordinates only; the movie chunks follow below.
         ds.to_zarr(self.store, mode="w", compute=False, zarr_format=3, consolidated=False, encoding=encoding)
-        self._array = zarr.open_array(self.store / MOVIE_VAR, mode="r+", config=_WRITE_ALL)
-        self._array.attrs[_ALL_CHUNKS_ATTR] = True
+        # open_array ignores ``config`` for an existing array (zarr 3): set it on the handle, or chunks
+        # equal to the fill value (blank frames: a closed shutter) are silently not written
+        self._array = zarr.open_array(self.store / MOVIE_VAR, mode="r+").with_config(_WRITE_ALL)
         self._pos = 0
         self._buf: list[np.ndarray] = []
         self._buf_len = 0
@@ -237,6 +238,10 @@ class MovieWriter:
             self._flush(self._buf_len)
         if self._pos != self.shape[0]:
             raise ValueError(f"{self.store}: wrote {self._pos} frames, expected {self.shape[0]}")
+        missing = [k for k in _chunk_keys(self._array) if not (self.store / MOVIE_VAR / k).is_file()]
+        if missing:  # zarr skipped a chunk: never mark such a store complete
+            raise RuntimeError(f"{self.store}: zarr did not write chunk(s) {', '.join(missing[:3])}")
+        self._array.attrs[_ALL_CHUNKS_ATTR] = True  # set last: readers check every chunk of marked stores
 
     def __enter__(self) -> MovieWriter:
         return self
@@ -267,6 +272,12 @@ def write_array(
         overwrite=True,
         config=_WRITE_ALL,
     )
+
+
+def _chunk_keys(array: zarr.Array) -> Iterator[str]:
+    """Every chunk key of ``array`` (e.g. ``c/0/0/0``), whether or not the chunk exists."""
+    for idx in np.ndindex(*array.cdata_shape):
+        yield array.metadata.encode_chunk_key(idx)
 
 
 def downsampled_hw(shape: tuple[int, ...], factor: int, min_px: int, key: str, store: str | Path) -> tuple[int, int]:

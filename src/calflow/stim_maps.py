@@ -34,7 +34,7 @@ from calflow.compare import pattern_maps, zncc_matrix
 from calflow.errors import CalflowInputError
 from calflow.io import MovieReader, atomic_output, block_average, downsampled_hw, write_array
 from calflow.params import from_section
-from calflow.stimulation import find_trials, read_labels, read_targets
+from calflow.stimulation import check_in_frame, find_trials, read_labels, read_targets
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,8 @@ def session_stim_maps(entry: Mapping[str, Any], section: Mapping[str, Any] | Sti
     stim_log, targets (as for classify). Returns a short summary."""
     p = StimMapsParams.from_config(section)
     targets = read_targets(entry["targets"])
-    n_frames = MovieReader(entry["motion"]).shape[0]
+    n_frames, *frame_shape = MovieReader(entry["motion"]).shape
+    check_in_frame(targets, frame_shape, entry["targets"])
     labels = read_labels(entry["stim_log"], targets, n_frames)
     trials = find_trials(labels, 1)
     if not len(trials.start):

@@ -43,6 +43,18 @@ def read_targets(path: str | Path) -> Targets:
     return Targets(ids, yx, radius)
 
 
+def check_in_frame(targets: Targets, frame_shape: tuple[int, int], path: str | Path) -> None:
+    """Every target lies inside the (H, W) frame (full-resolution px), or a :class:`CalflowInputError`
+    naming the first row outside it."""
+    H, W = int(frame_shape[0]), int(frame_shape[1])
+    for i, (tid, (y, x)) in enumerate(zip(targets.ids, targets.yx, strict=True)):
+        for name, v, size in (("y", y, H), ("x", x, W)):
+            if not 0 <= v < size:
+                raise CalflowInputError(
+                    f"row {i + 2}, field '{name}': target {tid} at {name} = {v:g} is outside the {H} x {W} px frame",
+                    file=path, fix=f"give y in 0-{H - 1} and x in 0-{W - 1}, in pixels of this session's movie")
+
+
 def read_labels(path: str | Path, targets: Targets, n_frames: int) -> np.ndarray:
     """Multi-hot labels (T, N + 1) float32 from a stim log; the last column is "none".
 

@@ -65,7 +65,7 @@ from calflow.io import (
     process_temp_prefix,
     remove_orphaned_temp_dirs,
 )
-from calflow.stimulation import Targets, Trials, find_trials, read_labels
+from calflow.stimulation import Targets, Trials, check_in_frame, find_trials, read_labels
 
 _SCRATCH_STEM = "calflow-classify"
 
@@ -321,7 +321,8 @@ def load_session(entry: Mapping[str, Any], targets: Targets, p: ClassifyParams) 
     The stim log and the mask are checked before the movie is streamed (:func:`open_movie`, into
     ``p.scratch_dir``); close the returned session (or use ``with``) to delete its scratch file.
     """
-    n_frames = MovieReader(entry["motion"]).shape[0]
+    n_frames, *frame_shape = MovieReader(entry["motion"]).shape
+    check_in_frame(targets, frame_shape, entry["targets"])
     labels = read_labels(entry["stim_log"], targets, n_frames)
     if labels[:, :-1].sum() == 0:
         raise CalflowInputError("the stim log has no stimulated frame", file=entry["stim_log"],
