@@ -169,3 +169,92 @@ def test_semantic_task_dcn(tmp_path):
               tmp_path / "e", out_path=tmp_path / "e.pt")
     assert r["score_name"] == "foreground_iou" and r["arch"]["out_channels"] == 1
     assert 0 <= r["best_score"] <= 1
+
+
+def test_patience_stops_on_a_validation_plateau_and_resumes_the_same(tmp_path):
+    tr, va = data()
+    p = {**PARAMS, "iterations": 40, "patience": 8, "lr": 0.0}  # lr 0: the score never improves after the first
+    r = train(tr, va, p, tmp_path / "p", out_path=tmp_path / "p.pt")
+    assert r["stopped_on_plateau"] and r["completed"] and r["best_iteration"] == 4
+    assert r["iterations"] == 12 and (tmp_path / "p.pt").exists()  # validations at 4, 8, 12: 12 - 4 >= 8
+    part = train(tr, va, p, tmp_path / "q", stop_at=8)
+    rest = train(tr, va, p, tmp_path / "q", out_path=tmp_path / "q.pt")
+    assert rest["resumed_from"] == 8 and rest["iterations"] == 12 and rest["history"] == r["history"]
+    assert not part["stopped_on_plateau"]
+
+
+def test_training_starts_from_given_weights(tmp_path):
+    tr, va = data()
+    train(tr, va, {**PARAMS, "iterations": 8}, tmp_path / "a", out_path=tmp_path / "a.pt")
+    start = torch.load(tmp_path / "a.pt", weights_only=True)["state_dict"]
+    r = train(tr, va, {**PARAMS, "iterations": 4, "lr": 0.0, "seed": 9}, tmp_path / "b", init_weights=tmp_path / "a.pt")
+    assert r["init"] == str(tmp_path / "a.pt")
+    after = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
+    for k, v in start.items():  # lr 0: the weights stay the given ones (BatchNorm statistics still move)
+        if "running" not in k and "num_batches" not in k:
+            assert torch.equal(v, after[k]), k
+    from calflow.errors import CalflowInputError
+
+    with pytest.raises(CalflowInputError, match="architecture"):
+        train(tr, va, {**PARAMS, "iterations": 4, "base_channels": 8}, tmp_path / "c", init_weights=tmp_path / "a.pt")
+
+
+def test_init_compatible_names_the_mismatch(tmp_path):
+    from calflow.segment.stage import init_compatible
+
+    tr, va = data()
+    train(tr, va, {**PARAMS, "iterations": 4}, tmp_path / "a", out_path=tmp_path / "a.pt",
+          meta={"channels": ["mean", "max"]})
+    section = {"base_channels": 4, "depth": 2, "channels": ["mean", "max"]}
+    assert init_compatible(tmp_path / "a.pt", section) is None
+    assert "architecture" in init_compatible(tmp_path / "a.pt", {**section, "depth": 3})
+    assert "channels" in init_compatible(tmp_path / "a.pt", {**section, "channels": ["std", "max"]})
+
+
+def test_bundled_generalist_loads_weights_only_and_fits_the_default_config():
+    from calflow.segment.data import DEFAULT_CHANNELS
+    from calflow.segment.stage import bundled_segmenter, init_compatible
+
+    path = bundled_segmenter()
+    if not path.exists():
+        pytest.skip(f"{path} not in this checkout")
+    assert path.stat().st_size < 5 * 2**20
+    blob = torch.load(path, weights_only=True)
+    assert set(blob) == {"state_dict", "arch", "meta"} and blob["meta"]["generalist"] is True
+    assert init_compatible(path, {}) is None  # the config defaults fine-tune it
+    model, info = load_segmenter(path)
+    img = np.random.default_rng(0).normal(size=(len(DEFAULT_CHANNELS), 40, 56)).astype(np.float32)
+    res = segment_image(model, info["arch"], img, info["meta"]["post"])
+    assert res["labels"].shape == (40, 56)
+
+
+def test_random_sim_params_are_deterministic_and_broad():
+    from calflow.segment.pretrain import random_sim_params
+
+    a, b = random_sim_params(3), random_sim_params(3)
+    assert a == b and random_sim_params(4) != a
+    ps = [random_sim_params(s) for s in range(60)]
+    radii = np.array([(p.radius_min + p.radius_max) / 2 for p in ps])
+    assert radii.min() < 4 and radii.max() > 8  # diameters ~6-20 px
+    assert min(p.tau_decay_s for p in ps) < 0.5 < 1.2 < max(p.tau_decay_s for p in ps)
+    assert all(p.n_targets == 0 and p.motion for p in ps)
+
+
+def test_corr_pnr_seeds_find_simulated_cells(tmp_path):
+    from calflow.io import MovieWriter
+    from calflow.metrics import evaluate_instances
+    from calflow.segment.corr_pnr import seed_session
+    from calflow.segment.infer import read_footprints
+    from calflow.simulate import SimParams, render_frames, simulate
+
+    p = SimParams(n_frames=300, height=64, width=64, n_cells=10, n_targets=0, motion=False, spike_rate_hz=1.0,
+                  radius_min=4.0, radius_max=5.0)
+    truth = simulate(p, seed=2)
+    movie = render_frames(truth, threads=1)
+    with MovieWriter(tmp_path / "m.zarr", movie.shape, movie.dtype, fps=p.fps) as w:
+        w.write(movie)
+    info = seed_session(tmp_path / "m.zarr", None, tmp_path / "fp.zarr", params={"radius": 5.0})
+    fp, attrs = read_footprints(tmp_path / "fp.zarr")
+    assert attrs["method"] == "corr_pnr" and fp.shape == (info["n_components"], 64 * 64)
+    ev = evaluate_instances(truth.masks(), fp > 0, (64, 64))
+    assert ev["centroid"]["f1"] >= 0.6, ev

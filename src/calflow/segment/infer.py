@@ -21,6 +21,7 @@ import torch
 import zarr
 from scipy import ndimage
 
+from calflow.checkpoint import load_weights
 from calflow.device import resolve_device
 from calflow.io import atomic_output, write_array
 from calflow.segment.data import dihedral, dihedral_inverse, load_inputs
@@ -79,7 +80,8 @@ def footprints_from_labels(labels: np.ndarray, weights: np.ndarray) -> sp.csr_ma
 
 def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
     """Load a calflow segmenter file ({"state_dict", "arch", "meta"}) with ``weights_only=True``."""
-    blob = torch.load(path, map_location=device, weights_only=True)
+    blob = load_weights(path, device, keys=("state_dict", "arch"),
+                        fix="use a calflow segmenter file (results/models/segmenter.pt), or delete it and rerun")
     model = build_model(blob["arch"])
     model.load_state_dict(blob["state_dict"])
     model.to(device).eval()
@@ -107,8 +109,18 @@ def segment_session(summary_store: str | Path, keyframes_store: str | Path, mode
     # thresholds given as None keep the values tuned on the validation region at training
     post = {**meta.get("post", {}), **{k: v for k, v in (post or {}).items() if v is not None}}
     res = segment_image(model, arch, image, post, dev, tta)
-    h, w = res["labels"].shape
-    fp = footprints_from_labels(res["labels"], res["probability"])
+    n = write_footprints(out_store, res["labels"], res["probability"], probability=res["probability"], cue=res["cue"],
+                         attrs={"method": "network", "model": str(model_path), "arch": dict(arch), "post": post,
+                                "tta": bool(tta)})
+    return {"n_components": n, "device": str(dev)}
+
+
+def write_footprints(out_store: str | Path, labels: np.ndarray, weights: np.ndarray, *,
+                     probability: np.ndarray | None = None, cue: np.ndarray | None = None,
+                     attrs: Mapping[str, Any] | None = None) -> int:
+    """Write footprints.zarr (docs/segment.md) from a label image and per-pixel weights; return K."""
+    h, w = labels.shape
+    fp = footprints_from_labels(labels, weights)
     from calflow.metrics import centroids
 
     cents = centroids(fp > 0, (h, w)) if fp.shape[0] else np.zeros((0, 2))
@@ -116,16 +128,17 @@ def segment_session(summary_store: str | Path, keyframes_store: str | Path, mode
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
         group.attrs.update({"format": "csr", "shape": [int(fp.shape[0]), h * w], "frame_shape": [h, w],
                             "n_components": int(fp.shape[0]), "pixel_order": "C (row-major: pixel = y * width + x)",
-                            "model": str(model_path), "arch": dict(arch), "post": post, "tta": bool(tta)})
+                            **dict(attrs or {})})
         write_array(tmp, "data", fp.data.astype(np.float32), ("nnz",))
         write_array(tmp, "indices", fp.indices.astype(np.int64), ("nnz",))
         write_array(tmp, "indptr", fp.indptr.astype(np.int64), ("component_ptr",))
-        write_array(tmp, "labels", res["labels"], ("y", "x"))
+        write_array(tmp, "labels", labels.astype(np.int32), ("y", "x"))
         write_array(tmp, "centroids", cents.astype(np.float64), ("component", "axis"))
-        write_array(tmp, "probability", res["probability"].astype(np.float32), ("y", "x"))
-        if res["cue"] is not None:
-            write_array(tmp, "cue", res["cue"].astype(np.float32), ("y", "x"))
-    return {"n_components": int(fp.shape[0]), "device": str(dev)}
+        if probability is not None:
+            write_array(tmp, "probability", np.asarray(probability, np.float32), ("y", "x"))
+        if cue is not None:
+            write_array(tmp, "cue", np.asarray(cue, np.float32), ("y", "x"))
+    return int(fp.shape[0])
 
 
 def read_footprints(store: str | Path) -> tuple[sp.csr_matrix, dict]:

@@ -4,8 +4,11 @@
   and masks become one image; its field of view is split into a training region (the left
   ``1 - validation_fraction`` of the columns) and a validation region (the rest), so the
   best-by-F1 checkpoint is chosen on pixels the network never trained on. Writes the weights-only
-  segmenter file and a metrics JSON. With ``pretrained`` set, the given segmenter file is checked
-  and copied instead.
+  segmenter file and a metrics JSON. Training starts from ``init_weights`` (the bundled generalist,
+  :func:`bundled_segmenter`, with ``segment.init: pretrained``) when its architecture and input
+  channels match the section's, else from scratch (noted in the metrics). With ``pretrained`` set,
+  the given segmenter file is checked and copied instead (``source`` says why: a file the config
+  gave, or the generalist because no session has masks to train on).
 * :func:`evaluate_session`: footprints.zarr against a session's masks: IoU >= 0.5 Hungarian
   F1 and the Neurofinder centroid criterion, written as JSON.
 """
@@ -13,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -27,7 +31,30 @@ from calflow.segment.data import DEFAULT_CHANNELS, Sample, load_inputs
 from calflow.segment.train import TrainParams, train
 
 TRAIN_KEYS = {f for f in TrainParams.__dataclass_fields__}
+BUNDLED_NAME = "segmenter_pretrained.pt"
+GENERALIST_NOTE = ("no session with masks to train on: the bundled generalist segmenter (trained on simulated "
+                   "sessions only, calflow.segment.pretrain) is used")
+
+
+def bundled_segmenter() -> Path:
+    """The generalist segmenter shipped in the checkout's resources/ (see calflow.segment.pretrain)."""
+    return Path(__file__).resolve().parents[3] / "resources" / BUNDLED_NAME
+
+
+def init_compatible(init_weights: str | Path, section: Mapping[str, Any], seed: int = 0) -> str | None:
+    """None when the segmenter file can initialise training with ``section``'s settings, else why not."""
+    import torch
+
+    blob = torch.load(init_weights, map_location="cpu", weights_only=True)
+    channels = list(section.get("channels") or DEFAULT_CHANNELS)
+    arch = TrainParams.from_config(train_params(section, seed)).arch(len(channels))
+    if dict(blob["arch"]) != arch:
+        return f"its architecture {dict(blob['arch'])} differs from the configured {arch}"
+    if list(blob.get("meta", {}).get("channels") or DEFAULT_CHANNELS) != channels:
+        return f"its input channels {blob['meta'].get('channels')} differ from the configured {channels}"
+    return None
 POST_KEYS = ("prob_threshold", "cue_threshold", "min_size")
+log = logging.getLogger("calflow.segment")
 
 
 def train_params(section: Mapping[str, Any], seed: int = 0) -> dict:
@@ -54,7 +81,8 @@ def _write_json(path: str | Path, obj: Any) -> None:
 
 def train_from_sessions(sessions: Sequence[Mapping[str, str]], section: Mapping[str, Any], out_model: str | Path,
                         out_metrics: str | Path, *, checkpoint_dir: str | Path, seed: int = 0,
-                        pretrained: str | None = None) -> dict:
+                        pretrained: str | None = None, source: str = "given",
+                        init_weights: str | Path | None = None) -> dict:
     """Train on ``sessions`` (dicts with session, summary, keyframes, masks) or copy ``pretrained``."""
     if pretrained:
         from calflow.segment.infer import load_segmenter
@@ -66,7 +94,9 @@ def train_from_sessions(sessions: Sequence[Mapping[str, str]], section: Mapping[
                                     file=pretrained, fix="give a file written by calflow's train_segmenter") from err
         Path(out_model).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(pretrained, out_model)
-        metrics = {"pretrained": str(pretrained), "arch": info["arch"], "meta": info["meta"]}
+        metrics = {"pretrained": str(pretrained), "source": source, "arch": info["arch"], "meta": info["meta"]}
+        if source == "generalist":
+            metrics["note"] = GENERALIST_NOTE
         _write_json(out_metrics, metrics)
         return metrics
     channels = list(section.get("channels") or DEFAULT_CHANNELS)
@@ -84,8 +114,21 @@ def train_from_sessions(sessions: Sequence[Mapping[str, str]], section: Mapping[
         else:
             tr.append(sample)
     meta = {"channels": channels, "train_sessions": [s["session"] for s in sessions], "validation_fraction": frac}
-    result = train(tr, va, train_params(section, seed), checkpoint_dir, out_path=out_model, meta=meta)
-    metrics = {**meta, **result}
+    init_note = None
+    if init_weights is not None:
+        try:
+            init_note = init_compatible(init_weights, section, seed)
+        except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
+            raise CalflowInputError(f"cannot load the initial segmenter weights ({type(err).__name__}: {err})",
+                                    file=str(init_weights), fix="give a file written by calflow, or set "
+                                    "segment.init: scratch") from err
+        if init_note is not None:
+            log.warning("segment.init: pretrained, but %s: training from scratch", init_note)
+            init_note = f"trained from scratch: the pretrained weights do not fit ({init_note})"
+            init_weights = None
+    result = train(tr, va, train_params(section, seed), checkpoint_dir, out_path=out_model, meta=meta,
+                   init_weights=init_weights)
+    metrics = {**meta, **result, "source": "trained", **({"init_note": init_note} if init_note else {})}
     _write_json(out_metrics, metrics)
     return metrics
 

@@ -1,6 +1,13 @@
 """Training loop: random crops, 8-fold dihedral + brightness/contrast augmentation, validation by
 F1 (instances) or foreground IoU (semantic), best-by-score checkpoint, resumable, deterministic.
 
+Length: ``iterations`` is the most iterations; with ``patience`` > 0 training stops at the
+first validation that is ``patience`` or more iterations after the best one (a validation plateau).
+The cosine learning-rate decay runs over ``iterations`` either way.
+
+Initialisation: from ``torch.manual_seed(seed)``, or from a segmenter file (``init_weights``, e.g.
+the bundled generalist of :mod:`calflow.segment.pretrain`) with the same architecture: fine-tuning.
+
 Determinism: the model is initialised from ``torch.manual_seed(seed)``; every iteration draws its
 crops and augmentations from its own generator ``numpy.random.default_rng([seed, iteration])``, so
 an interrupted run resumed from ``last.pt`` (model + optimiser state + iteration + history)
@@ -55,7 +62,8 @@ class TrainParams:
     depth: int = 3
     deconv_kernels: tuple[int, ...] = ()  # dcn only; () = 2 x stride per scale
     task: str = "instance"  # instance (fg + distance cue) | semantic (fg only)
-    iterations: int = 300
+    iterations: int = 300  # the most iterations (see patience)
+    patience: int = 0  # stop when the validation score has not improved for this many iterations (0 = never)
     batch_size: int = 8
     patch_size: int = 64
     lr: float = 2e-3
@@ -103,9 +111,10 @@ def save_segmenter(path: str | Path, model: nn.Module, arch: Mapping[str, Any], 
     os.replace(tmp, path)
 
 
-def _fingerprint(p: TrainParams, train: Sequence[Sample], val: Sequence[Sample]) -> str:
+def _fingerprint(p: TrainParams, train: Sequence[Sample], val: Sequence[Sample], init: bytes = b"") -> str:
     h = hashlib.sha256(json.dumps({k: v for k, v in dataclasses.asdict(p).items() if k != "device"},
                                   sort_keys=True, default=list).encode())
+    h.update(init)
     for s in [*train, *val]:
         for a in (s.image, s.fg, s.cue):
             if a is not None:
@@ -174,11 +183,12 @@ def evaluate(model: nn.Module, samples: Sequence[Sample], p: TrainParams, device
 
 def train(train_samples: Sequence[Sample], val_samples: Sequence[Sample], params: Mapping[str, Any] | TrainParams,
           checkpoint_dir: str | Path, *, out_path: str | Path | None = None, meta: Mapping[str, Any] | None = None,
-          stop_at: int | None = None, resume: bool = True) -> dict:
+          stop_at: int | None = None, resume: bool = True, init_weights: str | Path | None = None) -> dict:
     """Train a segmenter; return a metrics dict. ``stop_at`` stops early (to test resuming).
 
+    ``init_weights``: a segmenter file to start from (its architecture must equal this run's).
     Writes ``checkpoint_dir/last.pt`` and ``best.pt``; copies ``best.pt`` to ``out_path`` when the
-    run completes.
+    run completes (all ``iterations``, or a plateau of ``patience`` iterations).
     """
     p = TrainParams.from_config(params)
     if not train_samples:
@@ -190,10 +200,19 @@ def train(train_samples: Sequence[Sample], val_samples: Sequence[Sample], params
     arch = p.arch(in_ch)
     torch.manual_seed(p.seed)
     model = build_model(arch).to(device)
+    init_bytes = b""
+    if init_weights is not None:
+        init_bytes = Path(init_weights).read_bytes()
+        blob = torch.load(init_weights, map_location=device, weights_only=True)
+        if dict(blob["arch"]) != arch:
+            raise CalflowInputError(f"the initial weights' architecture {dict(blob['arch'])} differs from this run's {arch}",
+                                    file=str(init_weights), fix="use the same network, channels, base_channels and "
+                                    "depth as the initial weights, or train from scratch (segment.init: scratch)")
+        model.load_state_dict(blob["state_dict"])
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     sched_lr = lambda it: p.lr * 0.5 * (1 + np.cos(np.pi * min(it, p.iterations) / p.iterations))  # noqa: E731
-    fp = _fingerprint(p, train_samples, val_samples)
-    meta = {**dict(meta or {}), "post": p.post, "task": p.task, "train_params": dataclasses.asdict(p), "fingerprint": fp}
+    fp = _fingerprint(p, train_samples, val_samples, init_bytes)
+    meta = {**dict(meta or {}), "init": str(init_weights) if init_weights is not None else "scratch", "post": p.post, "task": p.task, "train_params": dataclasses.asdict(p), "fingerprint": fp}
     state = {"iteration": 0, "best_score": -1.0, "best_iteration": -1, "history": []}
     last = ckdir / "last.pt"
     resumed_from = None
@@ -212,7 +231,13 @@ def train(train_samples: Sequence[Sample], val_samples: Sequence[Sample], params
     t0 = time.perf_counter()
     it = int(state["iteration"])
     end = p.iterations if stop_at is None else min(stop_at, p.iterations)
-    while it < end:
+
+    def plateau() -> bool:
+        # checked right after a validation only (state["iteration"] is the last validated iteration)
+        return (p.patience > 0 and state["best_iteration"] >= 0 and it == state["iteration"]
+                and it - state["best_iteration"] >= p.patience)
+
+    while it < end and not plateau():
         for g in opt.param_groups:
             g["lr"] = float(sched_lr(it))
         x, fg, cue = _batch(train_samples, p, it)
@@ -239,7 +264,10 @@ def train(train_samples: Sequence[Sample], val_samples: Sequence[Sample], params
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "fingerprint": fp, **state}, tmp)
             os.replace(tmp, last)
     seconds = time.perf_counter() - t0
-    result = {"iterations": it, "completed": it >= p.iterations, "best_score": state["best_score"],
+    stopped = plateau()
+    result = {"iterations": it, "completed": it >= p.iterations or stopped, "stopped_on_plateau": stopped,
+              "max_iterations": p.iterations, "patience": p.patience,
+              "init": str(init_weights) if init_weights is not None else "scratch", "best_score": state["best_score"],
               "best_iteration": state["best_iteration"], "history": state["history"], "resumed_from": resumed_from,
               "seconds": seconds, "device": str(device), "arch": arch,
               "score_name": "f1_iou0.5" if p.task == "instance" else "foreground_iou"}
