@@ -21,15 +21,13 @@ import uuid
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
-import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from calflow.errors import CalflowInputError
+from calflow.errors import CalflowInputError, disk_full, is_disk_full
 
 MOVIE_VAR = "movie"
 # Snakemake drops a ``.snakemake_timestamp`` file into directory outputs; zarr warns about it.
@@ -131,7 +129,8 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds.
 
     Works for files and directories (zarr stores). On any exception the temporary output is
-    deleted and ``path`` is left as it was (or absent), so no half-written output survives.
+    deleted and ``path`` is left as it was (or absent), so no half-written output survives; a full
+    disk becomes one :class:`CalflowInputError` line (:func:`calflow.errors.disk_full`).
     Temporaries of earlier writers of ``path`` that were killed are deleted first.
     """
     path = Path(path)
@@ -140,8 +139,10 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     tmp = _tmp_sibling(path)
     try:
         yield tmp
-    except BaseException:
+    except BaseException as err:
         _remove(tmp)
+        if is_disk_full(err):
+            raise disk_full(path) from err
         raise
     if not tmp.exists():
         raise RuntimeError(f"{path}: the writer produced no output")
@@ -179,6 +180,11 @@ class MovieWriter:
         self.chunk_frames = int(max(1, min(chunk_frames, self.shape[0])))
         self.fps = float(fps)
         n_t, n_y, n_x = self.shape
+        # dask and xarray are imported where used: most jobs only read stores, and the two cost
+        # about a second of every short job's start-up (a Snakemake job is a fresh interpreter)
+        import dask.array as da
+        import xarray as xr
+
         lazy = da.zeros(self.shape, dtype=self.dtype, chunks=(self.chunk_frames, n_y, n_x))
         ds = xr.Dataset(
             {MOVIE_VAR: (DIMS, lazy)},
@@ -384,6 +390,8 @@ class MovieReader:
 
 def open_dataset(store: str | Path) -> xr.Dataset:
     """Open a calflow zarr store lazily as an xarray Dataset (dask-backed)."""
+    import xarray as xr
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_SNAKEMAKE_STAMP)
         return xr.open_zarr(store, zarr_format=3, consolidated=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -32,12 +33,11 @@ def set_threads(n: int) -> None:
     n = max(1, int(n))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, str(n))
-    try:
-        import torch
-
+    # torch reads OMP_NUM_THREADS when it is first imported; set it here only where the stage has
+    # imported it already (importing torch costs a second of every short job that never uses it)
+    torch = sys.modules.get("torch")
+    if torch is not None:
         torch.set_num_threads(n)
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
 
 
 def run_script(smk: Any, stage: Callable[[Any], Any]) -> Any:
@@ -56,5 +56,8 @@ def run_script(smk: Any, stage: Callable[[Any], Any]) -> Any:
         log.error("%s", err)
         print(f"calflow error: {err}", file=sys.stderr)
         sys.exit(1)
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    # CPU includes the job's start-up (interpreter, imports): what the scheduler's core paid for it
+    log.info("process CPU %.1f s, peak RSS %.0f MiB", use.ru_utime + use.ru_stime, use.ru_maxrss / 1024)
     log.info("rule %s finished in %.1f s", smk.rule, time.perf_counter() - t0)
     return result
