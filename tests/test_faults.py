@@ -278,3 +278,270 @@ def test_store_arrays_sees_every_array(tmp_path):  # the comparison above is not
     arrays = store_arrays(store)
     assert set(arrays) == {"movie", "time"}
     np.testing.assert_array_equal(arrays["movie"], movie)
+
+
+# ---------------------------------------------------------------- training resumes (library, real SIGKILLs)
+_VS_RUN = """
+import json, sys, torch
+torch.set_num_threads(1)
+from calflow.virtual_stain.stage import run_dataset
+rows, out = json.loads(sys.argv[1]), sys.argv[2]
+run_dataset(rows, out, {"n_trials": 3, "epochs": 4, "block_size": 16, "device": "cpu"}, dataset="t")
+"""
+
+
+def _run_killed_when(code: str, args: list[str], ready, env=None) -> bool:
+    """Run ``python -c code args`` and SIGKILL it once ``ready()``; True if it was killed."""
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    while proc.poll() is None:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.002)
+    return False
+
+
+@pytest.mark.slow
+def test_virtual_stain_training_resumes_after_kills_with_the_same_model(tmp_path):
+    """Killed once in the search and once in the final training; the rerun takes the finished
+    trials' scores and the last epoch, and ends with the uninterrupted run's weights and metrics."""
+    from calflow.virtual_stain.simulate import write_pair
+
+    rows = []
+    for i in range(5):
+        lf, fl = tmp_path / f"p{i}_lf.tif", tmp_path / f"p{i}_fl.tif"
+        write_pair(str(lf), str(fl), {"height": 64, "width": 64, "n_cells": 8}, seed=30 + i)
+        rows.append({"image": f"p{i}", "label_free": str(lf), "fluorescence": str(fl),
+                     "split": "train" if i < 3 else "test"})
+    arg = json.dumps(rows)
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    subprocess.run([sys.executable, "-c", _VS_RUN, arg, str(ref)], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    record, last = out / "checkpoints" / "search.json", out / "checkpoints" / "final_last.pt"
+    assert _run_killed_when(_VS_RUN, [arg, str(out)], record.exists), "finished before the first trial's record"
+    assert len(json.loads(record.read_text())["trials"]) < 3 and not last.exists()
+    assert _run_killed_when(_VS_RUN, [arg, str(out)], last.exists), "finished before the first epoch's checkpoint"
+    assert not (out / "model.pt").exists() and not (out / "metrics.json").exists()
+    log = subprocess.run([sys.executable, "-c", "import logging; logging.basicConfig(level=logging.INFO)\n" + _VS_RUN,
+                          arg, str(out)], check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}).stderr
+    assert "3 trials (3 taken from" in log and "resuming" in log and "at epoch " in log, log[-2000:]
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (ref, out))
+    assert a["search"] == b["search"] and a["test"] == b["test"]
+    assert_same_results(ref, out)  # model.pt, the final checkpoint, maps.zarr: bit-identical
+
+
+@pytest.mark.slow
+def test_classifier_training_resumes_after_a_kill_with_the_same_model(tiny_run, tmp_path):
+    """Kill Snakemake and train_classifier at its first checkpoint; the rerun resumes there and
+    ends with the uninterrupted training's model, predictions and checkpoints, bit for bit."""
+    wd = copy_run(tiny_run, tmp_path / "wd")
+    out = wd / "results" / "classifier" / "a1"
+    for name in ("model.pt", "metrics.json", "predictions.npz"):
+        (out / name).unlink()
+    shutil.rmtree(out / "checkpoints")
+    target = "results/classifier/a1/metrics.json"
+    proc = _start(wd, target)
+    assert _wait_for(proc, lambda: (out / "checkpoints" / "fold0_last.pt").exists()), proc.communicate()[0]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.pt").exists(), "a killed training left a model behind"
+    run_snakemake(wd, "--unlock")
+    run_snakemake(wd, "--rerun-incomplete", target)
+    runs = json.loads((out / "metrics.json").read_text())["training"]
+    ref = json.loads((tiny_run / "results" / "classifier" / "a1" / "metrics.json").read_text())["training"]
+    assert runs[0]["resumed_from"] and all(r["resumed_from"] is None for r in ref), runs
+    assert [r["history"] for r in runs] == [r["history"] for r in ref]
+    compared = assert_same_results(tiny_run / "results" / "classifier" / "a1", out, subset=True)
+    assert {"model.pt", "predictions.npz", "checkpoints/fold0_last.pt"} <= set(compared), compared
+
+
+# ---------------------------------------------------------------- SIGKILL at every rule
+def _first_outputs(workdir: Path) -> dict[str, str]:
+    """rule -> the first output of its first job (session a1_A where the rule has sessions), from
+    Snakemake's log of the tiny run."""
+    import re
+
+    log = sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log"))[0].read_text()
+    found: dict[str, str] = {}
+    for m in re.finditer(r"^(?:local)?rule (\S+):\n((?:[ \t]+.*\n?)*)", log, re.M):
+        out = re.search(r"^\s+output: ([^,\n]+)", m[2], re.M)
+        if m[1] == "all" or not out:
+            continue
+        if m[1] not in found or ("a1_B" in found[m[1]] and "a1_A" in out[1]):
+            found[m[1]] = out[1].strip()
+    return found
+
+
+def _stage_seconds(workdir: Path) -> dict[str, float]:
+    """rule -> the shortest stage time calflow's runner logged for it in the tiny run."""
+    import re
+
+    times: dict[str, float] = {}
+    for log in (workdir / "results" / "logs").glob("*/*.log"):
+        m = re.search(r"rule (\S+) finished in ([0-9.]+) s", log.read_text())
+        if m:
+            times[m[1]] = min(times.get(m[1], np.inf), float(m[2]))
+    return times
+
+
+@pytest.mark.slow
+def test_sigkill_at_every_rule_then_rerun_gives_identical_outputs(tiny_run, tmp_path):
+    """One job of every rule of the tiny run is re-made (``--force``) and SIGKILLed while it runs,
+    part-way into its stage (0.4 x the stage time the tiny run logged, at most 0.5 s, after the job
+    opened its log: a forced training resumes from its final checkpoint and is short); Snakemake deletes what the job left and runs it again (``--retries 1``). Every output is
+    then bit-identical to the uninterrupted run's, and no killed writer's temporary is left."""
+    wd = copy_run(tiny_run, tmp_path / "wd")
+    outputs, seconds = _first_outputs(tiny_run), _stage_seconds(tiny_run)
+    assert len(outputs) >= 20, outputs
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(wd), "--cores", "2", "--retries", "1",
+           "--force", *outputs.values()]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    logs = wd / "results" / "logs"
+    started: dict[int, tuple[str, float]] = {}  # job pid -> (rule, when its log was opened)
+    killed: dict[str, str] = {}
+    while proc.poll() is None:
+        try:
+            children = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            break
+        now = time.monotonic()
+        for child in children:
+            try:
+                if child.pid not in started:
+                    rule = next((Path(f.path).parent.name for f in child.open_files()
+                                 if Path(f.path).is_relative_to(logs)), None)
+                    if rule is None:
+                        continue
+                    started[child.pid] = (rule, now)
+                rule, t0 = started[child.pid]
+                if rule not in killed and now - t0 >= min(0.4 * seconds.get(rule, 0.0), 0.5):
+                    child.send_signal(signal.SIGKILL)
+                    killed[rule] = child.cmdline()[-1] if child.cmdline() else "?"
+            except psutil.NoSuchProcess:
+                pass
+        time.sleep(0.005)
+    out = proc.stdout.read()
+    assert proc.returncode == 0, out[-4000:]
+    assert set(killed) == set(outputs), f"rules never killed: {sorted(set(outputs) - set(killed))}"
+    assert out.count("Trying to restart job") >= len(outputs), out[-4000:]
+    assert [p for p in (wd / "results").rglob(".*.tmp-*")] == []
+    assert_same_results(tiny_run / "results", wd / "results")
+
+
+# ---------------------------------------------------------------- disk full (a small tmpfs, as root)
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs at tmp_path/disk, unmounted afterwards; skipped where mount is not permitted."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill (needs root / CAP_SYS_ADMIN): {proc.stderr.strip()[:200]}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def _fill(disk: Path, leave_bytes: int) -> Path:
+    ballast = disk / "ballast"
+    ballast.write_bytes(b"\0" * (shutil.disk_usage(disk).free - leave_bytes))
+    return ballast
+
+
+def _assert_disk_full_error(err: CalflowInputError, out: Path) -> None:
+    msg = str(err)
+    assert msg.startswith(f"{out}: no space left on the device while writing it") and "\n" not in msg, msg
+    assert msg.endswith("Fix: free disk space (or move results/ to a larger filesystem) and rerun")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ballast"], "a partial output or temporary was kept"
+
+
+def test_disk_full_during_a_store_write_is_one_line_and_leaves_nothing(small_disk, tmp_path):
+    from calflow.ingest import ingest
+
+    movie = np.random.default_rng(3).integers(0, 65535, (40, 64, 64), dtype=np.uint16)  # 330 kB, incompressible
+    tifffile.imwrite(tmp_path / "m.tif", movie)
+    out = small_disk / "raw.zarr"
+    ballast = _fill(small_disk, 150_000)
+    with pytest.raises(CalflowInputError) as err:
+        ingest(tmp_path / "m.tif", out, fps=10, params={"chunk_frames": 10})
+    _assert_disk_full_error(err.value, out)
+    ballast.unlink()  # space freed: the rerun succeeds
+    ingest(tmp_path / "m.tif", out, fps=10, params={"chunk_frames": 10})
+    np.testing.assert_array_equal(MovieReader(out)[:], movie)
+
+
+@pytest.mark.slow
+def test_disk_full_during_an_nwb_write_is_one_line_and_leaves_nothing(small_disk, tiny_run):
+    from calflow.cnmf.nwb import export_nwb
+
+    cnmf, out = tiny_run / "results" / "a1_A" / "cnmf.zarr", small_disk / "a1_A.nwb"
+    ballast = _fill(small_disk, 60_000)  # the NWB file is ~250 kB
+    with pytest.raises(CalflowInputError) as err:
+        export_nwb(cnmf, out, session="a1_A", condition="A", fps=30.0)
+    _assert_disk_full_error(err.value, out)
+    ballast.unlink()
+    export_nwb(cnmf, out, session="a1_A", condition="A", fps=30.0)
+    assert out.stat().st_size > 60_000
+
+
+# ---------------------------------------------------------------- truncated or tampered checkpoints
+class _Payload:  # a pickle that would run code when loaded without weights_only
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped_weight", "code_payload", "foreign"])
+def test_damaged_or_tampered_model_file_is_one_clear_line(tmp_path, how):
+    import torch
+
+    from calflow.checkpoint import load_weights, save_weights
+    from calflow.classify.model import load_fold_models
+
+    path, marker = tmp_path / "model.pt", tmp_path / "payload_ran"
+    blob = {"folds": [{"w": torch.arange(1000, dtype=torch.float32)}], "arch": {"members": 1}, "meta": {}}
+    save_weights(blob, path)
+    assert load_weights(path, keys=("folds",))["folds"][0]["w"].equal(blob["folds"][0]["w"])  # intact: loads
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        data = data[: len(data) * 2 // 3]
+    elif how == "flipped_weight":  # torch's zip reader loads this silently; the digest does not
+        data[data.find(np.arange(1000, dtype=np.float32).tobytes()[400:432]) + 8] ^= 0x01
+    elif how == "code_payload":
+        torch.save({"folds": _Payload(marker), "arch": {}, "meta": {}}, path)
+        data = bytearray(path.read_bytes())
+    else:
+        torch.save({"weights": torch.zeros(3)}, path)
+        data = bytearray(path.read_bytes())
+    path.write_bytes(bytes(data))
+    with pytest.raises(CalflowInputError) as err:
+        load_fold_models(path)
+    msg = str(err.value)
+    expected = {"truncated": "not a readable checkpoint, truncated or damaged",
+                "flipped_weight": "checksum mismatch: the file was altered after calflow wrote it",
+                "code_payload": "refused to load: it holds objects other than weights",
+                "foreign": "not a calflow checkpoint of this kind (no 'folds', 'arch', 'meta')"}[how]
+    assert msg.startswith(f"{path}: {expected}") and "\n" not in msg, msg
+    assert msg.endswith("Fix: delete it and rerun train_classifier")
+    assert not marker.exists(), "the pickled code ran"
+
+
+def test_truncated_segmenter_and_resume_checkpoint_are_one_clear_line(tmp_path):
+    import torch
+
+    from calflow.classify.train import train_fold  # noqa: F401 - the resume path loads through load_weights
+    from calflow.segment.infer import load_segmenter
+    from calflow.virtual_stain.model import TrainConfig, train_model
+
+    torch.save({"state_dict": {"w": torch.zeros(100)}, "arch": {}}, tmp_path / "seg.pt")
+    (tmp_path / "seg.pt").write_bytes((tmp_path / "seg.pt").read_bytes()[:300])
+    with pytest.raises(CalflowInputError, match=r"seg\.pt: not a readable checkpoint, truncated or damaged"):
+        load_segmenter(tmp_path / "seg.pt")
+    last = tmp_path / "final_last.pt"
+    last.write_bytes(b"PK\x03\x04 half a zip")
+    x, y = np.zeros((8, 8, 8), np.float32), np.array([0, 1] * 4, np.float32)
+    with pytest.raises(CalflowInputError, match=r"final_last\.pt: not a readable checkpoint.*Fix: delete it to restart"):
+        train_model(x, y, TrainConfig(epochs=1), "cpu", checkpoint=last)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from calflow.checkpoint import load_weights, save_weights
 from calflow.io import atomic_output
 
 
@@ -224,8 +225,8 @@ def save_fold_models(path: str | Path, models: Sequence[StimEnsemble], arch: Map
     """Write a group's ``model.pt`` atomically: every fold's state (CPU copies), ``arch`` and ``meta``
     as plain JSON values (read back by :func:`load_fold_models`)."""
     with atomic_output(path) as tmp:
-        torch.save({"folds": [{k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for m in models],
-                    "arch": json.loads(json.dumps(arch)), "meta": json.loads(json.dumps(meta))}, tmp)
+        save_weights({"folds": [{k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for m in models],
+                      "arch": json.loads(json.dumps(arch)), "meta": json.loads(json.dumps(meta))}, tmp)
 
 
 def load_fold_models(path: str | Path, device: torch.device | str = "cpu") -> tuple[list[StimEnsemble], dict]:
@@ -233,7 +234,7 @@ def load_fold_models(path: str | Path, device: torch.device | str = "cpu") -> tu
 
     A model file from before the ensemble (a plain :class:`StimNet` state per fold, no ``members``
     in its arch) loads as a K = 1 ensemble."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = load_weights(path, "cpu", keys=("folds", "arch", "meta"), fix="delete it and rerun train_classifier")
     arch = blob["arch"]
     models = []
     for state in blob["folds"]:

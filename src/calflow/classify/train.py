@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from calflow.checkpoint import load_weights, save_weights
 from calflow.classify.data import SessionData, _net_input, training_frames, window
 from calflow.classify.model import StimEnsemble, StimNet, crop_hw, init_ensemble
 from calflow.classify.params import ClassifyParams
@@ -170,7 +171,8 @@ def train_fold(data: Sequence[SessionData], p: ClassifyParams, fold: int, checkp
     fp = _fingerprint(p, data, fold)
     it, history, resumed = 0, [], None
     if last.exists():
-        ck = torch.load(last, map_location=device, weights_only=True)
+        ck = load_weights(last, device, keys=("model", "optimizer", "iteration", "history"),
+                          fix="delete it to restart this fold's training (or rerun: a killed write leaves none)")
         if ck.get("fingerprint") == fp:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
@@ -204,8 +206,8 @@ def train_fold(data: Sequence[SessionData], p: ClassifyParams, fold: int, checkp
             log.info("fold %d iteration %d loss %.4f (mean over %d members)", fold, it, history[-1]["loss"],
                      p.members)
             with atomic_output(last) as tmp:
-                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it,
-                            "history": history, "fingerprint": fp}, tmp)
+                save_weights({"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it,
+                              "history": history, "fingerprint": fp}, tmp)
     model.eval()
     return model, {"fold": fold, "iterations": it, "history": history, "resumed_from": resumed,
                    "seconds": time.perf_counter() - t0, "arch": arch, "fingerprint": fp}

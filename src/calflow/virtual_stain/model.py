@@ -8,13 +8,19 @@ bit-identical. GPU when present (``device: auto``), the same code path on CPU.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from calflow.checkpoint import load_weights, save_weights
 from calflow.device import resolve_device
+from calflow.io import atomic_output
+
+log = logging.getLogger(__name__)
 
 
 class BlockCNN(nn.Module):
@@ -63,8 +69,13 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return x
 
 
-def train_model(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, device: str = "auto") -> BlockCNN:
-    """Train a :class:`BlockCNN` on blocks ``x`` (N, s, s) float32 with labels ``y`` (N,) {0, 1}."""
+def train_model(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, device: str = "auto", *,
+                checkpoint: str | Path | None = None, fingerprint: str = "") -> BlockCNN:
+    """Train a :class:`BlockCNN` on blocks ``x`` (N, s, s) float32 with labels ``y`` (N,) {0, 1}.
+
+    ``checkpoint``: a file written after every epoch (model, optimiser, schedule, both random
+    states) and resumed from when its ``fingerprint`` matches, so a killed training ends with the
+    weights of an uninterrupted one (CPU)."""
     dev = resolve_device(device, key="virtual_stain.device")
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -79,8 +90,20 @@ def train_model(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, device: str = "a
     n = len(xt)
     steps = max(1, cfg.epochs * ((n + cfg.batch_size - 1) // cfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
+    start = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        ck = load_weights(checkpoint, "cpu", keys=("model", "optimizer", "scheduler", "generator", "rng", "epoch"),
+                          fix="delete it to restart the training")
+        if ck.get("fingerprint") == fingerprint:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            g.set_state(ck["generator"])
+            torch.set_rng_state(ck["rng"])
+            start = int(ck["epoch"])
+            log.info("virtual_stain: resuming %s at epoch %d", checkpoint, start)
     model.train()
-    for _ in range(cfg.epochs):
+    for epoch in range(start, cfg.epochs):
         order = torch.randperm(n, generator=g)
         for i in range(0, n, cfg.batch_size):
             idx = order[i: i + cfg.batch_size]
@@ -92,6 +115,11 @@ def train_model(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, device: str = "a
             loss.backward()
             opt.step()
             sched.step()
+        if checkpoint is not None:
+            with atomic_output(checkpoint) as tmp:
+                save_weights({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                              "generator": g.get_state(), "rng": torch.get_rng_state(), "epoch": epoch + 1,
+                              "fingerprint": fingerprint}, tmp)
     model.eval()
     return model
 

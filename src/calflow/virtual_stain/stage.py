@@ -22,6 +22,7 @@ Outputs (``out_dir`` = results/virtual_stain/{dataset}/): ``metrics.json``, ``mo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -150,6 +151,14 @@ def _metrics(prob: np.ndarray, label: np.ndarray) -> dict[str, float]:
     }
 
 
+def _fingerprint(p: VirtualStainParams, x: np.ndarray, y: np.ndarray, names: Sequence[str]) -> str:
+    """A hash of the training blocks, their labels and the settings: checkpoints of other data are ignored."""
+    h = hashlib.sha256(json.dumps([asdict(p), list(names)], sort_keys=True, default=str).encode())
+    h.update(np.ascontiguousarray(x).tobytes())
+    h.update(np.ascontiguousarray(y).tobytes())
+    return h.hexdigest()[:16]
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
@@ -157,8 +166,7 @@ def _safe(name: str) -> str:
 def run_dataset(images: Sequence[Mapping[str, str]], out_dir: str | Path, params: VirtualStainParams | dict | None = None,
                 *, dataset: str = "") -> dict[str, Any]:
     """Train, evaluate and map one dataset. ``images``: dicts with image, label_free, fluorescence, split."""
-    import torch
-
+    from calflow.checkpoint import save_weights
     from calflow.device import resolve_device
     from calflow.io import atomic_output, write_array
     from calflow.virtual_stain.model import TrainConfig, predict, train_model
@@ -181,8 +189,15 @@ def run_dataset(images: Sequence[Mapping[str, str]], out_dir: str | Path, params
         raise CalflowInputError(f"dataset '{dataset}': every training block is {'positive' if y_tr[0] else 'negative'}",
                                 fix="check virtual_stain.threshold / min_fraction or add images with both kinds")
     base = TrainConfig(epochs=p.epochs, batch_size=p.batch_size, seed=p.seed)
-    best, trials = search(*cat(fit), *cat(val), base, n_trials=p.n_trials, timeout_s=p.timeout_s, device=p.device)
-    model = train_model(x_tr, y_tr, best, p.device)
+    # checkpoints: each finished search trial's score and the final training's last epoch, so a killed
+    # job resumes where it stopped; the fingerprint ties them to these blocks and settings
+    ckdir = out_dir / "checkpoints"
+    ckdir.mkdir(parents=True, exist_ok=True)
+    fp = _fingerprint(p, x_tr, y_tr, [d.name for d in train])
+    best, trials = search(*cat(fit), *cat(val), base, n_trials=p.n_trials, timeout_s=p.timeout_s, device=p.device,
+                          record=ckdir / "search.json", fingerprint=fp)
+    model = train_model(x_tr, y_tr, best, p.device, checkpoint=ckdir / "final_last.pt",
+                        fingerprint=f"{fp}:{json.dumps(asdict(best), sort_keys=True)}")
     probs = [predict(model, d.x) for d in test]
     prob_all = np.concatenate(probs)
     lab_all = np.concatenate([d.label for d in test])
@@ -219,7 +234,7 @@ def run_dataset(images: Sequence[Mapping[str, str]], out_dir: str | Path, params
             write_array(tmp, f"{g}/block_fraction", d.fraction.reshape(d.grid).astype(np.float32), ("block_y", "block_x"))
             write_array(tmp, f"{g}/block_label", d.label.reshape(d.grid), ("block_y", "block_x"))
     with atomic_output(out_dir / "model.pt") as tmp:
-        torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "config": asdict(best)}, tmp)
+        save_weights({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "config": asdict(best)}, tmp)
     with atomic_output(out_dir / "plots") as tmp:
         tmp.mkdir(parents=True)
         figures(result, test, probs, images, p, tmp)
