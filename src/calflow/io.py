@@ -27,7 +27,10 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from calflow.errors import CalflowInputError, disk_full, is_disk_full
+from calflow.errors import CalflowInputError
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 MOVIE_VAR = "movie"
 # Snakemake drops a ``.snakemake_timestamp`` file into directory outputs; zarr warns about it.
@@ -129,8 +132,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds.
 
     Works for files and directories (zarr stores). On any exception the temporary output is
-    deleted and ``path`` is left as it was (or absent), so no half-written output survives; a full
-    disk becomes one :class:`CalflowInputError` line (:func:`calflow.errors.disk_full`).
+    deleted and ``path`` is left as it was (or absent), so no half-written output survives.
     Temporaries of earlier writers of ``path`` that were killed are deleted first.
     """
     path = Path(path)
@@ -139,10 +141,8 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     tmp = _tmp_sibling(path)
     try:
         yield tmp
-    except BaseException as err:
+    except BaseException:
         _remove(tmp)
-        if is_disk_full(err):
-            raise disk_full(path) from err
         raise
     if not tmp.exists():
         raise RuntimeError(f"{path}: the writer produced no output")
