@@ -134,7 +134,7 @@ def test_stim_log_and_targets_checks(tmp_path):
     with pytest.raises(CalflowInputError, match=r"t\.csv: row 3, field 'y': 'abc'"):
         check_targets(tg)
     tg.write_text("id,y,x\n0,1,2\n0,4,3\n")
-    with pytest.raises(CalflowInputError, match="target ids repeat"):
+    with pytest.raises(CalflowInputError, match=r"row 3, field .id.: target id 0 repeats"):
         check_targets(tg)
     tg.write_text("id,y\n0,1\n")
     with pytest.raises(CalflowInputError, match=r"missing column\(s\) x"):

@@ -545,3 +545,25 @@ def test_truncated_segmenter_and_resume_checkpoint_are_one_clear_line(tmp_path):
     x, y = np.zeros((8, 8, 8), np.float32), np.array([0, 1] * 4, np.float32)
     with pytest.raises(CalflowInputError, match=r"final_last\.pt: not a readable checkpoint.*Fix: delete it to restart"):
         train_model(x, y, TrainConfig(epochs=1), "cpu", checkpoint=last)
+
+
+# ---------------------------------------------------------------- two runs in one directory
+@pytest.mark.slow
+def test_a_second_snakemake_in_the_same_directory_is_refused_clearly(tiny_run, tmp_path):
+    """While one run holds the directory's lock, a second is refused with Snakemake's message
+    (the directory, the reason, what to do), touches nothing, and the first run ends intact."""
+    wd = copy_run(tiny_run, tmp_path / "wd")
+    session = wd / "results" / "a1_A"
+    shutil.rmtree(session / "motion.zarr")
+    shutil.rmtree(session / "plots" / "motion")
+    first = _start(wd, "results/a1_A/motion.zarr")
+    locks = wd / ".snakemake" / "locks"
+    assert _wait_for(first, lambda: locks.is_dir() and any(locks.iterdir())), first.communicate()[0]
+    second = run_snakemake(wd, "results/a1_A/summary.zarr", "--forcerun", "summary", check=False)
+    out = second.stdout + second.stderr
+    assert second.returncode != 0, out[-3000:]
+    assert "LockException" in out and "Directory cannot be locked" in out and str(wd) in out, out[-3000:]
+    assert "no other Snakemake process is trying to create the same files" in out and "--unlock" in out
+    assert "rule summary" not in out  # nothing ran
+    assert first.wait(timeout=600) == 0, first.communicate()[0][-3000:]
+    assert_same_results(tiny_run / "results" / "a1_A", session)

@@ -224,3 +224,42 @@ def test_second_slurm_run_submits_nothing(slurm_run):
     proc = run_snakemake(wd, "--profile", str(PROFILE), *LOCAL_CLUSTER_ARGS, cores=None, timeout=300)
     out = proc.stdout + proc.stderr
     assert "Nothing to be done" in out and not _SUBMITTED.search(out), out[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_scancel_mid_run_then_rerun_completes_with_the_same_results(slurm_run, tiny_run, tmp_path):
+    """A running motion job is cancelled with ``scancel``; Snakemake reports it failed and keeps
+    no output; the rerun (same profile) completes and gives the local run's arrays."""
+    import shutil as sh
+    import subprocess as sp
+    import sys
+
+    from smkutil import SNAKEFILE, copy_run
+
+    wd = copy_run(slurm_run[0], tmp_path / "wd")
+    session = wd / "results" / "a1_A"
+    sh.rmtree(session / "motion.zarr")
+    sh.rmtree(session / "plots" / "motion")
+    target = "results/a1_A/motion.zarr"
+    cmd = ["timeout", "-k", "15", "600", sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(wd),
+           "--profile", str(PROFILE), *LOCAL_CLUSTER_ARGS, "--retries", "0", target]
+    proc = sp.Popen(cmd, stdout=sp.PIPE, stderr=sp.STDOUT, text=True)
+    cancelled = None
+    end = time.monotonic() + 300
+    while cancelled is None and proc.poll() is None and time.monotonic() < end:
+        queue = sp.run(["squeue", "-h", "-o", "%i %T %k"], capture_output=True, text=True, timeout=30).stdout
+        for line in queue.splitlines():
+            job, state, comment = (line.split(" ", 2) + ["", ""])[:3]
+            if state == "RUNNING" and comment.startswith("rule_motion"):
+                sp.run(["scancel", job], check=True, timeout=30)
+                cancelled = job
+        time.sleep(0.2)
+    out = proc.communicate(timeout=600)[0]
+    assert cancelled, f"the motion job was never seen running:\n{out[-3000:]}"
+    assert proc.returncode != 0 and "Error in rule motion" in out, out[-3000:]
+    assert scontrol(cancelled)["JobState"] == "CANCELLED"
+    assert not (session / "motion.zarr").exists()
+    proc = run_snakemake(wd, "--profile", str(PROFILE), *LOCAL_CLUSTER_ARGS, target, cores=None, timeout=600)
+    assert _SUBMITTED.search(proc.stdout + proc.stderr), "the rerun submitted nothing"
+    assert_same_results(tiny_run / "results" / "a1_A", session, subset=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ def _digest(obj: Any) -> str:
         if isinstance(x, torch.Tensor):
             t = x.detach().cpu().contiguous()
             h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         elif isinstance(x, dict):
             for k in sorted(x, key=str):
                 h.update(f"K{k!r}".encode())
@@ -57,12 +59,15 @@ def load_weights(path: str | Path, map_location: Any = "cpu", *, keys: Iterable[
     path = Path(path)
     if not path.is_file():
         raise CalflowInputError("model file does not exist", file=path, fix=fix)
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip; a truncated one has no central directory
+        raise CalflowInputError("not a readable checkpoint, truncated or damaged (not a complete torch zip file)",
+                                file=path, fix=fix)
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:  # weights_only refused a non-tensor object: tampered or foreign
-        first = str(err).strip().splitlines()[-1][:120] if str(err).strip() else type(err).__name__
-        raise CalflowInputError(f"refused to load: it holds objects other than weights ({first})", file=path,
-                                fix=fix) from err
+        what = re.search(r"GLOBAL (\S+)", str(err))
+        raise CalflowInputError("refused to load: it holds objects other than weights"
+                                + (f" ({what[1]})" if what else ""), file=path, fix=fix) from err
     except Exception as err:  # noqa: BLE001 - zip/pickle/EOF/runtime errors of a truncated or damaged file
         why = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
         raise CalflowInputError(f"not a readable checkpoint, truncated or damaged ({type(err).__name__}: {why})",

@@ -151,9 +151,11 @@ def load_config(path: str | Path, schema_dir: str | Path | None = None, *, data:
         except FileNotFoundError as err:
             raise CalflowInputError("config file not found", file=path, fix="pass --configfile") from err
         except yaml.YAMLError as err:
-            raise CalflowInputError(f"not valid YAML ({err})", file=path) from err
+            raise CalflowInputError(f"not valid YAML ({err})", file=path,
+                                    fix="correct the YAML syntax at the line and column given") from err
     if not isinstance(data, dict):
-        raise CalflowInputError("the config must be a mapping of sections", file=path)
+        raise CalflowInputError("the config must be a mapping of sections", file=path,
+                                fix="write one 'section: {key: value}' block per stage, as in config/config.yaml")
     cfg = validate(copy.deepcopy(data), load_schema("config", schema_dir), file=path)
     line = apply_profile(cfg, data, file=path)
     if line:
@@ -292,6 +294,7 @@ def _check_animal_groups(sheet: pd.DataFrame, path: Path) -> None:
         first.setdefault(animal, (line, g))
 
 
+_FRAME_FIX = "give the movie frame (0 = the first) as a whole number"
 _TARGETS_RE = re.compile(r"^\s*(\d+(\s*;\s*\d+)*)?\s*$")
 
 
@@ -304,7 +307,7 @@ def check_stim_log(path: str | Path) -> pd.DataFrame:
         for i, (frame, stim) in enumerate(zip(head["frame"], head["stimulus"], strict=True)):
             if not frame.strip().isdigit():
                 raise CalflowInputError(
-                    f"row {i + 2}, field 'frame': '{frame}' is not a non-negative integer", file=path
+                    f"row {i + 2}, field 'frame': '{frame}' is not a non-negative integer", file=path, fix=_FRAME_FIX
                 )
             if not stim.strip():
                 raise CalflowInputError(f"row {i + 2}, field 'stimulus' is empty", file=path,
@@ -314,7 +317,7 @@ def check_stim_log(path: str | Path) -> pd.DataFrame:
     for i, (frame, targets) in enumerate(zip(df["frame"], df["targets"], strict=True)):
         if not frame.strip().isdigit():
             raise CalflowInputError(
-                f"row {i + 2}, field 'frame': '{frame}' is not a non-negative integer", file=path
+                f"row {i + 2}, field 'frame': '{frame}' is not a non-negative integer", file=path, fix=_FRAME_FIX
             )
         if not _TARGETS_RE.match(targets):
             raise CalflowInputError(
@@ -337,10 +340,14 @@ def check_targets(path: str | Path) -> pd.DataFrame:
         if bad.any():
             i = int(bad.to_numpy().nonzero()[0][0])
             raise CalflowInputError(
-                f"row {i + 2}, field '{col}': '{df[col].iloc[i]}' is not a non-negative number", file=path
+                f"row {i + 2}, field '{col}': '{df[col].iloc[i]}' is not a non-negative number", file=path,
+                fix="give id, y, x (and radius) as numbers >= 0; y, x, radius in pixels of the movie"
             )
-    if df["id"].duplicated().any():
-        raise CalflowInputError("target ids repeat", file=path, fix="give every target a unique id")
+    dup = pd.to_numeric(df["id"]).duplicated()
+    if dup.any():
+        i = int(dup.to_numpy().nonzero()[0][0])
+        raise CalflowInputError(f"row {i + 2}, field 'id': target id {df['id'].iloc[i]} repeats", file=path,
+                                fix="give every target a unique id")
     return df
 
 

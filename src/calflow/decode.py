@@ -168,7 +168,7 @@ def _frame_column(df: pd.DataFrame, col: str, path: Path, optional: bool = False
     if badrow.any():
         i = int(badrow.nonzero()[0][0])
         raise CalflowInputError(f"row {i + 2}, field {col!r}: {df[col].iloc[i]!r} is not a non-negative integer",
-                                file=path)
+                                file=path, fix="give the movie frame (0 = the first) as a whole number")
     return values.to_numpy(np.int64)
 
 

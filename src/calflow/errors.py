@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 from pathlib import Path
 
 
@@ -15,6 +16,7 @@ class CalflowInputError(ValueError):
 
     def __init__(self, problem: str, *, file: str | Path | None = None, fix: str | None = None):
         self.file = str(file) if file is not None else None
+        problem = re.sub(r"\s*\n\s*", " ", problem.strip())  # one line, also for a library's multi-line text
         self.problem = problem
         self.fix = fix
         msg = problem

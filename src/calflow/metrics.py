@@ -148,7 +148,8 @@ def read_neurofinder_regions(path: str | Path, shape: tuple[int, int]) -> sp.csr
     try:
         regions = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise CalflowInputError(f"cannot read Neurofinder regions ({err})", file=path) from err
+        raise CalflowInputError(f"cannot read Neurofinder regions ({err})", file=path,
+                                fix='give a JSON list of {"coordinates": [[y, x], ...]} per cell') from err
     if isinstance(regions, dict):
         regions = regions.get("regions", [])
     rows, cols = [], []
@@ -191,8 +192,11 @@ def read_masks(path: str | Path, shape: tuple[int, int]) -> sp.csr_matrix:
         else:
             raise CalflowInputError(f"unknown mask format '{suffix}'", file=path,
                                     fix="use a label image (.tif/.png/.npy) or a Neurofinder regions.json")
-    except OSError as err:
-        raise CalflowInputError(f"cannot read masks ({err})", file=path) from err
+    except CalflowInputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - image readers raise many types for damaged files
+        raise CalflowInputError(f"cannot read masks ({type(err).__name__}: {err})", file=path,
+                                fix="give a label image (0 = background, 1..K = cells) of the movie's frame size") from err
     labels = np.asarray(labels)
     if labels.shape != tuple(shape):
         raise CalflowInputError(f"mask image has shape {labels.shape}, the movie's frames are {tuple(shape)}",

@@ -89,6 +89,8 @@ def train_from_sessions(sessions: Sequence[Mapping[str, str]], section: Mapping[
 
         try:
             _, info = load_segmenter(pretrained)
+        except CalflowInputError:  # already one line naming the file (calflow.checkpoint)
+            raise
         except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
             raise CalflowInputError(f"cannot load the pretrained segmenter ({type(err).__name__}: {err})",
                                     file=pretrained, fix="give a file written by calflow's train_segmenter") from err
