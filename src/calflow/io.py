@@ -27,7 +27,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from calflow.errors import CalflowInputError
+from calflow.errors import CalflowInputError, disk_full, is_disk_full
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -132,7 +132,8 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds.
 
     Works for files and directories (zarr stores). On any exception the temporary output is
-    deleted and ``path`` is left as it was (or absent), so no half-written output survives.
+    deleted and ``path`` is left as it was (or absent), so no half-written output survives; a full
+    disk becomes one :class:`CalflowInputError` line (:func:`calflow.errors.disk_full`).
     Temporaries of earlier writers of ``path`` that were killed are deleted first.
     """
     path = Path(path)
@@ -141,8 +142,10 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     tmp = _tmp_sibling(path)
     try:
         yield tmp
-    except BaseException:
+    except BaseException as err:
         _remove(tmp)
+        if is_disk_full(err):
+            raise disk_full(path) from err
         raise
     if not tmp.exists():
         raise RuntimeError(f"{path}: the writer produced no output")
