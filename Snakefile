@@ -38,7 +38,7 @@ rule all:
         expand("results/{session}/footprints.zarr", session=SESSION_NAMES),
         expand("results/{session}/cnmf.zarr", session=SESSION_NAMES),
         expand("results/{session}/{session}.nwb", session=SESSION_NAMES),
-        "results/models/segmenter_metrics.json",
+        ["results/models/segmenter_metrics.json"] if SEG["method"] == "network" else [],
         ["results/models/segment_evaluation.json"] if sessions_with_masks() else [],
         decode_targets(),
         virtual_stain_targets(),

@@ -258,3 +258,25 @@ def test_corr_pnr_seeds_find_simulated_cells(tmp_path):
     assert attrs["method"] == "corr_pnr" and fp.shape == (info["n_components"], 64 * 64)
     ev = evaluate_instances(truth.masks(), fp > 0, (64, 64))
     assert ev["centroid"]["f1"] >= 0.6, ev
+
+
+def test_boundary_instances_tile_the_image_and_split_at_membranes():
+    from calflow.segment.infer import instances_from_boundaries
+
+    prob = np.ones((40, 40), np.float32)
+    prob[:, 19:21] = 0.0  # a membrane between two cells
+    prob[10, 5] = 0.0  # a speck inside a cell does not split it
+    labels = instances_from_boundaries(prob, marker_threshold=0.8, min_marker=20, smooth=0.5)
+    assert labels.min() >= 1 and len(np.unique(labels)) == 2
+    assert len(np.unique(labels[:, :19])) == 1 and labels[0, 0] != labels[0, 39]
+
+
+def test_corr_pnr_schema_defaults_match_the_parameter_class():
+    import dataclasses
+
+    from calflow.config import load_config
+    from calflow.segment.corr_pnr import CorrPnrParams
+
+    cfg = load_config("c.yaml", data={})
+    assert cfg["segment"]["corr_pnr"] == dataclasses.asdict(CorrPnrParams())
+    assert cfg["segment"]["method"] == "network" and cfg["segment"]["init"] == "pretrained"

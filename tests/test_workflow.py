@@ -41,6 +41,8 @@ TINY_CONFIG = {
     "classify": {"downsample": 2, "context": 1, "depth": 2, "width": 4, "iterations": 20, "batch_size": 8,
                  "checkpoint_every": 10, "device": "cpu"},
     "compare": {"n_permutations": 50, "n_bootstrap": 20},
+    # the demo's training length (the defaults, 3000 / 400, are for 512 x 512 real sessions)
+    "segment": {"iterations": 300, "patience": 100},
 }
 TINY_VS_PAIRS = [("v0", "train"), ("v1", "train"), ("v2", "train"), ("v3", "test"), ("v4", "test")]
 

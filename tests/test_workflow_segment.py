@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from smkutil import dry_run
 from test_workflow import TINY_CONFIG, demo_row, snakemake, write_workdir
 
 from calflow.io import open_group
@@ -75,3 +76,38 @@ def test_pretrained_model_replaces_training(seg_run, tmp_path):
         assert metrics["pretrained"] == str(model)
     finally:
         write_workdir(tmp, SEG_CONFIG, [demo_row("a1_A", "A"), demo_row("a2_B", "B")])
+
+
+def no_masks_row(name: str, condition: str) -> str:
+    d = f"results/demo/{name}"
+    return f"{name}\t{d}/movie.tif\t{condition}\t30\t{d}/stim_log.csv\t{d}/targets.csv\t"
+
+
+def test_sheet_without_masks_runs_end_to_end_on_the_generalist(tmp_path):
+    """No session has masks: the bundled generalist segments every session, CNMF and the report follow."""
+    from calflow.segment.stage import bundled_segmenter
+
+    if not bundled_segmenter().exists():
+        pytest.skip("resources/segmenter_pretrained.pt not in this checkout")
+    cfg = {**TINY_CONFIG, "keyframes": {"n_keyframes": 10, "batch_size": 50}, "segment": {"tta": False, "device": "cpu"}}
+    write_workdir(tmp_path, cfg, [no_masks_row("a1_A", "A"), no_masks_row("a1_B", "B")])
+    proc = snakemake(tmp_path)
+    assert "calflow: done" in proc.stdout + proc.stderr
+    r = tmp_path / "results"
+    metrics = json.loads((r / "models" / "segmenter_metrics.json").read_text())
+    assert metrics["source"] == "generalist" and metrics["pretrained"] == str(bundled_segmenter())
+    assert (r / "models" / "segmenter.pt").read_bytes() == bundled_segmenter().read_bytes()
+    assert not (r / "models" / "segmenter_checkpoints").exists()  # nothing trained
+    for s in ("a1_A", "a1_B"):
+        fp, attrs = read_footprints(r / s / "footprints.zarr")
+        assert attrs["method"] == "network" and fp.shape[1] == 64 * 64
+        assert (r / s / "cnmf.zarr").is_dir() and not (r / s / "segment_eval.json").exists()
+    html = (r / "report" / "index.html").read_text()
+    assert "bundled generalist segmenter" in html and "no session of the sheet has masks" in html
+
+
+def test_corr_pnr_method_needs_no_segmenter(tmp_path):
+    cfg = {**SEG_CONFIG, "segment": {**SEG_CONFIG["segment"], "method": "corr_pnr"}}
+    write_workdir(tmp_path, cfg, [demo_row("a1_A", "A"), no_masks_row("a2_B", "B")])
+    jobs = [rule for rule, _ in dry_run(tmp_path)]
+    assert "segment" in jobs and "cnmf" in jobs and "train_segmenter" not in jobs

@@ -589,8 +589,10 @@ def overview_section(ctx: ReportContext) -> dict[str, Any] | None:
     if have:
         figures.append(_overview_figure(ctx, have))
     conditions = ", ".join(f"{c} ({len(v)})" for c, v in ctx.conditions.items())
+    cells = segmenter_source(ctx)
     return {
         "facts": [("sessions", str(len(ctx.sessions))), ("conditions", conditions),
+                  *([("cells found by", cells)] if cells else []),
                   ("results directory", str(ctx.results.resolve()))],
         "tables": [table],
         "figures": figures,
@@ -960,6 +962,29 @@ __all__ = [
 ]
 
 
+def segmenter_source(ctx: ReportContext, attrs: dict[str, Any] | None = None) -> str | None:
+    """Where the run's cells come from, in words: the segmenter trained in the run (fine-tuned or from
+    scratch), a given file, the bundled generalist (no annotated session), or corr_pnr seeds."""
+    if attrs is not None and attrs.get("method") == "corr_pnr":
+        return "annotation-free correlation × peak-to-noise seeds of the corrected movie (segment.method: corr_pnr, no network)"
+    path = ctx.results / "models" / "segmenter_metrics.json"
+    if not path.is_file():
+        return None
+    m = json.loads(path.read_text())
+    source = m.get("source", "given" if m.get("pretrained") else "trained")
+    if source == "generalist":
+        return ("the bundled generalist segmenter, trained on simulated sessions only: no session of the sheet has "
+                f"masks to train on ({Path(m.get('pretrained', '')).name})")
+    if source == "given":
+        return f"the segmenter file given in the config (segment.pretrained: {m.get('pretrained')})"
+    init = m.get("init", "scratch")
+    how = "fine-tuned from the bundled generalist" if init != "scratch" else "trained from scratch"
+    stop = (f", stopped on a validation plateau at iteration {m.get('iterations')}" if m.get("stopped_on_plateau")
+            else f", {m.get('iterations')} iterations")
+    return (f"the segmenter trained in this run on {', '.join(m.get('train_sessions', []))} ({how}{stop}; best "
+            f"validation F1 {fmt(m.get('best_score'))})" + (f"; {m['init_note']}" if m.get("init_note") else ""))
+
+
 @section("segment", "Cell segmentation", scope="session", order=40)
 def segment_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
     """Footprints of the segmenter on the local-correlation image; F1 against the masks when present."""
@@ -970,6 +995,9 @@ def segment_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None
     labels = np.asarray(g["labels"])
     attrs = _attrs_json(g.attrs)
     facts: list[tuple[str, str]] = [("cells found", fmt(int(attrs.get("n_components", labels.max()))))]
+    source = segmenter_source(ctx, attrs)
+    if source:
+        facts.append(("found by", source))
     ev_path = s.dir / "segment_eval.json"
     truth = None
     if ev_path.is_file():

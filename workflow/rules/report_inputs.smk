@@ -15,6 +15,7 @@ REPORT_SESSION_INPUTS = [
 # Run-level outputs (models, comparisons, ...): plain paths or functions of the wildcards.
 REPORT_RUN_INPUTS = [
     lambda w: expand("results/{session}/segment_eval.json", session=sessions_with_masks()),
+    lambda w: ["results/models/segmenter_metrics.json"] if SEG["method"] == "network" else [],  # model source
     lambda w: decode_targets(),  # decode.json of sessions with a stim log (decode.smk)
     lambda w: virtual_stain_targets(),  # metrics.json of every virtual_stain dataset (virtual_stain.smk)
     # classify / gradcam / compare (only sessions with a stim log and targets)

@@ -23,7 +23,8 @@ rule keyframes:
 
 
 rule train_segmenter:
-    """Train the U-Net/DCN cell segmenter on the annotated sessions (or take segment.pretrained)."""
+    """Train the U-Net/DCN cell segmenter on the annotated sessions (fine-tuning the generalist), or take
+    segment.pretrained, or the bundled generalist when no session has masks to train on."""
     input:
         unpack(train_inputs),
     output:
@@ -33,6 +34,9 @@ rule train_segmenter:
         # inference and evaluation keys are left out: changing them re-runs segment, not training
         train={k: v for k, v in SEG.items() if k not in SEGMENT_INFER_KEYS},
         sessions=SEGMENT_TRAIN,
+        use_model=SEGMENT_USE_MODEL,
+        model_source=SEGMENT_MODEL_SOURCE,
+        init_weights=SEGMENT_INIT,
         seed=config["seed"],
         checkpoint_dir="results/models/segmenter_checkpoints",
     conda:
@@ -47,14 +51,15 @@ rule train_segmenter:
 
 
 rule segment:
-    """Cell probability + distance cue -> watershed instances -> sparse footprints.zarr."""
+    """Cell probability + distance cue -> watershed instances -> sparse footprints.zarr (segment.method:
+    network), or correlation x peak-to-noise seeds of the corrected movie (segment.method: corr_pnr)."""
     input:
-        summary="results/{session}/summary.zarr",
-        keyframes="results/{session}/keyframes.zarr",
-        model="results/models/segmenter.pt",
+        unpack(segment_inputs),
     output:
         directory("results/{session}/footprints.zarr"),
     params:
+        method=SEG["method"],
+        corr_pnr=SEG["corr_pnr"],
         device=SEG["device"],
         tta=SEG["tta"],
         post={k: SEG[k] for k in ("prob_threshold", "cue_threshold", "min_size")},

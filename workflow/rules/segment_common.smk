@@ -1,6 +1,9 @@
-# Helpers of workflow/rules/segment.smk: which sessions train the segmenter.
+# Helpers of workflow/rules/segment.smk: which sessions train the segmenter, which model is used.
 SEG = config["segment"]
-SEGMENT_INFER_KEYS = ("tta", "iou_threshold", "centroid_max_distance", "prob_threshold", "cue_threshold", "min_size")
+SEGMENT_INFER_KEYS = ("tta", "iou_threshold", "centroid_max_distance", "prob_threshold", "cue_threshold", "min_size",
+                      "method", "corr_pnr")
+# the generalist segmenter shipped in resources/ (calflow.segment.pretrain), unless the config names another
+GENERALIST = SEG.get("generalist_model") or str(Path(workflow.basedir) / "resources" / "segmenter_pretrained.pt")
 
 
 def sessions_with_masks():
@@ -20,16 +23,39 @@ def segment_train_sessions():
 
 
 SEGMENT_TRAIN = [] if SEG["pretrained"] else segment_train_sessions()
-if not SEG["pretrained"] and not SEGMENT_TRAIN:
-    sys.exit(f"calflow: {CONFIG_FILE}: field 'segment': no session to train the segmenter on. Fix: give sessions "
-             "with masks (the sheet's 'masks' column), or set segment.pretrained to a segmenter file")
+# The model the segment rule uses: a given file (segment.pretrained), one trained in the run on the
+# annotated sessions (fine-tuned from the generalist with segment.init: pretrained), or, when no
+# session has masks to train on, the generalist itself (the report says which).
+if SEG["pretrained"]:
+    SEGMENT_MODEL_SOURCE, SEGMENT_USE_MODEL = "given", SEG["pretrained"]
+elif SEGMENT_TRAIN:
+    SEGMENT_MODEL_SOURCE, SEGMENT_USE_MODEL = "trained", ""
+else:
+    SEGMENT_MODEL_SOURCE, SEGMENT_USE_MODEL = "generalist", GENERALIST
+SEGMENT_INIT = GENERALIST if SEGMENT_MODEL_SOURCE == "trained" and SEG["init"] == "pretrained" else ""
+_GENERALIST_USED = SEGMENT_MODEL_SOURCE == "generalist" or SEGMENT_INIT
+if SEG["method"] == "network" and _GENERALIST_USED and not Path(GENERALIST).is_file():
+    sys.exit(f"calflow: {CONFIG_FILE}: field 'segment.generalist_model': segmenter file {GENERALIST} not found. "
+             "Fix: give an existing calflow segmenter file, rebuild it (python -m calflow.segment.pretrain), or give "
+             "sessions with masks and set segment.init: scratch")
 
 
 def train_inputs(wildcards):
-    if SEG["pretrained"]:
-        return {"pretrained": SEG["pretrained"]}
+    if SEGMENT_USE_MODEL:
+        return {"pretrained": SEGMENT_USE_MODEL}
     return {
         "summary": expand("results/{session}/summary.zarr", session=SEGMENT_TRAIN),
         "keyframes": expand("results/{session}/keyframes.zarr", session=SEGMENT_TRAIN),
         "masks": [SESSIONS.loc[s, "masks"] for s in SEGMENT_TRAIN],
+        **({"init": SEGMENT_INIT} if SEGMENT_INIT else {}),
     }
+
+
+def segment_inputs(wildcards):
+    """network: the session's summary + keyframes and the model; corr_pnr: the corrected movie + summary."""
+    if SEG["method"] == "corr_pnr":
+        return {"summary": f"results/{wildcards.session}/summary.zarr",
+                "movie": f"results/{wildcards.session}/motion.zarr"}
+    return {"summary": f"results/{wildcards.session}/summary.zarr",
+            "keyframes": f"results/{wildcards.session}/keyframes.zarr",
+            "model": "results/models/segmenter.pt"}
