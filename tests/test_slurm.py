@@ -228,23 +228,26 @@ def test_second_slurm_run_submits_nothing(slurm_run):
 
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_scancel_mid_run_then_rerun_completes_with_the_same_results(slurm_run, tiny_run, tmp_path):
-    """A running motion job is cancelled with ``scancel``; Snakemake reports it failed and keeps
-    no output; the rerun (same profile) completes and gives the local run's arrays."""
+def test_scancel_mid_run_then_rerun_completes_with_the_same_results(slurm_cluster, tiny_run, tmp_path):
+    """On a copy of the local tiny run, motion is re-made through SLURM and its running job is
+    cancelled with ``scancel``; Snakemake reports it failed and keeps no output; the rerun (same
+    profile) completes and gives the local run's arrays."""
     import shutil as sh
     import subprocess as sp
     import sys
 
     from smkutil import SNAKEFILE, copy_run
 
-    wd = copy_run(slurm_run[0], tmp_path / "wd")
+    wd = copy_run(tiny_run, tmp_path / "wd")
     session = wd / "results" / "a1_A"
     sh.rmtree(session / "motion.zarr")
     sh.rmtree(session / "plots" / "motion")
     target = "results/a1_A/motion.zarr"
     cmd = ["timeout", "-k", "15", "600", sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(wd),
            "--profile", str(PROFILE), *LOCAL_CLUSTER_ARGS, "--retries", "0", target]
-    proc = sp.Popen(cmd, stdout=sp.PIPE, stderr=sp.STDOUT, text=True)
+    out_file = tmp_path / "snakemake.out"  # a file: a pipe nobody reads while polling would block Snakemake
+    with open(out_file, "w") as fh:
+        proc = sp.Popen(cmd, stdout=fh, stderr=sp.STDOUT, text=True)
     cancelled = None
     end = time.monotonic() + 300
     while cancelled is None and proc.poll() is None and time.monotonic() < end:
@@ -255,7 +258,8 @@ def test_scancel_mid_run_then_rerun_completes_with_the_same_results(slurm_run, t
                 sp.run(["scancel", job], check=True, timeout=30)
                 cancelled = job
         time.sleep(0.2)
-    out = proc.communicate(timeout=600)[0]
+    proc.wait(timeout=600)
+    out = out_file.read_text()
     assert cancelled, f"the motion job was never seen running:\n{out[-3000:]}"
     assert proc.returncode != 0 and "Error in rule motion" in out, out[-3000:]
     assert scontrol(cancelled)["JobState"] == "CANCELLED"
