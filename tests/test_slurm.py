@@ -58,6 +58,8 @@ def test_profile_names_only_rules_of_the_workflow_or_planned_gpu_rules(tmp_path)
     assert {"ingest", "motion", "summary"} <= rules
     unknown = set(profile()["set-resources"]) - rules - PLANNED_RULES
     assert not unknown, f"profiles/slurm/config.yaml sets resources for unknown rules {unknown} (typo?)"
+    unknown = set(profile()["set-threads"]) - rules
+    assert not unknown, f"profiles/slurm/config.yaml sets threads for unknown rules {unknown} (typo?)"
     assert {"motion", *PLANNED_RULES} <= gpu_rules()
 
 

@@ -23,6 +23,7 @@ rule train_classifier:
     log:
         "results/logs/train_classifier/{group}.log",
     threads: 1
+    priority: 10  # the longest jobs: start them as soon as an animal's sessions are corrected
     resources:
         mem_mb=3000,
     script:
@@ -82,6 +83,7 @@ rule train_classifier_shuffled:
     log:
         "results/logs/train_classifier_shuffled/{group}.log",
     threads: 1
+    priority: 10  # the longest jobs: start them as soon as an animal's sessions are corrected
     resources:
         mem_mb=3000,
     script:

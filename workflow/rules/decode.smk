@@ -23,7 +23,7 @@ rule decode:
         "../../envs/torch.yaml"
     log:
         "results/logs/decode/{session}.log",
-    threads: 2
+    threads: 1  # profiles/slurm sets more (set-threads)
     resources:
         mem_mb=2000,  # 10,000 neurons x 10,873 frames x 2,000 trials: 1.7 GB peak (benchmarks/decode_scale.py)
     script:

@@ -18,7 +18,7 @@ rule motion:
         "../../envs/torch.yaml"
     log:
         "results/logs/motion/{session}.log",
-    threads: 2
+    threads: 1  # profiles/slurm sets more (set-threads); on a 2-core machine two 1-thread jobs pack better
     resources:
         mem_mb=motion_mem_mb,
         runtime=motion_runtime,

@@ -43,7 +43,8 @@ rule train_segmenter:
         "../../envs/torch.yaml"
     log:
         "results/logs/train_segmenter/train_segmenter.log",
-    threads: 2
+    threads: 1  # profiles/slurm sets more (set-threads)
+    priority: 20  # on the critical path: segment, cnmf, gradcam and compare wait for it
     resources:
         mem_mb=4000,
     script:

@@ -46,7 +46,7 @@ rule virtual_stain:
         "../../envs/torch.yaml"
     log:
         "results/logs/virtual_stain/{dataset}.log",
-    threads: 2
+    threads: 1  # profiles/slurm sets more (set-threads)
     resources:
         mem_mb=3000,
     script:
