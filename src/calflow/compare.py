@@ -55,7 +55,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.special import ndtr, ndtri  # the normal cdf / quantile (scipy.stats.norm's own), without scipy.stats' import cost
+
+# the normal cdf / quantile (scipy.stats.norm's own), without scipy.stats' import cost
+from scipy.special import ndtr, ndtri
 
 from calflow.errors import CalflowInputError
 from calflow.io import atomic_output, open_group
