@@ -142,7 +142,11 @@ def _cnmf_masks(store, threshold: float = 0.3):
     return binA[np.flatnonzero(np.asarray(c["accepted"], bool))], int(A.shape[0])
 
 
-def bench_neurofinder(s2p_python: str, generalist: Path, finetune: dict, cnmf_add: int) -> dict:
+NF_METHODS = ("pretrained", "finetuned", "scratch", "corr_pnr", "suite2p")
+
+
+def bench_neurofinder(s2p_python: str, generalist: Path, finetune: dict, cnmf_add: int,
+                      methods: tuple[str, ...] = NF_METHODS) -> dict:
     """Neurofinder-left: the generalist (no annotation of this movie), fine-tuned from it, from scratch,
     corr_pnr seeds, Suite2p; then CNMF seeded by each, with and without the residual search."""
     import tifffile
@@ -187,6 +191,8 @@ def bench_neurofinder(s2p_python: str, generalist: Path, finetune: dict, cnmf_ad
         for name, init in (("finetuned", generalist), ("scratch", None)):
             from calflow.segment.train import train
 
+            if name not in methods:
+                continue
             res = train(tr, va, finetune, tmp / name, out_path=tmp / f"{name}.pt", resume=False, init_weights=init)
             model, info = load_segmenter(tmp / f"{name}.pt")
             labels[name] = segment_image(model, info["arch"], image, info["meta"]["post"], tta=True)["labels"]
@@ -196,14 +202,16 @@ def bench_neurofinder(s2p_python: str, generalist: Path, finetune: dict, cnmf_ad
             print(f"  nf {name} F1 {out[name]['iou']['f1']:.3f} ({res['iterations']} it, {res['seconds']:.0f} s)",
                   file=sys.stderr)
         # 4. corr_pnr seeds (annotation-free, CaImAn-style), the config defaults
-        t0 = time.perf_counter()
+        t0 = time.perf_counter()  # always run: cheap, and the best peer's figure needs it
         cp = seed_movie(tmp / "m.zarr")
         labels["corr_pnr"] = cp["labels"]
         out["corr_pnr"] = _score_region(true, labels_to_masks(cp["labels"]), shape, test)
         out["corr_pnr"].update({"seconds": time.perf_counter() - t0, "params": cp["params"]})
         print(f"  nf corr_pnr F1 {out['corr_pnr']['iou']['f1']:.3f}", file=sys.stderr)
         # 5. Suite2p
-        if s2p_python and Path(s2p_python).exists():
+        if "suite2p" not in methods:
+            out["suite2p"] = {"skipped": "not asked (--nf-methods)"}
+        elif s2p_python and Path(s2p_python).exists():
             # Suite2p's default threshold_scaling (1.0) finds few ROIs in 250 frames; 0.5 and 0.25
             # are tried too and the best F1 on the test region is reported (favouring Suite2p).
             out["suite2p_runs"] = {}
@@ -225,7 +233,7 @@ def bench_neurofinder(s2p_python: str, generalist: Path, finetune: dict, cnmf_ad
             out["suite2p"] = {"skipped": f"{s2p_python!r} not found"}
         # 6. CNMF seeded by each (accepted components scored), without and with the residual search
         out["cnmf"] = {}
-        for name in ("pretrained", "finetuned", "corr_pnr"):
+        for name in [m for m in ("pretrained", "finetuned", "corr_pnr") if m in labels]:
             write_footprints(tmp / f"fp_{name}.zarr", labels[name], (labels[name] > 0).astype(np.float32))
             for add in (0, cnmf_add):
                 key = f"{name}_add{add}"
@@ -397,6 +405,7 @@ def main() -> None:
     ap.add_argument("--nf-patience", type=int, default=400, help="plateau patience (the config default)")
     ap.add_argument("--nf-lr", type=float, default=2e-3)
     ap.add_argument("--cnmf-add", type=int, default=50, help="cnmf.add_components for the residual-search runs")
+    ap.add_argument("--nf-methods", default=",".join(NF_METHODS), help="neurofinder methods to run")
     ap.add_argument("--isbi-iterations", type=int, default=400)
     ap.add_argument("--bbbc-iterations", type=int, default=400)
     ap.add_argument("--kernel-sweep", default="2,4,8,16;6,12,24,48;8,16,32,64",
@@ -424,7 +433,8 @@ def main() -> None:
              "nf": lambda: bench_neurofinder(args.s2p_python, Path(args.generalist), {
                  "iterations": args.nf_iterations, "patience": args.nf_patience, "lr": args.nf_lr, "val_every": 50,
                  "patch_size": 64, "batch_size": 8, "device": "cpu",
-                 "post": {"prob_threshold": 0.5, "cue_threshold": 0.5, "min_size": 10}}, args.cnmf_add),
+                 "post": {"prob_threshold": 0.5, "cue_threshold": 0.5, "min_size": 10}}, args.cnmf_add,
+                 tuple(args.nf_methods.split(","))),
              "speed": lambda: bench_speed(Path(args.generalist), args.speed_threads),
              "isbi": lambda: bench_isbi(args.isbi_iterations, sweep), "bbbc": lambda: bench_bbbc(args.bbbc_iterations)}
     for key, fn in steps.items():

@@ -23,7 +23,7 @@ def segment_train_sessions():
 
 
 SEGMENT_TRAIN = [] if SEG["pretrained"] else segment_train_sessions()
-# The model the segment rule uses: a given file (segment.pretrained), one trained in the run on the
+# Which model segments the sessions - a given file (segment.pretrained), one trained in the run on the
 # annotated sessions (fine-tuned from the generalist with segment.init: pretrained), or, when no
 # session has masks to train on, the generalist itself (the report says which).
 if SEG["pretrained"]:

@@ -21,6 +21,10 @@ weights). What varies from session to session:
 * motion residue: the movies are not motion-corrected; rigid shifts bounded by 0-1.5 px and a small
   non-rigid deformation stand in for what registration leaves.
 
+Training adds cell-sized texture to the inputs (``texture`` 0.5, see calflow.segment.train): real
+fields of view are full of cell-sized neuropil texture that is not a cell, which the smooth
+simulated neuropil lacks; without it the generalist over-segments real movies.
+
 Each session goes through the pipeline's own summary (:func:`calflow.summary.compute_summary`) and
 keyframes (:func:`calflow.keyframes.compute_keyframes`, 50 keyframes) into the segmenter's input
 stack; the labels are the simulator's masks (footprint >= half its peak). Validation sessions use
@@ -52,9 +56,9 @@ log = logging.getLogger("calflow.segment")
 # odd (1000-1999, 101000-101999) draw the low-contrast family: dim cells on bright neuropil
 TRAIN_SEEDS = ((0, 80), (1000, 1032))
 VAL_SEEDS = ((100000, 100012), (101000, 101004))
-PRETRAIN_PARAMS = {"network": "unet", "base_channels": 16, "depth": 3, "iterations": 8000, "patience": 1500,
+PRETRAIN_PARAMS = {"network": "unet", "base_channels": 16, "depth": 3, "iterations": 6000, "patience": 1250,
                    "val_every": 250, "batch_size": 8, "patch_size": 64, "lr": 2e-3, "brightness": 0.3,
-                   "contrast": 0.3, "device": "cpu", "seed": 0}
+                   "contrast": 0.3, "texture": 0.5, "device": "cpu", "seed": 0}
 
 
 def _logu(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -189,6 +193,8 @@ def main(argv=None) -> int:
     ap.add_argument("--patience", type=int, default=PRETRAIN_PARAMS["patience"])
     ap.add_argument("--labels", choices=("all", "active"), default="all",
                     help="label every simulated cell, or only those that spike at least twice (silent ones = background)")
+    ap.add_argument("--texture", type=float, default=PRETRAIN_PARAMS["texture"],
+                    help="texture augmentation amplitude (TrainParams.texture; 0 = the first, rejected generalist)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--metrics", type=Path, default=None, help="write the training metrics JSON here")
     args = ap.parse_args(argv)
@@ -197,7 +203,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     res = pretrain(args.out, cache=args.cache, checkpoint_dir=args.checkpoints,
-                   params={"iterations": args.iterations, "patience": args.patience}, labels_mode=args.labels)
+                   params={"iterations": args.iterations, "patience": args.patience, "texture": args.texture},
+                   labels_mode=args.labels)
     text = json.dumps(res, indent=2, default=str)
     if args.metrics:
         args.metrics.write_text(text)

@@ -72,6 +72,7 @@ class TrainParams:
     cue_weight: float = 1.0
     brightness: float = 0.2  # additive jitter, in units of the normalised image
     contrast: float = 0.2  # multiplicative jitter: x * U[1 - c, 1 + c]
+    texture: float = 0.0  # cell-sized textured background added to the inputs: amplitude U[0, texture] (0 = off)
     seed: int = 0
     device: str = "auto"
     post: dict = field(default_factory=lambda: {"prob_threshold": 0.5, "cue_threshold": 0.5, "min_size": 10})
@@ -143,7 +144,14 @@ def _batch(samples: Sequence[Sample], p: TrainParams, it: int) -> tuple[torch.Te
         k = int(rng.integers(0, 8))
         gain = rng.uniform(1 - p.contrast, 1 + p.contrast, size=(img.shape[0], 1, 1))
         offset = rng.uniform(-p.brightness, p.brightness, size=(img.shape[0], 1, 1))
-        xs.append(dihedral(img, k) * gain.astype(np.float32) + offset.astype(np.float32))
+        x = dihedral(img, k) * gain.astype(np.float32) + offset.astype(np.float32)
+        if p.texture > 0:  # neuropil-like texture of cell size that is not a cell (drawn only when on)
+            from scipy import ndimage
+
+            tex = ndimage.gaussian_filter(rng.normal(size=x.shape[1:]), rng.uniform(1.0, 3.0))
+            tex = tex / (tex.std() + 1e-9) * rng.uniform(0, p.texture)
+            x = x + (tex[None] * rng.uniform(0.5, 1.0, size=(x.shape[0], 1, 1))).astype(np.float32)
+        xs.append(x)
         fgs.append(dihedral(fg, k))
         if cue is not None:
             cues.append(dihedral(cue, k))
