@@ -280,3 +280,15 @@ def test_corr_pnr_schema_defaults_match_the_parameter_class():
     cfg = load_config("c.yaml", data={})
     assert cfg["segment"]["corr_pnr"] == dataclasses.asdict(CorrPnrParams())
     assert cfg["segment"]["method"] == "network" and cfg["segment"]["init"] == "pretrained"
+
+
+def test_texture_augmentation_is_off_by_default_and_leaves_targets_alone():
+    img, lab = blobs(1)
+    s = Sample.from_labels(img, lab)
+    base = {"batch_size": 4, "patch_size": 32, "depth": 2}
+    x0, fg0, cue0 = _batch([s], TrainParams.from_config(base), it=2)
+    x1, fg1, cue1 = _batch([s], TrainParams.from_config({**base, "texture": 0.0}), it=2)
+    xt, fgt, cuet = _batch([s], TrainParams.from_config({**base, "texture": 0.5}), it=2)
+    assert torch.equal(x0, x1) and torch.equal(fg0, fg1) and torch.equal(cue0, cue1)
+    # the first patch is cropped before any texture draw: same targets, textured inputs
+    assert torch.equal(fg0[0], fgt[0]) and torch.equal(cue0[0], cuet[0]) and not torch.equal(x0[0], xt[0])
