@@ -30,7 +30,11 @@ PLANNED_RULES = {"train_segmenter", "segment", "train_classifier", "gradcam"}
 # the profile settings the local cluster needs: no accounting (sacct) there, short polling
 # (the plugin polls 1 s after a submission, then every 11, 21, ... s: a tiny job is seen done after ~12 s)
 LOCAL_CLUSTER_ARGS = ("--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
-                      "--slurm-keep-successful-logs", "--slurm-no-account")
+                      "--slurm-keep-successful-logs", "--slurm-no-account",
+                      # the local tiny run gives every rule 1 thread; torch's float sums depend on the
+                      # thread count, so the SLURM run must match it for results to be bit-identical
+                      "--set-threads", *(f"{rule}=1" for rule in yaml.safe_load(
+                          (Path(__file__).resolve().parents[1] / "profiles" / "slurm" / "config.yaml").read_text())["set-threads"]))
 
 
 def profile() -> dict:
