@@ -157,6 +157,18 @@ def _wait_for(proc: subprocess.Popen, ready, timeout: float = 180) -> bool:
     raise AssertionError("timed out waiting for the job")
 
 
+def _kill_at_checkpoint_then_rerun(wd: Path, target: str, checkpoint: Path, model: Path) -> None:
+    """Run ``target``, SIGKILL Snakemake and its job once ``checkpoint`` exists, check that no
+    ``model`` was left, then unlock and rerun with --rerun-incomplete."""
+    proc = _start(wd, target)
+    assert _wait_for(proc, checkpoint.exists), proc.communicate()[0]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not model.exists(), "a killed training left a model behind"
+    run_snakemake(wd, "--unlock")
+    run_snakemake(wd, "--rerun-incomplete", target)
+
+
 def _job_process(proc: subprocess.Popen, script: str) -> psutil.Process | None:
     for child in psutil.Process(proc.pid).children(recursive=True):
         try:
@@ -224,15 +236,8 @@ def test_training_resumes_from_its_last_checkpoint_after_a_kill(tiny_run, tmp_pa
     for p in (models / "segmenter.pt", models / "segmenter_metrics.json"):
         p.unlink()
     shutil.rmtree(models / "segmenter_checkpoints")
-    target = "results/models/segmenter.pt"
-
-    proc = _start(wd, target)
-    assert _wait_for(proc, lambda: (models / "segmenter_checkpoints" / "last.pt").exists()), proc.communicate()[0]
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (models / "segmenter.pt").exists(), "a killed training left a model behind"
-    run_snakemake(wd, "--unlock")
-    run_snakemake(wd, "--rerun-incomplete", target)
+    _kill_at_checkpoint_then_rerun(wd, "results/models/segmenter.pt",
+                                   models / "segmenter_checkpoints" / "last.pt", models / "segmenter.pt")
     metrics = json.loads((models / "segmenter_metrics.json").read_text())
     assert metrics["completed"] and 0 < metrics["resumed_from"] < iterations, metrics
     reference = json.loads((tiny_run / "results" / "models" / "segmenter_metrics.json").read_text())
@@ -339,14 +344,8 @@ def test_classifier_training_resumes_after_a_kill_with_the_same_model(tiny_run, 
     for name in ("model.pt", "metrics.json", "predictions.npz"):
         (out / name).unlink()
     shutil.rmtree(out / "checkpoints")
-    target = "results/classifier/a1/metrics.json"
-    proc = _start(wd, target)
-    assert _wait_for(proc, lambda: (out / "checkpoints" / "fold0_last.pt").exists()), proc.communicate()[0]
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (out / "model.pt").exists(), "a killed training left a model behind"
-    run_snakemake(wd, "--unlock")
-    run_snakemake(wd, "--rerun-incomplete", target)
+    _kill_at_checkpoint_then_rerun(wd, "results/classifier/a1/metrics.json",
+                                   out / "checkpoints" / "fold0_last.pt", out / "model.pt")
     runs = json.loads((out / "metrics.json").read_text())["training"]
     ref = json.loads((tiny_run / "results" / "classifier" / "a1" / "metrics.json").read_text())["training"]
     assert runs[0]["resumed_from"] and all(r["resumed_from"] is None for r in ref), runs
