@@ -247,7 +247,7 @@ class MovieWriter:
             self._flush(self._buf_len)
         if self._pos != self.shape[0]:
             raise ValueError(f"{self.store}: wrote {self._pos} frames, expected {self.shape[0]}")
-        missing = [k for k in _chunk_keys(self._array) if not (self.store / MOVIE_VAR / k).is_file()]
+        missing = [k for _, k in _chunk_keys(self._array) if not (self.store / MOVIE_VAR / k).is_file()]
         if missing:  # zarr skipped a chunk: never mark such a store complete
             raise RuntimeError(f"{self.store}: zarr did not write chunk(s) {', '.join(missing[:3])}")
         self._array.attrs[_ALL_CHUNKS_ATTR] = True  # set last: readers check every chunk of marked stores
@@ -283,10 +283,11 @@ def write_array(
     )
 
 
-def _chunk_keys(array: zarr.Array) -> Iterator[str]:
-    """Every chunk key of ``array`` (e.g. ``c/0/0/0``), whether or not the chunk exists."""
+def _chunk_keys(array: zarr.Array) -> Iterator[tuple[tuple[int, ...], str]]:
+    """Every chunk's grid index and key of ``array`` (e.g. ``(0, 0, 0), "c/0/0/0"``), whether or not
+    the chunk exists."""
     for idx in np.ndindex(*array.cdata_shape):
-        yield array.metadata.encode_chunk_key(idx)
+        yield idx, array.metadata.encode_chunk_key(idx)
 
 
 def downsampled_hw(shape: tuple[int, ...], factor: int, min_px: int, key: str, store: str | Path) -> tuple[int, int]:
@@ -343,8 +344,7 @@ class MovieReader:
 
     def _check_chunks(self, var: str) -> None:
         """Every chunk file is present (zarr would read a missing one as zeros without a word)."""
-        for idx in np.ndindex(*self._array.cdata_shape):
-            key = self._array.metadata.encode_chunk_key(idx)
+        for idx, key in _chunk_keys(self._array):
             if not (self.store / var / key).is_file():
                 a = idx[0] * self.chunk_frames
                 b = min(a + self.chunk_frames, self.shape[0]) - 1
