@@ -33,8 +33,8 @@ LOCAL_CLUSTER_ARGS = ("--slurm-status-command", "squeue", "--slurm-init-seconds-
                       "--slurm-keep-successful-logs", "--slurm-no-account",
                       # the local tiny run gives every rule 1 thread; torch's float sums depend on the
                       # thread count, so the SLURM run must match it for results to be bit-identical
-                      "--set-threads", *(f"{rule}=1" for rule in yaml.safe_load(
-                          (Path(__file__).resolve().parents[1] / "profiles" / "slurm" / "config.yaml").read_text())["set-threads"]))
+                      "--set-threads", *(f"{rule}=1" for rule in
+                                         yaml.safe_load((PROFILE / "config.yaml").read_text())["set-threads"]))
 
 
 def profile() -> dict:
