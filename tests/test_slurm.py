@@ -29,12 +29,13 @@ PROFILE = ROOT / "profiles" / "slurm"
 PLANNED_RULES = {"train_segmenter", "segment", "train_classifier", "gradcam"}
 # the profile settings the local cluster needs: no accounting (sacct) there, short polling
 # (the plugin polls 1 s after a submission, then every 11, 21, ... s: a tiny job is seen done after ~12 s)
-LOCAL_CLUSTER_ARGS = ("--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
-                      "--slurm-keep-successful-logs", "--slurm-no-account",
-                      # the local tiny run gives every rule 1 thread; torch's float sums depend on the
-                      # thread count, so the SLURM run must match it for results to be bit-identical
-                      "--set-threads", *(f"{rule}=1" for rule in
-                                         yaml.safe_load((PROFILE / "config.yaml").read_text())["set-threads"]))
+LOCAL_CLUSTER_ARGS = (
+    # the local tiny run gives every rule 1 thread; torch's float sums depend on the thread count,
+    # so the SLURM run must match it for results to be bit-identical. --set-threads takes a list:
+    # it comes first so that a target after these arguments is not read as one more RULE=THREADS
+    "--set-threads", *(f"{rule}=1" for rule in yaml.safe_load((PROFILE / "config.yaml").read_text())["set-threads"]),
+    "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
+    "--slurm-keep-successful-logs", "--slurm-no-account")
 
 
 def profile() -> dict:
