@@ -29,9 +29,13 @@ def _cmd_ingest(args: argparse.Namespace) -> None:
 
 def _cmd_validate(args: argparse.Namespace) -> None:
     from calflow.config import load_config, load_sessions
+    from calflow.nwb_metadata import check_sheet_metadata
 
     cfg = load_config(args.config, args.schemas)
     sessions = load_sessions(args.sessions or cfg["sessions"], args.schemas)
+    for line in check_sheet_metadata(sessions, cfg["nwb"], sheet_file=args.sessions or cfg["sessions"],
+                                     config_file=args.config):
+        print(f"calflow warning: {line}", file=sys.stderr)
     print(f"{args.config}: valid; {len(sessions)} session(s): {', '.join(sessions.index)}")
 
 

@@ -11,6 +11,7 @@ from snakemake.logging import logger
 from calflow.config import classify_control_params, classify_model_params, load_config, load_sessions
 from calflow.errors import CalflowInputError
 from calflow.ingest import source_paths
+from calflow.nwb_metadata import check_sheet_metadata, raw_metadata
 
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
 
@@ -29,6 +30,9 @@ try:
     config.update(_validated)
     SESSIONS = load_sessions(config["sessions"], SCHEMAS,
                              animal_separator=config["classify"]["animal_separator"])
+    for _line in check_sheet_metadata(SESSIONS, config["nwb"], sheet_file=config["sessions"],
+                                      config_file=CONFIG_FILE):
+        logger.warning(f"calflow: {_line}")
 except CalflowInputError as err:
     sys.exit(f"calflow: {err}")
 
