@@ -53,14 +53,19 @@ rule cnmf_caiman:
 
 
 rule nwb:
-    """NWB ophys export of cnmf.zarr: PlaneSegmentation, Fluorescence, DfOverF (pynwb)."""
+    """NWB file of the whole session (docs/nwb.md): metadata and Subject, the linked movie, motion
+    correction, summary images, CNMF cells and traces, photostimulation, classifier and Grad-CAM."""
     input:
-        "results/{session}/cnmf.zarr",
+        unpack(nwb_inputs),
     output:
         "results/{session}/{session}.nwb",
     params:
         condition=lambda w: str(SESSIONS.loc[w.session, "condition"]),
         fps=lambda w: float(SESSIONS.loc[w.session, "fps"]),
+        animal=lambda w: str(SESSIONS.loc[w.session, "animal"]),
+        group=nwb_group,
+        metadata=nwb_session_metadata,
+        nwb={k: v for k, v in NWB.items() if k != "defaults"},
     conda:
         "../../envs/io.yaml"
     log:
@@ -68,5 +73,6 @@ rule nwb:
     threads: 1
     resources:
         mem_mb=1000,
+        runtime=nwb_runtime,
     script:
         "../scripts/nwb.py"

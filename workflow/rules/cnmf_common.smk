@@ -14,3 +14,39 @@ def cnmf_mem_mb(wildcards, input, attempt):
 def cnmf_runtime(wildcards, input, attempt):
     t, h, w = store_shape(input.movie)
     return _runtime_min(t * h * w / 1e7, attempt)  # ~1.5e7 px/s measured on one core (docs/cnmf.md)
+
+
+# ---- inputs and params of the nwb rule in cnmf.smk (docs/nwb.md) ----
+NWB = config["nwb"]
+
+
+def nwb_inputs(wildcards):
+    """The session's stores and files for its NWB file: stim log/targets where the sheet has them,
+    the classifier metrics and Grad-CAM maps where the session is classified."""
+    s = wildcards.session
+    files = {"cnmf": f"results/{s}/cnmf.zarr", "raw": f"results/{s}/raw.zarr", "motion": f"results/{s}/motion.zarr",
+             "summary": f"results/{s}/summary.zarr"}
+    for col in ("stim_log", "targets"):
+        if isinstance(SESSIONS.loc[s, col], str) and SESSIONS.loc[s, col]:
+            files[col] = SESSIONS.loc[s, col]
+    if s in CLASSIFY_SESSIONS:
+        files["gradcam"] = f"results/{s}/gradcam.zarr"
+        files["classifier_metrics"] = f"results/classifier/{classifier_group(s)}/metrics.json"
+    if NWB["movie"] == "link":
+        files["movie"] = movie_files(wildcards)  # the linked files must exist
+    return files
+
+
+def nwb_session_metadata(wildcards):
+    """The session's metadata cells (sheet, else nwb.defaults), as the NWB export parses them."""
+    return raw_metadata(SESSIONS.loc[wildcards.session].to_dict(), NWB["defaults"])
+
+
+def nwb_group(wildcards):
+    g = SESSIONS.loc[wildcards.session, "group"]
+    return g if isinstance(g, str) else ""
+
+
+def nwb_runtime(wildcards, input, attempt):
+    t, h, w = store_shape(input.motion)  # the corrected movie is compressed at ~50 MB/s
+    return _runtime_min(t * h * w * 4 * (2 if NWB["corrected_movie"] else 1) / 5e7, attempt)
