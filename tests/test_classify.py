@@ -361,6 +361,55 @@ def test_cache_sized_passes_train_like_the_whole_batch(trained, monkeypatch):
         torch.testing.assert_close(passes.state_dict()[name], v, rtol=1e-3, atol=1e-5)
 
 
+def _reference_batch(data, pools, p, fold, it, hw, member):
+    """The training batch written plainly, sample by sample (np.roll, then crop and mask): what the
+    in-place ``calflow.classify.train._batch`` must reproduce exactly."""
+    rng = np.random.default_rng([p.seed, fold, it, member])
+    sizes = np.array([len(x) for x in pools.all], float)
+    which = rng.choice(len(pools.all), size=p.batch_size, p=sizes / sizes.sum())
+    xs, ys = [], []
+    for i, k in enumerate(which):
+        s, pool = data[k], pools.all[k]
+        if i % 2 == 0 and len(pools.stim[k]):
+            pool = pools.stim[k]
+        t = int(pool[rng.integers(0, len(pool))])
+        gain = np.float32(rng.uniform(1 - p.contrast, 1 + p.contrast))
+        offset = np.float32(rng.uniform(-p.brightness, p.brightness))
+        x = cl.window(s, np.array([t]), p.context)[0]
+        if p.mix and rng.random() < p.mix and len(pools.none[k]):
+            w = np.float32(rng.uniform(0.5, 1.0))
+            x = x + w * cl.window(s, np.array([int(pools.none[k][rng.integers(0, len(pools.none[k]))])]), p.context)[0]
+        x = x * gain + offset
+        if p.shift:
+            x = np.roll(x, tuple(rng.integers(-p.shift, p.shift + 1, size=2)), axis=(1, 2))
+        xs.append(x[:, : hw[0], : hw[1]] * s.mask[: hw[0], : hw[1]])
+        ys.append(s.labels[t])
+    return np.stack(xs), np.stack(ys)
+
+
+@pytest.mark.parametrize("mix", [0.0, 0.5])
+def test_training_batches_equal_the_plain_sample_by_sample_augmentation(trained, mix):
+    """The ensemble's batches (every member's windows written in place into one (B, K, C, h, w)
+    array) are exactly the plain per-sample computation: same frames, gain, offset, mix, roll, mask."""
+    from calflow.classify.train import _ensemble_batch, _Pools
+
+    _, entries, _, _ = trained
+    p = cl.ClassifyParams.from_config({**FAST, "members": 3, "shift": 2, "mix": mix})
+    targets = cl.read_targets(entries[0]["targets"])
+    with cl.load_session(entries[0], targets, p) as s0, cl.load_session(entries[1], targets, p) as s1:
+        data = [s0, s1]
+        pools = _Pools.of(data, [cl.training_frames(s.trials.frame_fold, 1, p.context) for s in data])
+        hw = cl.crop_hw(*s0.frames.shape[1:], p.depth)
+        for it in (0, 7):
+            x, y = _ensemble_batch(data, pools, p, 1, it, hw)
+            assert x.shape == (p.batch_size, 3, 2 * p.context + 1, *hw) and x.dtype == torch.float32
+            for k in range(3):
+                rx, ry = _reference_batch(data, pools, p, 1, it, hw, k)
+                np.testing.assert_array_equal(x[:, k].numpy(), rx)
+                np.testing.assert_array_equal(y[:, k].numpy(), ry)
+            assert not torch.equal(x[:, 0], x[:, 1])  # every member has its own batch
+
+
 def test_old_single_network_model_file_loads_as_one_member(trained, tmp_path):
     """A model.pt from before the ensemble (plain StimNet states, no ``members`` in its arch) loads as
     a K = 1 ensemble; its gradcam.zarr has members 1 and equals the ensemble's member 0 maps."""

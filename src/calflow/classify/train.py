@@ -77,12 +77,15 @@ class _Pools:
 
 
 def _batch(data: Sequence[SessionData], pools: _Pools, p: ClassifyParams, fold: int, it: int,
-           hw: tuple[int, int], member: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+           hw: tuple[int, int], member: int = 0, out: np.ndarray | None = None,
+           out_labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Member ``member``'s batch of iteration ``it``: (B, C, h, w) inputs and (B, N + 1) labels drawn
-    from ``default_rng([seed, fold, it, member])`` (member 0: the single network's ``[seed, fold, it]``).
+    from ``default_rng([seed, fold, it, member])`` (member 0: the single network's ``[seed, fold, it]``),
+    written into ``out`` / ``out_labels`` when given (views of the ensemble's arrays, no copy).
 
     Every random number is drawn first, sample by sample; then each session's windows are read at
-    once (one read per run of consecutive frames) and augmented as one array."""
+    once (one read per run of consecutive frames) into one (B, C, H, W) array, augmented in place
+    and cropped and masked into ``out``: two passes over the batch's pixels, not six."""
     rng = np.random.default_rng([p.seed, fold, it, member])
     sizes = np.array([len(x) for x in pools.all], float)
     which = rng.choice(len(pools.all), size=p.batch_size, p=sizes / sizes.sum())
@@ -106,22 +109,42 @@ def _batch(data: Sequence[SessionData], pools: _Pools, p: ClassifyParams, fold: 
         if p.shift:
             roll[i] = rng.integers(-p.shift, p.shift + 1, size=2)
     n_in = 2 * p.context + 1
-    xs = np.empty((p.batch_size, n_in, *hw), np.float32)
-    ys = np.empty((p.batch_size, data[0].labels.shape[1]), np.float32)
+    xs = np.empty((p.batch_size, n_in, *hw), np.float32) if out is None else out
+    ys = np.empty((p.batch_size, data[0].labels.shape[1]), np.float32) if out_labels is None else out_labels
+    H, W = data[0].frames.shape[1:]
+    x = np.empty((p.batch_size, n_in, H, W), np.float32)  # the batch's windows, in batch order
+    masks = np.empty((p.batch_size, *hw), np.float32)
     for k in np.unique(which).tolist():
         sel = np.flatnonzero(which == k)
         s = data[k]
-        x = window(s, t[sel], p.context)
+        xk = window(s, t[sel], p.context)
         mixed = quiet_t[sel] >= 0
         if mixed.any():
-            x[mixed] += quiet_w[sel][mixed, None, None, None] * window(s, quiet_t[sel][mixed], p.context)
-        x = x * gain[sel, None, None, None] + offset[sel, None, None, None]
-        if p.shift:
-            for j, (dy, dx) in enumerate(roll[sel].tolist()):
-                x[j] = np.roll(x[j], (dy, dx), axis=(1, 2))
-        xs[sel] = _net_input(s, x, hw)
+            xk[mixed] += quiet_w[sel][mixed, None, None, None] * window(s, quiet_t[sel][mixed], p.context)
+        x[sel] = xk
+        masks[sel] = s.mask[: hw[0], : hw[1]]
         ys[sel] = s.labels[t[sel]]
-    return torch.from_numpy(xs), torch.from_numpy(ys)
+    x *= gain[:, None, None, None]  # in place: the same float32 values as x * gain + offset
+    x += offset[:, None, None, None]
+    if p.shift and roll.any():
+        x = _roll_each(x, roll)
+    np.multiply(x[:, :, : hw[0], : hw[1]], masks[:, None], out=xs)  # crop to the network's size and mask
+    return xs, ys
+
+
+def _roll_each(x: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """(B, C, H, W) with sample ``b`` rolled by ``shifts[b] = (dy, dx)`` px over (H, W) (np.roll's
+    convention, values wrap around): one copy, four block copies per sample."""
+    out = np.empty_like(x)
+    H, W = x.shape[2:]
+    for b, (dy, dx) in enumerate(shifts.tolist()):
+        dy, dx = dy % H, dx % W
+        src, dst = x[b], out[b]
+        dst[:, dy:, dx:] = src[:, : H - dy, : W - dx]
+        dst[:, dy:, :dx] = src[:, : H - dy, W - dx :]
+        dst[:, :dy, dx:] = src[:, H - dy :, : W - dx]
+        dst[:, :dy, :dx] = src[:, H - dy :, W - dx :]
+    return out
 
 
 CPU_PASS_BYTES = 4 << 20  # CPU: first-block activations per forward/backward pass, about a cache's worth
@@ -142,8 +165,11 @@ def pass_rows(model: StimEnsemble | StimNet, device: torch.device | str) -> int 
 def _ensemble_batch(data: Sequence[SessionData], pools: _Pools, p: ClassifyParams, fold: int, it: int,
                     hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Every member's own batch of iteration ``it``: inputs (B, K, C, h, w), labels (B, K, N + 1)."""
-    xs, ys = zip(*(_batch(data, pools, p, fold, it, hw, k) for k in range(p.members)), strict=True)
-    return torch.stack(xs, dim=1), torch.stack(ys, dim=1)
+    xs = np.empty((p.batch_size, p.members, 2 * p.context + 1, *hw), np.float32)
+    ys = np.empty((p.batch_size, p.members, data[0].labels.shape[1]), np.float32)
+    for k in range(p.members):
+        _batch(data, pools, p, fold, it, hw, k, out=xs[:, k], out_labels=ys[:, k])
+    return torch.from_numpy(xs), torch.from_numpy(ys)
 
 
 def train_fold(data: Sequence[SessionData], p: ClassifyParams, fold: int, checkpoint_dir: str | Path,
