@@ -28,9 +28,9 @@ import numpy as np
 from calflow.errors import CalflowInputError
 from calflow.metrics import evaluate_instances, masks_to_labels, read_masks
 from calflow.segment.data import DEFAULT_CHANNELS, Sample, load_inputs
-from calflow.segment.train import TrainParams, train
 
-TRAIN_KEYS = {f for f in TrainParams.__dataclass_fields__}
+# calflow.segment.train (and with it torch, ~1 CPU-s) is imported where training or its parameters
+# are used, not at module import: evaluate_session runs once per session and needs neither.
 BUNDLED_NAME = "segmenter_pretrained.pt"
 GENERALIST_NOTE = ("no session with masks to train on: the bundled generalist segmenter (trained on simulated "
                    "sessions only, calflow.segment.pretrain) is used")
@@ -44,6 +44,8 @@ def bundled_segmenter() -> Path:
 def init_compatible(init_weights: str | Path, section: Mapping[str, Any], seed: int = 0) -> str | None:
     """None when the segmenter file can initialise training with ``section``'s settings, else why not."""
     import torch
+
+    from calflow.segment.train import TrainParams
 
     blob = torch.load(init_weights, map_location="cpu", weights_only=True)
     channels = list(section.get("channels") or DEFAULT_CHANNELS)
@@ -63,7 +65,9 @@ def train_params(section: Mapping[str, Any], seed: int = 0) -> dict:
     Post-processing thresholds given in the section are used for the validation F1; the workflow
     leaves them out so that tuning them re-runs inference only (validation then uses the defaults).
     """
-    p = {k: v for k, v in section.items() if k in TRAIN_KEYS}
+    from calflow.segment.train import TrainParams
+
+    p = {k: v for k, v in section.items() if k in TrainParams.__dataclass_fields__}
     post = {k: section[k] for k in POST_KEYS if k in section}
     if post:
         p["post"] = {**TrainParams().post, **post}
@@ -101,6 +105,8 @@ def train_from_sessions(sessions: Sequence[Mapping[str, str]], section: Mapping[
             metrics["note"] = GENERALIST_NOTE
         _write_json(out_metrics, metrics)
         return metrics
+    from calflow.segment.train import train
+
     channels = list(section.get("channels") or DEFAULT_CHANNELS)
     frac = float(section.get("validation_fraction", 0.25))
     tr, va = [], []
