@@ -1145,14 +1145,16 @@ def _frame_field(truth: GroundTruth, t: int) -> np.ndarray:
     return out
 
 
-def _field_at(truth: GroundTruth, t: int, pts: np.ndarray) -> np.ndarray:
-    """Generative (frame-coordinate) displacement at arbitrary points (n, 2) -> (n, 2)."""
-    wy = truth._spline_y(pts[:, 0])  # (n, gy)
-    wx = truth._spline_x(pts[:, 1])  # (n, gx)
-    nr = np.einsum("ni,ijc,nj->nc", wy, truth.nonrigid_grid[t], wx)
+def _field_at(truth: GroundTruth, t: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Generative (frame-coordinate) displacement of frames ``t`` (n_t,) at their own points
+    (n_t, n, 2) -> (n_t, n, 2), in px (vectorised over frames: the report evaluates every frame)."""
+    wy = truth._spline_y(pts[..., 0])  # (n_t, n, gy)
+    wx = truth._spline_x(pts[..., 1])  # (n_t, n, gx)
+    nr = np.einsum("tni,tijc,tnj->tnc", wy, truth.nonrigid_grid[t], wx)
     if truth.has_static:
-        return truth.rigid_shifts[t][None, :] + truth.static_displacement(pts) + nr
-    return truth.rigid_shifts[t][None, :] + nr
+        static = truth.static_displacement(pts.reshape(-1, 2)).reshape(pts.shape)
+        return truth.rigid_shifts[t][:, None, :] + static + nr
+    return truth.rigid_shifts[t][:, None, :] + nr
 
 
 def _as_frames(truth: GroundTruth, frames: int | Sequence[int] | np.ndarray | slice) -> np.ndarray:
@@ -1189,21 +1191,23 @@ def true_displacement(
         truth = dataclasses.replace(truth, fov_offset=None, fov_rotation_deg=0.0)
     pts = np.asarray(points_yx, dtype=np.float64).reshape(-1, 2)
     idx = _as_frames(truth, frames)
+    if coords not in ("world", "frame"):
+        raise CalflowInputError(f"coords={coords!r} is not 'world' or 'frame'", fix="use coords='world'")
     out = np.empty((idx.size, pts.shape[0], 2))
-    for i, t in enumerate(idx):
-        if coords == "frame":
-            out[i] = _field_at(truth, int(t), pts)
-        elif coords == "world":
-            d = _field_at(truth, int(t), pts)
+    block = max(1, (1 << 20) // max(1, pts.shape[0]))  # frames per block: bounded memory for many points
+    for a in range(0, idx.size, block):
+        t = idx[a : a + block]
+        d = _field_at(truth, t, np.broadcast_to(pts, (t.size, *pts.shape)))
+        if coords == "world":  # fixed point of q + D = p, frame by frame (a frame stops when it converged)
+            active = np.arange(t.size)
             for _ in range(50):
-                d_new = _field_at(truth, int(t), pts + d)
-                done = np.abs(d_new - d).max(initial=0) < 1e-10
-                d = d_new
-                if done:
+                d_new = _field_at(truth, t[active], pts[None] + d[active])
+                done = np.abs(d_new - d[active]).max(axis=(1, 2), initial=0) < 1e-10
+                d[active] = d_new
+                active = active[~done]
+                if not active.size:
                     break
-            out[i] = d
-        else:
-            raise CalflowInputError(f"coords={coords!r} is not 'world' or 'frame'", fix="use coords='world'")
+        out[a : a + block] = d
     return out
 
 
