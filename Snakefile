@@ -44,14 +44,18 @@ rule all:
         virtual_stain_targets(),
         expand("results/classifier/{group}/metrics.json", group=list(CLASSIFY_GROUPS)),
         expand("results/{session}/gradcam.zarr", session=CLASSIFY_SESSIONS),
-        expand("results/{session}/gradcam_shuffled.zarr", session=CLASSIFY_SESSIONS) if CLS.get("shuffle_control", True) else [],
+        expand("results/{session}/gradcam_shuffled.zarr", session=CLASSIFY_SESSIONS)
+        if CLS.get("shuffle_control", True)
+        else [],
         expand("results/{session}/stim_maps.zarr", session=CLASSIFY_SESSIONS),
         [f"results/compare/{a}_vs_{b}.json" for a, b in COMPARE_PAIRS],
 
 
 onsuccess:
     # results/DONE: what this run made (rule all's inputs), the report's path last.
-    done = [f"calflow: done. Results for {len(SESSION_NAMES)} session(s) are in {Path('results').resolve()}/"]
+    done = [
+        f"calflow: done. Results for {len(SESSION_NAMES)} session(s) are in {Path('results').resolve()}/"
+    ]
     done += [f"  {f}" for f in rules.all.input if Path(f).exists()]
     if Path("results/report/index.html").exists():
         done.append(f"calflow: report: {Path('results/report/index.html').resolve()}")

@@ -1,7 +1,9 @@
-"""The code base stays lint-clean (ruff, configured in pyproject.toml)."""
+"""The code base stays lint-clean (ruff) and the workflow snakefmt-formatted (both configured in pyproject.toml)."""
 
+import importlib.util
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,3 +18,12 @@ def test_ruff_clean():
     proc = subprocess.run([ruff, "check", "src", "tests", "benchmarks", "workflow/scripts"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_snakefmt_clean():
+    """The Snakefile and every workflow/rules/*.smk are as snakefmt ([tool.snakefmt]) formats them."""
+    if importlib.util.find_spec("snakefmt") is None:
+        pytest.skip("snakefmt is not installed (it comes with the test extra: pip install -e '.[test]')")
+    proc = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow/rules"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, "run `snakefmt .` from the repository root:\n" + proc.stdout + proc.stderr

@@ -12,20 +12,20 @@ rule train_classifier:
         model="results/classifier/{group}/model.pt",
         metrics="results/classifier/{group}/metrics.json",
         predictions="results/classifier/{group}/predictions.npz",
+    log:
+        "results/logs/train_classifier/{group}.log",
+    priority: 10  # the longest jobs: start them as soon as an animal's sessions are corrected
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=3000,
     params:
         classify=CLS_MODEL_PARAMS,
         seed=config["seed"],
         sessions=lambda w: CLASSIFY_GROUPS[w.group],
         conditions=lambda w: [SESSIONS.loc[s, "condition"] for s in CLASSIFY_GROUPS[w.group]],
         checkpoint_dir=lambda w: f"results/classifier/{w.group}/checkpoints",
-    conda:
-        "../../envs/torch.yaml"
-    log:
-        "results/logs/train_classifier/{group}.log",
-    threads: 1
-    priority: 10  # the longest jobs: start them as soon as an animal's sessions are corrected
-    resources:
-        mem_mb=3000,
     script:
         "../scripts/train_classifier.py"
 
@@ -47,16 +47,16 @@ rule gradcam:
             subcategory="{session}",
             labels={"session": "{session}", "figure": "{name}"},
         ),
-    params:
-        gradcam=config["gradcam"],
-        condition=lambda w: SESSIONS.loc[w.session, "condition"],
-    conda:
-        "../../envs/torch.yaml"
     log:
         "results/logs/gradcam/{session}.log",
+    conda:
+        "../../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=3000,
+    params:
+        gradcam=config["gradcam"],
+        condition=lambda w: SESSIONS.loc[w.session, "condition"],
     script:
         "../scripts/gradcam.py"
 
@@ -71,6 +71,14 @@ rule train_classifier_shuffled:
         model="results/classifier/{group}/shuffled/model.pt",
         metrics="results/classifier/{group}/shuffled/metrics.json",
         predictions="results/classifier/{group}/shuffled/predictions.npz",
+    log:
+        "results/logs/train_classifier_shuffled/{group}.log",
+    priority: 10  # the longest jobs: start them as soon as an animal's sessions are corrected
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=3000,
     params:
         classify=CLS_CONTROL_PARAMS,
         seed=config["seed"],
@@ -78,14 +86,6 @@ rule train_classifier_shuffled:
         conditions=lambda w: [SESSIONS.loc[s, "condition"] for s in CLASSIFY_GROUPS[w.group]],
         checkpoint_dir=lambda w: f"results/classifier/{w.group}/shuffled/checkpoints",
         shuffle_labels=True,
-    conda:
-        "../../envs/torch.yaml"
-    log:
-        "results/logs/train_classifier_shuffled/{group}.log",
-    threads: 1
-    priority: 10  # the longest jobs: start them as soon as an animal's sessions are corrected
-    resources:
-        mem_mb=3000,
     script:
         "../scripts/train_classifier.py"
 
@@ -97,15 +97,15 @@ rule gradcam_shuffled:
         model=lambda w: f"results/classifier/{classifier_group(w.session)}/shuffled/model.pt",
     output:
         store=directory("results/{session}/gradcam_shuffled.zarr"),
-    params:
-        gradcam=config["gradcam"],
-        condition=lambda w: SESSIONS.loc[w.session, "condition"],
-    conda:
-        "../../envs/torch.yaml"
     log:
         "results/logs/gradcam_shuffled/{session}.log",
+    conda:
+        "../../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=3000,
+    params:
+        gradcam=config["gradcam"],
+        condition=lambda w: SESSIONS.loc[w.session, "condition"],
     script:
         "../scripts/gradcam.py"

@@ -9,8 +9,11 @@ CLS_CONTROL_PARAMS = classify_control_params(CLS)
 
 def classify_sessions():
     """Sessions with a stim log and a targets table."""
-    return [s for s in SESSION_NAMES
-            if all(isinstance(SESSIONS.loc[s, c], str) and SESSIONS.loc[s, c] for c in ("stim_log", "targets"))]
+    return [
+        s
+        for s in SESSION_NAMES
+        if all(isinstance(SESSIONS.loc[s, c], str) and SESSIONS.loc[s, c] for c in ("stim_log", "targets"))
+    ]
 
 
 def classifier_group(session):
@@ -31,7 +34,8 @@ def compare_pairs():
     """compare.pairs (or every pair of conditions in sheet order) that some group has both of."""
     conds = list(dict.fromkeys(SESSIONS.loc[CLASSIFY_SESSIONS, "condition"])) if CLASSIFY_SESSIONS else []
     pairs = [tuple(p) for p in config["compare"]["pairs"]] or [
-        (a, b) for i, a in enumerate(conds) for b in conds[i + 1:]]
+        (a, b) for i, a in enumerate(conds) for b in conds[i + 1 :]
+    ]
     have = {(g, SESSIONS.loc[s, "condition"]) for g, ss in CLASSIFY_GROUPS.items() for s in ss}
     return [(a, b) for a, b in pairs if any((g, a) in have and (g, b) in have for g in CLASSIFY_GROUPS)]
 
@@ -60,9 +64,11 @@ def _compare_inputs(w):
     """Map stores of both conditions per source (Grad-CAM, the controls) and the classifiers' metrics."""
     sessions = [s for s in CLASSIFY_SESSIONS if SESSIONS.loc[s, "condition"] in (w.a, w.b)]
     groups = sorted({classifier_group(s) for s in sessions})
-    out = {"gradcam": [f"results/{s}/gradcam.zarr" for s in sessions],
-           "stim_maps": [f"results/{s}/stim_maps.zarr" for s in sessions],
-           "metrics": [f"results/classifier/{g}/metrics.json" for g in groups]}
+    out = {
+        "gradcam": [f"results/{s}/gradcam.zarr" for s in sessions],
+        "stim_maps": [f"results/{s}/stim_maps.zarr" for s in sessions],
+        "metrics": [f"results/classifier/{g}/metrics.json" for g in groups],
+    }
     if CLS.get("shuffle_control"):
         out["gradcam_shuffled"] = [f"results/{s}/gradcam_shuffled.zarr" for s in sessions]
     return out
@@ -70,5 +76,8 @@ def _compare_inputs(w):
 
 def animal_groups():
     """animal -> experimental group (the sheet's `group` column) of the classified sessions."""
-    return {classifier_group(s): SESSIONS.loc[s, "group"] for s in CLASSIFY_SESSIONS
-            if isinstance(SESSIONS.loc[s, "group"], str) and SESSIONS.loc[s, "group"]}
+    return {
+        classifier_group(s): SESSIONS.loc[s, "group"]
+        for s in CLASSIFY_SESSIONS
+        if isinstance(SESSIONS.loc[s, "group"], str) and SESSIONS.loc[s, "group"]
+    }

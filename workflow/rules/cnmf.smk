@@ -11,20 +11,20 @@ rule cnmf:
         summary="results/{session}/summary.zarr",
     output:
         directory("results/{session}/cnmf.zarr"),
-    wildcard_constraints:
-        session=".+" if CNMF["backend"] == "calflow" else _NO_SESSION,
-    params:
-        cnmf=CNMF,
-        fps=lambda w: float(SESSIONS.loc[w.session, "fps"]),
-        seed=config["seed"],
-    conda:
-        "../../envs/torch.yaml"
     log:
         "results/logs/cnmf/{session}.log",
+    wildcard_constraints:
+        session=".+" if CNMF["backend"] == "calflow" else _NO_SESSION,
+    conda:
+        "../../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=cnmf_mem_mb,
         runtime=cnmf_runtime,
+    params:
+        cnmf=CNMF,
+        fps=lambda w: float(SESSIONS.loc[w.session, "fps"]),
+        seed=config["seed"],
     script:
         "../scripts/cnmf.py"
 
@@ -36,18 +36,18 @@ rule cnmf_caiman:
         footprints="results/{session}/footprints.zarr",
     output:
         directory("results/{session}/cnmf.zarr"),
-    wildcard_constraints:
-        session=".+" if CNMF["backend"] == "caiman" else _NO_SESSION,
-    params:
-        cnmf=CNMF,
-        fps=lambda w: float(SESSIONS.loc[w.session, "fps"]),
-    conda:
-        "../../envs/caiman.yaml"
     log:
         "results/logs/cnmf/{session}.log",
+    wildcard_constraints:
+        session=".+" if CNMF["backend"] == "caiman" else _NO_SESSION,
+    conda:
+        "../../envs/caiman.yaml"
     threads: 1
     resources:
         mem_mb=cnmf_mem_mb,
+    params:
+        cnmf=CNMF,
+        fps=lambda w: float(SESSIONS.loc[w.session, "fps"]),
     script:
         "../scripts/cnmf_caiman.py"
 
@@ -59,6 +59,14 @@ rule nwb:
         unpack(nwb_inputs),
     output:
         "results/{session}/{session}.nwb",
+    log:
+        "results/logs/nwb/{session}.log",
+    conda:
+        "../../envs/io.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=nwb_runtime,
     params:
         condition=lambda w: str(SESSIONS.loc[w.session, "condition"]),
         fps=lambda w: float(SESSIONS.loc[w.session, "fps"]),
@@ -66,13 +74,5 @@ rule nwb:
         group=nwb_group,
         metadata=nwb_session_metadata,
         nwb={k: v for k, v in NWB.items() if k != "defaults"},
-    conda:
-        "../../envs/io.yaml"
-    log:
-        "results/logs/nwb/{session}.log",
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=nwb_runtime,
     script:
         "../scripts/nwb.py"

@@ -24,8 +24,12 @@ def nwb_inputs(wildcards):
     """The session's stores and files for its NWB file: stim log/targets where the sheet has them,
     the classifier metrics and Grad-CAM maps where the session is classified."""
     s = wildcards.session
-    files = {"cnmf": f"results/{s}/cnmf.zarr", "raw": f"results/{s}/raw.zarr", "motion": f"results/{s}/motion.zarr",
-             "summary": f"results/{s}/summary.zarr"}
+    files = {
+        "cnmf": f"results/{s}/cnmf.zarr",
+        "raw": f"results/{s}/raw.zarr",
+        "motion": f"results/{s}/motion.zarr",
+        "summary": f"results/{s}/summary.zarr",
+    }
     for col in ("stim_log", "targets"):
         if isinstance(SESSIONS.loc[s, col], str) and SESSIONS.loc[s, col]:
             files[col] = SESSIONS.loc[s, col]

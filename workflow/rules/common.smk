@@ -24,14 +24,17 @@ CONFIG_FILE = ", ".join(map(str, workflow.configfiles)) or "config"
 
 try:
     # classify.profile is resolved here, once: the rules' params carry the values it set
-    _validated = load_config(CONFIG_FILE, SCHEMAS, data=dict(config),
-                             log_profile=lambda line: logger.info(f"calflow: {line}"))
+    _validated = load_config(
+        CONFIG_FILE, SCHEMAS, data=dict(config), log_profile=lambda line: logger.info(f"calflow: {line}")
+    )
     config.clear()
     config.update(_validated)
-    SESSIONS = load_sessions(config["sessions"], SCHEMAS,
-                             animal_separator=config["classify"]["animal_separator"])
-    for _line in check_sheet_metadata(SESSIONS, config["nwb"], sheet_file=config["sessions"],
-                                      config_file=CONFIG_FILE):
+    SESSIONS = load_sessions(
+        config["sessions"], SCHEMAS, animal_separator=config["classify"]["animal_separator"]
+    )
+    for _line in check_sheet_metadata(
+        SESSIONS, config["nwb"], sheet_file=config["sessions"], config_file=CONFIG_FILE
+    ):
         logger.warning(f"calflow: {_line}")
 except CalflowInputError as err:
     sys.exit(f"calflow: {err}")
@@ -80,7 +83,9 @@ def input_mb(input):
         p = Path(f)
         if not p.exists():
             raise _missing(f)
-        total += p.stat().st_size if p.is_file() else sum(x.stat().st_size for x in p.rglob("*") if x.is_file())
+        total += (
+            p.stat().st_size if p.is_file() else sum(x.stat().st_size for x in p.rglob("*") if x.is_file())
+        )
     return total / 1e6
 
 
@@ -102,7 +107,7 @@ def ingest_mem_mb(wildcards, input, attempt):
 
 
 def ingest_runtime(wildcards, input, attempt):
-    return _runtime_min(input_mb(input) / 100, attempt)          # ~150 MB/s measured
+    return _runtime_min(input_mb(input) / 100, attempt)  # ~150 MB/s measured
 
 
 def motion_mem_mb(wildcards, input, attempt):
@@ -116,11 +121,11 @@ def motion_mem_mb(wildcards, input, attempt):
 
 def motion_runtime(wildcards, input, attempt):
     t, h, w = store_shape(input[0])
-    return _runtime_min(t * h * w / 2.5e6, attempt)               # ~2.5 Mpx/s piecewise, 2 cores
+    return _runtime_min(t * h * w / 2.5e6, attempt)  # ~2.5 Mpx/s piecewise, 2 cores
 
 
 def summary_mem_mb(wildcards, input, attempt):
-    t, h, w = store_shape(input[0])                      # ~8 x batch x float64 frames
+    t, h, w = store_shape(input[0])  # ~8 x batch x float64 frames
     return int(attempt * (1000 + 8 * config["summary"]["batch_size"] * h * w * 8 / 1e6))
 
 

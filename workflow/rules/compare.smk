@@ -11,17 +11,17 @@ rule stim_maps:
         targets=lambda w: SESSIONS.loc[w.session, "targets"],
     output:
         store=directory("results/{session}/stim_maps.zarr"),
+    log:
+        "results/logs/stim_maps/{session}.log",
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1500,
     params:
         stim_maps=config["stim_maps"],
         condition=lambda w: SESSIONS.loc[w.session, "condition"],
         animal=lambda w: classifier_group(w.session),
-    conda:
-        "../../envs/report.yaml"
-    log:
-        "results/logs/stim_maps/{session}.log",
-    threads: 1
-    resources:
-        mem_mb=1500,
     script:
         "../scripts/stim_maps.py"
 
@@ -32,18 +32,20 @@ rule compare:
         unpack(_compare_inputs),
     output:
         json="results/compare/{a}_vs_{b}.json",
-        figure=report("results/compare/{a}_vs_{b}.png", caption="../report/compare.rst", category="Comparison"),
+        figure=report(
+            "results/compare/{a}_vs_{b}.png", caption="../report/compare.rst", category="Comparison"
+        ),
+    log:
+        "results/logs/compare/{a}_vs_{b}.log",
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
     params:
         compare=config["compare"],
         animal_groups=lambda w: animal_groups(),
         # recorded in the JSON; its values are already in the sections (common.smk resolves it)
         profile=config["classify"]["profile"],
-    conda:
-        "../../envs/report.yaml"
-    log:
-        "results/logs/compare/{a}_vs_{b}.log",
-    threads: 1
-    resources:
-        mem_mb=2000,
     script:
         "../scripts/compare.py"

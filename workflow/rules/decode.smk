@@ -17,14 +17,14 @@ rule decode:
             subcategory="{session}",
             labels={"session": "{session}", "figure": "{name}"},
         ),
-    params:
-        decode=config["decode"],
-    conda:
-        "../../envs/torch.yaml"
     log:
         "results/logs/decode/{session}.log",
+    conda:
+        "../../envs/torch.yaml"
     threads: 1  # profiles/slurm sets more (set-threads)
     resources:
         mem_mb=2000,  # 10,000 neurons x 10,873 frames x 2,000 trials: 1.7 GB peak (benchmarks/decode_scale.py)
+    params:
+        decode=config["decode"],
     script:
         "../scripts/decode.py"

@@ -2,7 +2,11 @@
 
 
 def sessions_with_stim():
-    return [s for s in SESSION_NAMES if isinstance(SESSIONS.loc[s, "stim_log"], str) and SESSIONS.loc[s, "stim_log"]]
+    return [
+        s
+        for s in SESSION_NAMES
+        if isinstance(SESSIONS.loc[s, "stim_log"], str) and SESSIONS.loc[s, "stim_log"]
+    ]
 
 
 def decode_targets():

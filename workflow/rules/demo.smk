@@ -6,6 +6,13 @@ rule simulate_demo:
         targets="results/demo/{session}/targets.csv",
         masks="results/demo/{session}/masks.tif",
         truth="results/demo/{session}/ground_truth.npz",
+    log:
+        "results/logs/simulate_demo/{session}.log",
+    conda:
+        "../../envs/io.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
     params:
         sim=config["demo"]["sim"],
         w_gain=lambda w: config["demo"]["w_gain"].get(SESSIONS.loc[w.session, "condition"], 1.0),
@@ -15,12 +22,5 @@ rule simulate_demo:
         trials_per_pattern=config["demo"]["trials_per_pattern"],
         nuisance=config["demo"]["nuisance"],
         nuisance_seed=lambda w: config["seed"] * 7919 + _stable_seed(f"nuisance {w.session}"),
-    conda:
-        "../../envs/io.yaml"
-    log:
-        "results/logs/simulate_demo/{session}.log",
-    threads: 1
-    resources:
-        mem_mb=1000,
     script:
         "../scripts/simulate_demo.py"

@@ -4,17 +4,17 @@ rule ingest:
         movie_files,
     output:
         directory("results/{session}/raw.zarr"),
-    params:
-        ingest=config["ingest"],
-        spec=lambda w: SESSIONS.loc[w.session, "movie"],
-        fps=lambda w: float(SESSIONS.loc[w.session, "fps"]),
-    conda:
-        "../../envs/io.yaml"
     log:
         "results/logs/ingest/{session}.log",
+    conda:
+        "../../envs/io.yaml"
     threads: 1
     resources:
         mem_mb=ingest_mem_mb,
         runtime=ingest_runtime,
+    params:
+        ingest=config["ingest"],
+        spec=lambda w: SESSIONS.loc[w.session, "movie"],
+        fps=lambda w: float(SESSIONS.loc[w.session, "fps"]),
     script:
         "../scripts/ingest.py"

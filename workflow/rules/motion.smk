@@ -12,16 +12,16 @@ rule motion:
             subcategory="{session}",
             labels={"session": "{session}", "figure": "{name}"},
         ),
-    params:
-        motion=config["motion"],
-    conda:
-        "../../envs/torch.yaml"
     log:
         "results/logs/motion/{session}.log",
+    conda:
+        "../../envs/torch.yaml"
     threads: 1  # profiles/slurm sets more (set-threads); on a 2-core machine two 1-thread jobs pack better
     resources:
         mem_mb=motion_mem_mb,
         runtime=motion_runtime,
+    params:
+        motion=config["motion"],
     script:
         "../scripts/motion.py"
 
@@ -40,15 +40,15 @@ rule summary:
             subcategory="{session}",
             labels={"session": "{session}", "figure": "{name}"},
         ),
-    params:
-        summary=config["summary"],
-    conda:
-        "../../envs/torch.yaml"
     log:
         "results/logs/summary/{session}.log",
+    conda:
+        "../../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=summary_mem_mb,
         runtime=summary_runtime,
+    params:
+        summary=config["summary"],
     script:
         "../scripts/summary.py"

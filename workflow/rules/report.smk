@@ -15,16 +15,16 @@ rule report:
         report_inputs,
     output:
         "results/report/index.html",
+    log:
+        "results/logs/report/report.log",
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
     params:
         sessions=report_sessions,
         config=config,
         workflow_dir=workflow.basedir,
-    conda:
-        "../../envs/report.yaml"
-    log:
-        "results/logs/report/report.log",
-    threads: 1
-    resources:
-        mem_mb=2000,
     script:
         "../scripts/report.py"

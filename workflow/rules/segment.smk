@@ -8,16 +8,16 @@ rule keyframes:
         "results/{session}/motion.zarr",
     output:
         directory("results/{session}/keyframes.zarr"),
-    params:
-        keyframes=config["keyframes"],
-        seed=config["seed"],
-    conda:
-        "../../envs/torch.yaml"
     log:
         "results/logs/keyframes/{session}.log",
+    conda:
+        "../../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=summary_mem_mb,
+    params:
+        keyframes=config["keyframes"],
+        seed=config["seed"],
     script:
         "../scripts/keyframes.py"
 
@@ -30,6 +30,14 @@ rule train_segmenter:
     output:
         model="results/models/segmenter.pt",
         metrics="results/models/segmenter_metrics.json",
+    log:
+        "results/logs/train_segmenter/train_segmenter.log",
+    priority: 20  # on the critical path: segment, cnmf, gradcam and compare wait for it
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1  # profiles/slurm sets more (set-threads)
+    resources:
+        mem_mb=4000,
     params:
         # inference and evaluation keys are left out: changing them re-runs segment, not training
         train={k: v for k, v in SEG.items() if k not in SEGMENT_INFER_KEYS},
@@ -39,14 +47,6 @@ rule train_segmenter:
         init_weights=SEGMENT_INIT,
         seed=config["seed"],
         checkpoint_dir="results/models/segmenter_checkpoints",
-    conda:
-        "../../envs/torch.yaml"
-    log:
-        "results/logs/train_segmenter/train_segmenter.log",
-    threads: 1  # profiles/slurm sets more (set-threads)
-    priority: 20  # on the critical path: segment, cnmf, gradcam and compare wait for it
-    resources:
-        mem_mb=4000,
     script:
         "../scripts/train_segmenter.py"
 
@@ -58,19 +58,19 @@ rule segment:
         unpack(segment_inputs),
     output:
         directory("results/{session}/footprints.zarr"),
+    log:
+        "results/logs/segment/{session}.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
     params:
         method=SEG["method"],
         corr_pnr=SEG["corr_pnr"],
         device=SEG["device"],
         tta=SEG["tta"],
         post={k: SEG[k] for k in ("prob_threshold", "cue_threshold", "min_size")},
-    conda:
-        "../../envs/torch.yaml"
-    log:
-        "results/logs/segment/{session}.log",
-    threads: 1
-    resources:
-        mem_mb=2000,
     script:
         "../scripts/segment.py"
 
@@ -82,17 +82,17 @@ rule evaluate_segment:
         masks=lambda w: SESSIONS.loc[w.session, "masks"],
     output:
         "results/{session}/segment_eval.json",
+    log:
+        "results/logs/evaluate_segment/{session}.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
     params:
         heldout=lambda w: w.session not in SEGMENT_TRAIN,
         iou_threshold=SEG["iou_threshold"],
         max_distance=SEG["centroid_max_distance"],
-    conda:
-        "../../envs/torch.yaml"
-    log:
-        "results/logs/evaluate_segment/{session}.log",
-    threads: 1
-    resources:
-        mem_mb=1000,
     script:
         "../scripts/evaluate_segment.py"
 
@@ -103,10 +103,10 @@ rule segment_evaluation:
         expand("results/{session}/segment_eval.json", session=sessions_with_masks()),
     output:
         "results/models/segment_evaluation.json",
-    conda:
-        "../../envs/torch.yaml"
     log:
         "results/logs/segment_evaluation/segment_evaluation.log",
+    conda:
+        "../../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=500,

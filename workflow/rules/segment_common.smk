@@ -1,13 +1,25 @@
 # Helpers of workflow/rules/segment.smk: which sessions train the segmenter, which model is used.
 SEG = config["segment"]
-SEGMENT_INFER_KEYS = ("tta", "iou_threshold", "centroid_max_distance", "prob_threshold", "cue_threshold", "min_size",
-                      "method", "corr_pnr")
+SEGMENT_INFER_KEYS = (
+    "tta",
+    "iou_threshold",
+    "centroid_max_distance",
+    "prob_threshold",
+    "cue_threshold",
+    "min_size",
+    "method",
+    "corr_pnr",
+)
 # the generalist segmenter shipped in resources/ (calflow.segment.pretrain), unless the config names another
-GENERALIST = SEG.get("generalist_model") or str(Path(workflow.basedir) / "resources" / "segmenter_pretrained.pt")
+GENERALIST = SEG.get("generalist_model") or str(
+    Path(workflow.basedir) / "resources" / "segmenter_pretrained.pt"
+)
 
 
 def sessions_with_masks():
-    return [s for s in SESSION_NAMES if isinstance(SESSIONS.loc[s, "masks"], str) and SESSIONS.loc[s, "masks"]]
+    return [
+        s for s in SESSION_NAMES if isinstance(SESSIONS.loc[s, "masks"], str) and SESSIONS.loc[s, "masks"]
+    ]
 
 
 def segment_train_sessions():
@@ -16,8 +28,10 @@ def segment_train_sessions():
     if SEG["train_sessions"]:
         bad = [s for s in SEG["train_sessions"] if s not in with_masks]
         if bad:
-            sys.exit(f"calflow: {CONFIG_FILE}: field 'segment.train_sessions': {', '.join(bad)} "
-                     "not in the sessions sheet or without masks. Fix: list sessions whose 'masks' column is set")
+            sys.exit(
+                f"calflow: {CONFIG_FILE}: field 'segment.train_sessions': {', '.join(bad)} "
+                "not in the sessions sheet or without masks. Fix: list sessions whose 'masks' column is set"
+            )
         return list(SEG["train_sessions"])
     return [s for s in with_masks if s not in SEG["heldout_sessions"]]
 
@@ -35,9 +49,11 @@ else:
 SEGMENT_INIT = GENERALIST if SEGMENT_MODEL_SOURCE == "trained" and SEG["init"] == "pretrained" else ""
 _GENERALIST_USED = SEGMENT_MODEL_SOURCE == "generalist" or SEGMENT_INIT
 if SEG["method"] == "network" and _GENERALIST_USED and not Path(GENERALIST).is_file():
-    sys.exit(f"calflow: {CONFIG_FILE}: field 'segment.generalist_model': segmenter file {GENERALIST} not found. "
-             "Fix: give an existing calflow segmenter file, rebuild it (python -m calflow.segment.pretrain), or give "
-             "sessions with masks and set segment.init: scratch")
+    sys.exit(
+        f"calflow: {CONFIG_FILE}: field 'segment.generalist_model': segmenter file {GENERALIST} not found. "
+        "Fix: give an existing calflow segmenter file, rebuild it (python -m calflow.segment.pretrain), or give "
+        "sessions with masks and set segment.init: scratch"
+    )
 
 
 def train_inputs(wildcards):
@@ -54,8 +70,12 @@ def train_inputs(wildcards):
 def segment_inputs(wildcards):
     """network: the session's summary + keyframes and the model; corr_pnr: the corrected movie + summary."""
     if SEG["method"] == "corr_pnr":
-        return {"summary": f"results/{wildcards.session}/summary.zarr",
-                "movie": f"results/{wildcards.session}/motion.zarr"}
-    return {"summary": f"results/{wildcards.session}/summary.zarr",
-            "keyframes": f"results/{wildcards.session}/keyframes.zarr",
-            "model": "results/models/segmenter.pt"}
+        return {
+            "summary": f"results/{wildcards.session}/summary.zarr",
+            "movie": f"results/{wildcards.session}/motion.zarr",
+        }
+    return {
+        "summary": f"results/{wildcards.session}/summary.zarr",
+        "keyframes": f"results/{wildcards.session}/keyframes.zarr",
+        "model": "results/models/segmenter.pt",
+    }

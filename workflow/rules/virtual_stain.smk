@@ -8,16 +8,16 @@ rule simulate_virtual_stain_demo:
     output:
         label_free="results/demo/virtual_stain/{pair}_label_free.tif",
         fluorescence="results/demo/virtual_stain/{pair}_fluorescence.tif",
-    params:
-        demo=VS["demo"],
-        seed=lambda w: config["seed"] * 7919 + _stable_seed(w.pair),
-    conda:
-        "../../envs/torch.yaml"
     log:
         "results/logs/simulate_virtual_stain_demo/{pair}.log",
+    conda:
+        "../../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=500,
+    params:
+        demo=VS["demo"],
+        seed=lambda w: config["seed"] * 7919 + _stable_seed(w.pair),
     script:
         "../scripts/simulate_virtual_stain_demo.py"
 
@@ -39,15 +39,15 @@ rule virtual_stain:
             subcategory="{dataset}",
             labels={"dataset": "{dataset}", "figure": "{name}"},
         ),
-    params:
-        virtual_stain=VS_PARAMS,
-        images=virtual_stain_rows,
-    conda:
-        "../../envs/torch.yaml"
     log:
         "results/logs/virtual_stain/{dataset}.log",
+    conda:
+        "../../envs/torch.yaml"
     threads: 1  # profiles/slurm sets more (set-threads)
     resources:
         mem_mb=3000,
+    params:
+        virtual_stain=VS_PARAMS,
+        images=virtual_stain_rows,
     script:
         "../scripts/virtual_stain.py"
