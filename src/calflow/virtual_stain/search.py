@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,3 @@ def search(x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray, y_val: np.nd
     log.info("virtual_stain search: %d trials (%d taken from %s), best %s (val BCE %.4f)", len(finished), len(reused),
              record, study.best_params, study.best_value)
     return best, records
-
-
-def config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return asdict(cfg)
