@@ -60,4 +60,23 @@ def run_script(smk: Any, stage: Callable[[Any], Any]) -> Any:
     # CPU includes the job's start-up (interpreter, imports): what the scheduler's core paid for it
     log.info("process CPU %.1f s, peak RSS %.0f MiB", use.ru_utime + use.ru_stime, use.ru_maxrss / 1024)
     log.info("rule %s finished in %.1f s", smk.rule, time.perf_counter() - t0)
+    if type(smk).__module__.startswith("snakemake"):  # a Snakemake job's own process (not a test's)
+        exit_job_process()
     return result
+
+
+def exit_job_process() -> None:
+    """End a finished job's process without the interpreter's module teardown.
+
+    Freeing torch, zarr, pandas and matplotlib module by module costs a job ~0.3-0.45 CPU-s after its
+    work is done (measured: a gradcam-sized process 2.05 s with normal exit, 1.6-1.7 s this way), ~55
+    CPU-s over the demo's 185 jobs. Exit handlers still run (temporary directories, logging), the
+    standard streams are flushed, and every output is closed before this point (stores are written
+    synchronously, files through ``atomic_output``)."""
+    import atexit
+
+    logging.shutdown()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
