@@ -121,6 +121,20 @@ def test_streamed_frames_and_windows_equal_the_in_ram_version(trained, tmp_path,
     assert list(tmp_path.iterdir()) == []  # the scratch dir went with the session
 
 
+def test_scratch_windows_equal_clamped_frame_indexing(trained, tmp_path):
+    """ScratchMovie.windows (one read per window, the training batches' path) gives exactly the
+    frames of clamped indexing, for windows inside, across either end and wholly outside the movie."""
+    _, entries, _, _ = trained
+    p = cl.ClassifyParams(downsample=2, context=3, scratch_dir=str(tmp_path))
+    with cl.load_session(entries[0], cl.read_targets(entries[0]["targets"]), p) as s:
+        T = len(s.frames)
+        rng = np.random.default_rng(0)
+        for n in (1, 7, 40):
+            starts = np.r_[rng.integers(-60, T + 60, 100), [-n, -1, 0, T - 1, T - n, T]]
+            ref = s.frames[np.clip(starts[:, None] + np.arange(n)[None], 0, T - 1)]
+            np.testing.assert_array_equal(s.frames.windows(starts, n), ref)
+
+
 def test_scratch_dir_is_deleted_on_close_and_collection(trained, tmp_path):
     import gc
     import socket
