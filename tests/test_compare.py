@@ -162,6 +162,20 @@ def test_controls_are_reported_and_a_sign_disagreement_is_flagged(tmp_path):
     assert not any("opposite sign" in w for w in same["warnings"])
 
 
+def test_sources_analysed_in_parallel_give_the_same_result(tmp_path):
+    """compare's sources in two processes (the rule's threads) give exactly the serial result."""
+    up = _experiment(tmp_path / "up", 5, n_animals=6, shared=(0.2, 1.2), session_amp=0.1)
+    down = _experiment(tmp_path / "down", 6, n_animals=6, shared=(1.2, 0.2), session_amp=0.1)
+    sources = {"gradcam": up, "stim_maps": down, "gradcam_shuffled": up[::-1]}
+    serial = cmp.compare_conditions(sources, "A", "B", FAST)
+    parallel = cmp.compare_conditions(sources, "A", "B", FAST, workers=2)
+    assert list(parallel["sources"]) == list(serial["sources"]) == list(sources)
+    for name in sources:
+        a, b = serial["sources"][name], parallel["sources"][name]
+        assert a["effect"] == b["effect"] and a["effect_ci"] == b["effect_ci"] and a["test"] == b["test"]
+    assert parallel["warnings"] == serial["warnings"]
+
+
 def test_ensemble_members_give_the_seed_spread(tmp_path):
     stores = []
     for an in range(6):

@@ -611,28 +611,43 @@ def few_trials_warning(trials_per_pattern: float, a: str, b: str) -> list[str]:
             "Fix: record more trials per pattern"]
 
 
+def _analyse_stores(name: str, stores: Sequence[str | Path], a: str, b: str, p: CompareParams,
+                    animal_groups: Mapping[str, str] | None) -> dict | None:
+    """One source's analysis with one BLAS thread (the same sums whether or not sources run in parallel)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return analyse_source(load_source(name, stores), a, b, p, animal_groups)
+
+
 def compare_conditions(sources: Mapping[str, Sequence[str | Path]], a: str, b: str,
                        params: Mapping[str, Any] | CompareParams, metrics_files: Sequence[str | Path] = (),
-                       animal_groups: Mapping[str, str] | None = None, profile: str = "default") -> dict:
+                       animal_groups: Mapping[str, str] | None = None, profile: str = "default",
+                       workers: int = 1) -> dict:
     """Conditions ``a`` vs ``b`` from map stores per source (``{"gradcam": [...], "stim_maps":
     [...], "gradcam_shuffled": [...]}``; the primary source is gradcam when given, else the first).
 
     ``animal_groups``: animal -> experimental group (the sheet's ``group`` column) for the
     interaction. ``profile``: the analysis profile the config was resolved with
-    (``classify.profile``, calflow.config.PROFILES), recorded in the result. Returns the result
-    dict (its ``_matrices`` are for the figure, not the JSON).
+    (``classify.profile``, calflow.config.PROFILES), recorded in the result. ``workers`` > 1: the
+    sources are analysed in that many processes (each source seeds its own generators, so the
+    result is the same). Returns the result dict (its ``_matrices`` are for the figure, not the JSON).
     """
     p = CompareParams.from_config(params)
     if not sources or not any(sources.values()):
         raise CalflowInputError("no map stores to compare", file="config",
                                 fix="give sessions with a stim log and a targets table in both conditions")
-    results: dict[str, dict] = {}
-    for name, stores in sources.items():
-        if not stores:
-            continue
-        r = analyse_source(load_source(name, stores), a, b, p, animal_groups)
-        if r is not None:
-            results[name] = r
+    todo = [(name, list(stores)) for name, stores in sources.items() if stores]
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("fork")) as pool:
+            done = list(pool.map(_analyse_stores, *zip(*[(n, st, a, b, p, animal_groups) for n, st in todo],
+                                                        strict=True)))
+    else:
+        done = [_analyse_stores(n, st, a, b, p, animal_groups) for n, st in todo]
+    results = {name: r for (name, _), r in zip(todo, done, strict=True) if r is not None}
     primary = PRIMARY if PRIMARY in results else next(iter(results), None)
     if primary is None:
         raise CalflowInputError(f"no animal has held-out trials of both {a} and {b} with >= 2 common patterns",

@@ -39,7 +39,7 @@ rule compare:
         "results/logs/compare/{a}_vs_{b}.log",
     conda:
         "../../envs/report.yaml"
-    threads: 1
+    threads: 2  # its map sources (Grad-CAM and the two controls) are analysed in parallel; it runs last
     resources:
         mem_mb=2000,
     params:

@@ -9,7 +9,7 @@ def main(smk):
     sources = {k: list(smk.input[k]) for k in ("gradcam", "stim_maps", "gradcam_shuffled") if k in smk.input.keys()}
     res = compare_conditions(sources, smk.wildcards.a, smk.wildcards.b, smk.params.compare,
                              metrics_files=list(smk.input.metrics), animal_groups=dict(smk.params.animal_groups),
-                             profile=str(smk.params.get("profile", "default")))
+                             profile=str(smk.params.get("profile", "default")), workers=int(smk.threads))
     write_comparison(res, smk.output.json, smk.output.figure)
     p = "no test (too few animals)" if res["p"] is None else f"p = {res['p']:.4g}"
     logging.getLogger("calflow.compare").info("compare %s vs %s (%s, %d animals): effect %+.4f, %s", res["a"],
