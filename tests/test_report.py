@@ -213,6 +213,18 @@ def test_overview_and_provenance_content(html, tree):
         assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", commit) and commit in html
 
 
+def test_sessions_built_in_forked_workers_give_the_same_page(tree, html, tmp_path):
+    """The rule's two threads build the sessions' sections in forked workers: the same page."""
+    import re
+
+    results, _ = tree
+    out = rp.build_report(results, tmp_path / "index.html", sessions=SESSIONS, config={"seed": 3, "motion": MOTION},
+                          workflow_dir=ROOT, workers=2)
+    stamp = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [A-Z+0-9-]+")  # when the page was generated
+    assert stamp.sub("T", out.read_text(encoding="utf-8")) == stamp.sub("T", html)
+    assert rp._FORKED is None
+
+
 def test_git_commit_outside_a_repository(tmp_path):
     assert rp.git_commit(tmp_path) == "unknown"
     assert rp.git_commit(None) == "unknown"

@@ -890,29 +890,61 @@ def sessions_from_records(records: Iterable[Mapping[str, Any]], results: str | P
     return out
 
 
-def render_report(ctx: ReportContext, *, progress: bool = False) -> str:
-    """Build every section that has data and render the page (a str of HTML)."""
+_FORKED: tuple[ReportContext, set[str]] | None = None  # what forked workers render from (set before forking)
+
+
+def _session_page(ctx: ReportContext, macros: set[str], s: SessionInfo) -> dict[str, Any]:
+    """One session's part of the page: its sections and header."""
+    secs = [r for spec in _sections("session") if (r := _build(spec, f"{s.anchor}-{spec.key}", macros, ctx, s))]
+    mm = motion_metrics(ctx, s)
+    return {"info": s, "id": s.anchor, "colour": ctx.colour(s.condition), "sections": secs,
+            "shape": f"{fmt(mm['n_frames'])} frames × {mm['height']} × {mm['width']} px" if mm else ""}
+
+
+def _forked_session_page(i: int) -> dict[str, Any]:
+    assert _FORKED is not None
+    ctx, macros = _FORKED
+    return _session_page(ctx, macros, ctx.sessions[i])
+
+
+def render_report(ctx: ReportContext, *, progress: bool = False, workers: int = 1) -> str:
+    """Build every section that has data and render the page (a str of HTML).
+
+    ``workers`` > 1 (Linux): the per-session sections are built in that many forked processes while
+    this one builds the run and condition sections; the page is the same (sections in sheet order)."""
+    global _FORKED
     env = _environment()
     macros = {n for n in dir(env.get_template(SECTIONS_TEMPLATE).module) if not n.startswith("_")}
-    run = [r for spec in _sections("run") if (r := _build(spec, spec.key, macros, ctx))]
-    conditions = []
-    for cond, sessions in ctx.conditions.items():
-        anchor = condition_anchor(cond)
-        secs = [r for spec in _sections("condition")
-                if (r := _build(spec, f"{anchor}-{spec.key}", macros, ctx, cond, sessions))]
-        conditions.append({"name": cond, "id": anchor, "colour": ctx.colour(cond), "sessions": sessions,
-                           "sections": secs})
-    session_iter: Iterable[SessionInfo] = ctx.sessions
-    if progress:
-        from tqdm import tqdm
+    pool = None
+    if workers > 1 and len(ctx.sessions) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-        session_iter = tqdm(ctx.sessions, desc="report", unit="session")
-    sessions = []
-    for s in session_iter:
-        secs = [r for spec in _sections("session") if (r := _build(spec, f"{s.anchor}-{spec.key}", macros, ctx, s))]
-        mm = motion_metrics(ctx, s)
-        sessions.append({"info": s, "id": s.anchor, "colour": ctx.colour(s.condition), "sections": secs,
-                         "shape": f"{fmt(mm['n_frames'])} frames × {mm['height']} × {mm['width']} px" if mm else ""})
+        _FORKED = (ctx, macros)
+        pool = ProcessPoolExecutor(min(workers, len(ctx.sessions)), mp_context=multiprocessing.get_context("fork"))
+        pending = pool.map(_forked_session_page, range(len(ctx.sessions)))
+    try:
+        run = [r for spec in _sections("run") if (r := _build(spec, spec.key, macros, ctx))]
+        conditions = []
+        for cond, sessions_of in ctx.conditions.items():
+            anchor = condition_anchor(cond)
+            secs = [r for spec in _sections("condition")
+                    if (r := _build(spec, f"{anchor}-{spec.key}", macros, ctx, cond, sessions_of))]
+            conditions.append({"name": cond, "id": anchor, "colour": ctx.colour(cond), "sessions": sessions_of,
+                               "sections": secs})
+        if pool is not None:
+            sessions = list(pending)
+        else:
+            session_iter: Iterable[SessionInfo] = ctx.sessions
+            if progress:
+                from tqdm import tqdm
+
+                session_iter = tqdm(ctx.sessions, desc="report", unit="session")
+            sessions = [_session_page(ctx, macros, s) for s in session_iter]
+    finally:
+        if pool is not None:
+            pool.shutdown()
+            _FORKED = None
     html = env.get_template(PAGE_TEMPLATE).render(
         title="calflow report", generated=ctx.generated, version=__version__, run_sections=run,
         conditions=conditions, sessions=sessions, n_sessions=len(ctx.sessions),
@@ -929,11 +961,13 @@ def build_report(
     workflow_dir: str | Path | None = None,
     extra_versions: Mapping[str, str] | None = None,
     progress: bool = False,
+    workers: int = 1,
 ) -> Path:
     """Collect what ``results`` holds for ``sessions`` and write the self-contained page.
 
     ``sessions``: sessions-sheet rows (dicts) or :class:`SessionInfo`. Missing stage outputs
-    leave their sections out. The file is written atomically. Returns its path.
+    leave their sections out. The file is written atomically. Returns its path. ``workers``: see
+    :func:`render_report`.
     """
     results = Path(results)
     infos = [s if isinstance(s, SessionInfo) else None for s in sessions]  # type: ignore[misc]
@@ -947,7 +981,7 @@ def build_report(
         extra_versions=dict(extra_versions or {}),
         generated=_dt.datetime.now(_dt.UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
     )
-    html = render_report(ctx, progress=progress)
+    html = render_report(ctx, progress=progress, workers=workers)
     out_html = Path(out_html)
     with atomic_output(out_html) as tmp:
         tmp.write_text(html, encoding="utf-8")

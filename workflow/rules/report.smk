@@ -19,7 +19,7 @@ rule report:
         "results/logs/report/report.log",
     conda:
         "../../envs/report.yaml"
-    threads: 1
+    threads: 2  # the sessions' sections are built in parallel (forked workers); it runs last
     resources:
         mem_mb=2000,
     params:

@@ -18,6 +18,7 @@ def main(smk):
         workflow_dir=smk.params.workflow_dir,
         extra_versions={"snakemake": snakemake_version},
         progress=True,
+        workers=int(smk.threads),
     )
 
 
