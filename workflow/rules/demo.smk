@@ -8,6 +8,7 @@ rule simulate_demo:
         truth="results/demo/{session}/ground_truth.npz",
     log:
         "results/logs/simulate_demo/{session}.log",
+    priority: 5  # upstream of classifier training (the longest chain: training -> gradcam -> compare -> report)
     conda:
         "../../envs/io.yaml"
     threads: 1

@@ -6,6 +6,7 @@ rule ingest:
         directory("results/{session}/raw.zarr"),
     log:
         "results/logs/ingest/{session}.log",
+    priority: 5  # upstream of classifier training (the longest chain: training -> gradcam -> compare -> report)
     conda:
         "../../envs/io.yaml"
     threads: 1

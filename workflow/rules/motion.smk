@@ -14,6 +14,7 @@ rule motion:
         ),
     log:
         "results/logs/motion/{session}.log",
+    priority: 5  # upstream of classifier training (the longest chain: training -> gradcam -> compare -> report)
     conda:
         "../../envs/torch.yaml"
     threads: 1  # profiles/slurm sets more (set-threads); on a 2-core machine two 1-thread jobs pack better
