@@ -203,9 +203,11 @@ class MovieWriter:
         }
         # compute=False writes metadata and coordinates only; the movie chunks follow below.
         ds.to_zarr(self.store, mode="w", compute=False, zarr_format=3, consolidated=False, encoding=encoding)
-        # open_array ignores ``config`` for an existing array (zarr 3): set it on the handle, or chunks
+        # open_array ignores ``config`` for an existing array (zarr 3), and Array.with_config is newer
+        # than zarr 3.1.5 (which dandi pins): the handle takes the global setting at open, or chunks
         # equal to the fill value (blank frames: a closed shutter) are silently not written
-        self._array = zarr.open_array(self.store / MOVIE_VAR, mode="r+").with_config(_WRITE_ALL)
+        with zarr.config.set({f"array.{k}": v for k, v in _WRITE_ALL.items()}):
+            self._array = zarr.open_array(self.store / MOVIE_VAR, mode="r+")
         self._pos = 0
         self._buf: list[np.ndarray] = []
         self._buf_len = 0
