@@ -77,15 +77,14 @@ class _Pools:
 
 
 def _batch(data: Sequence[SessionData], pools: _Pools, p: ClassifyParams, fold: int, it: int,
-           hw: tuple[int, int], member: int = 0, out: np.ndarray | None = None,
-           out_labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Member ``member``'s batch of iteration ``it``: (B, C, h, w) inputs and (B, N + 1) labels drawn
-    from ``default_rng([seed, fold, it, member])`` (member 0: the single network's ``[seed, fold, it]``),
-    written into ``out`` / ``out_labels`` when given (views of the ensemble's arrays, no copy).
+           hw: tuple[int, int], member: int, out: np.ndarray, out_labels: np.ndarray) -> None:
+    """Member ``member``'s batch of iteration ``it``, drawn from ``default_rng([seed, fold, it, member])``
+    (member 0: the single network's ``[seed, fold, it]``), written into ``out`` (B, C, h, w) inputs and
+    ``out_labels`` (B, N + 1) (views of the ensemble's arrays, no copy).
 
     Every random number is drawn first, sample by sample; then each session's windows are read at
-    once (one read per run of consecutive frames) into one (B, C, H, W) array, augmented in place
-    and cropped and masked into ``out``: two passes over the batch's pixels, not six."""
+    once (one read per window) into one (B, C, H, W) array, augmented in place and cropped and
+    masked into ``out``: two passes over the batch's pixels, not six."""
     rng = np.random.default_rng([p.seed, fold, it, member])
     sizes = np.array([len(x) for x in pools.all], float)
     which = rng.choice(len(pools.all), size=p.batch_size, p=sizes / sizes.sum())
@@ -109,8 +108,6 @@ def _batch(data: Sequence[SessionData], pools: _Pools, p: ClassifyParams, fold: 
         if p.shift:
             roll[i] = rng.integers(-p.shift, p.shift + 1, size=2)
     n_in = 2 * p.context + 1
-    xs = np.empty((p.batch_size, n_in, *hw), np.float32) if out is None else out
-    ys = np.empty((p.batch_size, data[0].labels.shape[1]), np.float32) if out_labels is None else out_labels
     H, W = data[0].frames.shape[1:]
     x = np.empty((p.batch_size, n_in, H, W), np.float32)  # the batch's windows, in batch order
     masks = np.empty((p.batch_size, *hw), np.float32)
@@ -123,13 +120,12 @@ def _batch(data: Sequence[SessionData], pools: _Pools, p: ClassifyParams, fold: 
             xk[mixed] += quiet_w[sel][mixed, None, None, None] * window(s, quiet_t[sel][mixed], p.context)
         x[sel] = xk
         masks[sel] = s.mask[: hw[0], : hw[1]]
-        ys[sel] = s.labels[t[sel]]
+        out_labels[sel] = s.labels[t[sel]]
     x *= gain[:, None, None, None]  # in place: the same float32 values as x * gain + offset
     x += offset[:, None, None, None]
     if p.shift and roll.any():
         x = _roll_each(x, roll)
-    np.multiply(x[:, :, : hw[0], : hw[1]], masks[:, None], out=xs)  # crop to the network's size and mask
-    return xs, ys
+    np.multiply(x[:, :, : hw[0], : hw[1]], masks[:, None], out=out)  # crop to the network's size and mask
 
 
 def _roll_each(x: np.ndarray, shifts: np.ndarray) -> np.ndarray:
