@@ -643,8 +643,8 @@ def compare_conditions(sources: Mapping[str, Sequence[str | Path]], a: str, b: s
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("fork")) as pool:
-            done = list(pool.map(_analyse_stores, *zip(*[(n, st, a, b, p, animal_groups) for n, st in todo],
-                                                        strict=True)))
+            futures = [pool.submit(_analyse_stores, n, st, a, b, p, animal_groups) for n, st in todo]
+            done = [f.result() for f in futures]
     else:
         done = [_analyse_stores(n, st, a, b, p, animal_groups) for n, st in todo]
     results = {name: r for (name, _), r in zip(todo, done, strict=True) if r is not None}
