@@ -578,19 +578,33 @@ def test_truncated_segmenter_and_resume_checkpoint_are_one_clear_line(tmp_path):
 @pytest.mark.slow
 def test_a_second_snakemake_in_the_same_directory_is_refused_clearly(tiny_run, tmp_path):
     """While one run holds the directory's lock, a second is refused with Snakemake's message
-    (the directory, the reason, what to do), touches nothing, and the first run ends intact."""
+    (the directory, the reason, what to do), touches nothing, and the first run ends intact.
+
+    The first run is frozen (SIGSTOP) the moment its lock appears, so it cannot finish and
+    release the lock while the second starts. Snakemake refuses in one of two ways, depending
+    on whether the first run's job had already marked its output incomplete when it froze:
+    LockException, or IncompleteFilesException naming that output. The markers at the moment
+    of the freeze say which one to expect."""
     wd = copy_run(tiny_run, tmp_path / "wd")
     session = wd / "results" / "a1_A"
     shutil.rmtree(session / "motion.zarr")
     shutil.rmtree(session / "plots" / "motion")
     first = _start(wd, "results/a1_A/motion.zarr")
-    locks = wd / ".snakemake" / "locks"
+    locks, incomplete = wd / ".snakemake" / "locks", wd / ".snakemake" / "incomplete"
     assert _wait_for(first, lambda: locks.is_dir() and any(locks.iterdir())), first.communicate()[0]
-    second = run_snakemake(wd, "results/a1_A/summary.zarr", "--forcerun", "summary", check=False)
+    os.killpg(first.pid, signal.SIGSTOP)
+    try:
+        job_started = incomplete.is_dir() and any(incomplete.iterdir())
+        second = run_snakemake(wd, "results/a1_A/summary.zarr", "--forcerun", "summary", check=False)
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
     out = second.stdout + second.stderr
     assert second.returncode != 0, out[-3000:]
-    assert "LockException" in out and "Directory cannot be locked" in out and str(wd) in out, out[-3000:]
-    assert "no other Snakemake process is trying to create the same files" in out and "--unlock" in out
+    if job_started:
+        assert "IncompleteFilesException" in out and "results/a1_A/motion.zarr" in out, out[-3000:]
+    else:
+        assert "LockException" in out and "Directory cannot be locked" in out and str(wd) in out, out[-3000:]
+        assert "no other Snakemake process is trying to create the same files" in out and "--unlock" in out
     assert "rule summary" not in out  # nothing ran
     first_out = first.communicate(timeout=600)[0]
     assert first.returncode == 0, first_out[-3000:]
