@@ -8,8 +8,9 @@ deconvolution kernel sweep); BBBC039 nuclei F1; demo inference frames/s.
 
 Prints a table and writes benchmarks/out/segment.json. Nothing here is asserted by tests.
 
-* Simulated: ``results/models/segment_evaluation.json`` of the demo run (trained on m1_*, scored on
-  the m2_* sessions, another animal's field of view never seen in training).
+* Simulated: ``results/models/segment_evaluation.json`` of the demo run (the demo's
+  ``segment.init: generalist``: the generalist, no fine-tuning, scored on every session; with
+  ``init: pretrained`` and ``train_sessions`` the held-out sessions only).
 * Neurofinder-left (512 x 256 px, 250 frames, 205 ROIs): rows 0-287 train, rows 288-351 choose
   the checkpoint (and stop training on a plateau), rows 352-511 are the test region; ROIs (true and
   predicted) count for the test region when their centroid lies in it. "pretrained" is the bundled
@@ -451,7 +452,7 @@ def main() -> None:
 def print_table(r: dict) -> None:
     rows = []
     if "f1" in json.dumps(r.get("sim", {})):
-        rows.append(("simulated held-out F1 (IoU>=0.5), m2_* sessions", f"{r['sim']['heldout_mean_f1']:.3f}", ">= 0.90"))
+        rows.append(("simulated held-out F1 (IoU>=0.5), demo sessions", f"{r['sim']['heldout_mean_f1']:.3f}", ">= 0.90"))
     nf = r.get("nf", {})
     labels = {"pretrained": "generalist, no annotation", "finetuned": "fine-tuned from the generalist",
               "scratch": "trained from scratch", "corr_pnr": "corr_pnr seeds (CaImAn-style)", "suite2p": "Suite2p"}

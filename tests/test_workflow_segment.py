@@ -78,6 +78,33 @@ def test_pretrained_model_replaces_training(seg_run, tmp_path):
         write_workdir(tmp, SEG_CONFIG, [demo_row("a1_A", "A"), demo_row("a2_B", "B")])
 
 
+def test_init_generalist_trains_nothing_and_scores_every_annotated_session(seg_run):
+    """segment.init: generalist with annotated sessions: no training, the bundled file segments both
+    sessions, both are scored as held out, and the report says why the generalist was used."""
+    from calflow.report import ReportContext, segmenter_source
+    from calflow.segment.stage import bundled_segmenter
+
+    tmp, _ = seg_run
+    cfg = {**SEG_CONFIG, "segment": {**SEG_CONFIG["segment"], "init": "generalist"}}
+    write_workdir(tmp, cfg, [demo_row("a1_A", "A"), demo_row("a2_B", "B")])
+    try:
+        jobs = [rule for rule, _ in dry_run(tmp)]
+        assert "train_segmenter" in jobs and jobs.count("segment") == 2
+        snakemake(tmp, "results/models/segment_evaluation.json")
+        r = tmp / "results"
+        metrics = json.loads((r / "models" / "segmenter_metrics.json").read_text())
+        assert metrics["source"] == "generalist" and metrics["reason"] == "segment.init"
+        assert (r / "models" / "segmenter.pt").read_bytes() == bundled_segmenter().read_bytes()
+        for s in ("a1_A", "a2_B"):
+            assert json.loads((r / s / "segment_eval.json").read_text())["heldout"] is True
+        summary = json.loads((r / "models" / "segment_evaluation.json").read_text())
+        assert summary["heldout_n_sessions"] == 2 and summary["training_n_sessions"] == 0
+        text = segmenter_source(ReportContext(results=r, sessions=[]))
+        assert "without fine-tuning (segment.init: generalist)" in text and "no session of the sheet" not in text
+    finally:
+        write_workdir(tmp, SEG_CONFIG, [demo_row("a1_A", "A"), demo_row("a2_B", "B")])
+
+
 def no_masks_row(name: str, condition: str) -> str:
     d = f"results/demo/{name}"
     return f"{name}\t{d}/movie.tif\t{condition}\t30\t{d}/stim_log.csv\t{d}/targets.csv\t"

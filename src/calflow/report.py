@@ -998,7 +998,8 @@ __all__ = [
 
 def segmenter_source(ctx: ReportContext, attrs: dict[str, Any] | None = None) -> str | None:
     """Where the run's cells come from, in words: the segmenter trained in the run (fine-tuned or from
-    scratch), a given file, the bundled generalist (no annotated session), or corr_pnr seeds."""
+    scratch), a given file, the bundled generalist (segment.init: generalist, or no annotated session),
+    or corr_pnr seeds."""
     if attrs is not None and attrs.get("method") == "corr_pnr":
         return "annotation-free correlation × peak-to-noise seeds of the corrected movie (segment.method: corr_pnr, no network)"
     path = ctx.results / "models" / "segmenter_metrics.json"
@@ -1007,8 +1008,10 @@ def segmenter_source(ctx: ReportContext, attrs: dict[str, Any] | None = None) ->
     m = json.loads(path.read_text())
     source = m.get("source", "given" if m.get("pretrained") else "trained")
     if source == "generalist":
-        return ("the bundled generalist segmenter, trained on simulated sessions only: no session of the sheet has "
-                f"masks to train on ({Path(m.get('pretrained', '')).name})")
+        why = ("used without fine-tuning (segment.init: generalist), the annotated sessions only score it"
+               if m.get("reason") == "segment.init" else "no session of the sheet has masks to train on")
+        return (f"the bundled generalist segmenter, trained on simulated sessions only: {why} "
+                f"({Path(m.get('pretrained', '')).name})")
     if source == "given":
         return f"the segmenter file given in the config (segment.pretrained: {m.get('pretrained')})"
     init = m.get("init", "scratch")

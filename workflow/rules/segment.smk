@@ -24,7 +24,7 @@ rule keyframes:
 
 rule train_segmenter:
     """Train the U-Net/DCN cell segmenter on the annotated sessions (fine-tuning the generalist), or take
-    segment.pretrained, or the bundled generalist when no session has masks to train on."""
+    segment.pretrained, or the bundled generalist (segment.init: generalist, or no session has masks to train on)."""
     input:
         unpack(train_inputs),
     output:
@@ -44,6 +44,7 @@ rule train_segmenter:
         sessions=SEGMENT_TRAIN,
         use_model=SEGMENT_USE_MODEL,
         model_source=SEGMENT_MODEL_SOURCE,
+        generalist_chosen=SEGMENT_GENERALIST_CHOSEN,
         init_weights=SEGMENT_INIT,
         seed=config["seed"],
         checkpoint_dir="results/models/segmenter_checkpoints",

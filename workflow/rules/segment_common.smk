@@ -36,16 +36,19 @@ def segment_train_sessions():
     return [s for s in with_masks if s not in SEG["heldout_sessions"]]
 
 
-SEGMENT_TRAIN = [] if SEG["pretrained"] else segment_train_sessions()
+# segment.init: generalist trains nothing: the generalist segments every session, the masks only score it
+SEGMENT_TRAIN = [] if SEG["pretrained"] or SEG["init"] == "generalist" else segment_train_sessions()
 # Which model segments the sessions - a given file (segment.pretrained), one trained in the run on the
-# annotated sessions (fine-tuned from the generalist with segment.init: pretrained), or, when no
-# session has masks to train on, the generalist itself (the report says which).
+# annotated sessions (fine-tuned from the generalist with segment.init: pretrained), or, with
+# segment.init: generalist or when no session has masks to train on, the generalist itself (the
+# report says which and why).
 if SEG["pretrained"]:
     SEGMENT_MODEL_SOURCE, SEGMENT_USE_MODEL = "given", SEG["pretrained"]
 elif SEGMENT_TRAIN:
     SEGMENT_MODEL_SOURCE, SEGMENT_USE_MODEL = "trained", ""
 else:
     SEGMENT_MODEL_SOURCE, SEGMENT_USE_MODEL = "generalist", GENERALIST
+SEGMENT_GENERALIST_CHOSEN = SEGMENT_MODEL_SOURCE == "generalist" and SEG["init"] == "generalist"
 SEGMENT_INIT = GENERALIST if SEGMENT_MODEL_SOURCE == "trained" and SEG["init"] == "pretrained" else ""
 _GENERALIST_USED = SEGMENT_MODEL_SOURCE == "generalist" or SEGMENT_INIT
 if SEG["method"] == "network" and _GENERALIST_USED and not Path(GENERALIST).is_file():

@@ -13,6 +13,7 @@ def main(smk):
     train_from_sessions(sessions, params, smk.output.model, smk.output.metrics,
                         checkpoint_dir=smk.params.checkpoint_dir, seed=int(params.get("seed", 0)) + int(smk.params.seed),
                         pretrained=use_model, source=smk.params.model_source,
+                        generalist_chosen=bool(smk.params.generalist_chosen),
                         init_weights=smk.params.init_weights or None)
 
 

@@ -141,12 +141,13 @@ class ScratchMovie:
         x /= self._scale
         return x
 
-    def windows(self, starts: np.ndarray, n: int) -> np.ndarray:
+    def windows(self, starts: np.ndarray, n: int, out: np.ndarray | None = None) -> np.ndarray:
         """Normalised frames ``a .. a + n - 1`` for every ``a`` in ``starts``, clamped to the movie
         (frame 0 / T - 1 repeat at the ends): (B, n, h, w) float32, one read per window straight
-        into the result (the training batches' windows: no sort, no gather copy)."""
+        into the result (or into ``out``, C-contiguous: the training batches' windows, no sort, no
+        gather copy)."""
         T = self.shape[0]
-        out = np.empty((len(starts), n, *self.shape[1:]), np.float32)
+        out = np.empty((len(starts), n, *self.shape[1:]), np.float32) if out is None else out
         for b, a in enumerate(np.asarray(starts, np.int64).tolist()):
             k_lo, k_hi = min(max(-a, 0), n), min(max(T - a, 0), n)  # positions < k_lo: frame 0; >= k_hi: T - 1
             if k_lo < k_hi:
@@ -372,14 +373,18 @@ def load_session(entry: Mapping[str, Any], targets: Targets, p: ClassifyParams) 
 
 
 
-def window(s: SessionData, idx: np.ndarray, context: int) -> np.ndarray:
+def window(s: SessionData, idx: np.ndarray, context: int, out: np.ndarray | None = None) -> np.ndarray:
     """(B, 2 * context + 1, h, w) float32 normalised: frames idx - context .. idx + context, clamped at
-    the ends (from a :class:`ScratchMovie`: one read per window, :meth:`ScratchMovie.windows`)."""
+    the ends (from a :class:`ScratchMovie`: one read per window, :meth:`ScratchMovie.windows`),
+    written into ``out`` when given."""
     if isinstance(s.frames, ScratchMovie):
-        return s.frames.windows(np.asarray(idx, np.int64) - context, 2 * context + 1)
+        return s.frames.windows(np.asarray(idx, np.int64) - context, 2 * context + 1, out=out)
     offs = np.arange(-context, context + 1)
     t = np.clip(np.asarray(idx)[:, None] + offs[None], 0, len(s.frames) - 1)
-    return s.frames[t]
+    if out is None:
+        return s.frames[t]
+    out[...] = s.frames[t]
+    return out
 
 
 def _net_input(s: SessionData, frames: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

@@ -34,6 +34,9 @@ from calflow.segment.data import DEFAULT_CHANNELS, Sample, load_inputs
 BUNDLED_NAME = "segmenter_pretrained.pt"
 GENERALIST_NOTE = ("no session with masks to train on: the bundled generalist segmenter (trained on simulated "
                    "sessions only, calflow.segment.pretrain) is used")
+GENERALIST_CHOSEN_NOTE = ("segment.init: generalist: the bundled generalist segmenter (trained on simulated sessions "
+                          "only, calflow.segment.pretrain) is used without fine-tuning; sessions with masks are "
+                          "scored, not trained on")
 
 
 def bundled_segmenter() -> Path:
@@ -86,8 +89,10 @@ def _write_json(path: str | Path, obj: Any) -> None:
 def train_from_sessions(sessions: Sequence[Mapping[str, str]], section: Mapping[str, Any], out_model: str | Path,
                         out_metrics: str | Path, *, checkpoint_dir: str | Path, seed: int = 0,
                         pretrained: str | None = None, source: str = "given",
-                        init_weights: str | Path | None = None) -> dict:
-    """Train on ``sessions`` (dicts with session, summary, keyframes, masks) or copy ``pretrained``."""
+                        init_weights: str | Path | None = None, generalist_chosen: bool = False) -> dict:
+    """Train on ``sessions`` (dicts with session, summary, keyframes, masks) or copy ``pretrained``
+    (``source`` "given", or "generalist": chosen by ``segment.init: generalist`` when
+    ``generalist_chosen``, else because no session has masks to train on)."""
     if pretrained:
         from calflow.segment.infer import load_segmenter
 
@@ -102,7 +107,8 @@ def train_from_sessions(sessions: Sequence[Mapping[str, str]], section: Mapping[
         shutil.copyfile(pretrained, out_model)
         metrics = {"pretrained": str(pretrained), "source": source, "arch": info["arch"], "meta": info["meta"]}
         if source == "generalist":
-            metrics["note"] = GENERALIST_NOTE
+            metrics["reason"] = "segment.init" if generalist_chosen else "no_masks"
+            metrics["note"] = GENERALIST_CHOSEN_NOTE if generalist_chosen else GENERALIST_NOTE
         _write_json(out_metrics, metrics)
         return metrics
     from calflow.segment.train import train
