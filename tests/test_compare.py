@@ -316,3 +316,38 @@ def test_downsampled_frames_too_small_name_the_config_key():
     assert downsampled_hw((10, 64, 48), 2, 4, "classify.downsample", "m.zarr") == (32, 24)
     with pytest.raises(CalflowInputError, match=r"m\.zarr.*too small for stim_maps\.downsample = 8"):
         downsampled_hw((10, 12, 64), 8, 2, "stim_maps.downsample", "m.zarr")
+
+
+@pytest.mark.parametrize("how, subtract_mean, summary", [("signed", False, "mean"), ("relu", True, "sum")])
+def test_batched_inner_bootstrap_equals_one_replicate_at_a_time(how, subtract_mean, summary):
+    """The inner bootstrap's batched pattern maps and ZNCC matrices give what a loop of
+    :func:`animal_stats` calls over the same draws gives (replicate by replicate, cell by cell),
+    including a flat map (NaN entries left out of the summary)."""
+    rng = np.random.default_rng(3)
+    names = ["1", "2", "3", "1+2", "3+4"]
+    pats_a, pats_b = [n for n in names for _ in range(4)], [n for n in names[:4] for _ in range(3)]
+    maps_a, maps_b = rng.normal(size=(len(pats_a), 6, 5)), rng.normal(size=(len(pats_b), 6, 5))
+    maps_b[[i for i, n in enumerate(pats_b) if n == "2"]] = 1.0  # pattern 2 flat in condition b
+    sa = cmp.Stratum(maps_a, pats_a, np.zeros(len(pats_a), np.int64), ["s_a"])
+    sb = cmp.Stratum(maps_b, pats_b, np.zeros(len(pats_b), np.int64), ["s_b"])
+    ap = cmp.pair_animal("m", sa, sb)
+    p = cmp.CompareParams.from_config({"n_bootstrap": 37, "subtract_mean": subtract_mean, "summary": summary})
+    got = cmp._inner_bootstrap(ap, p, how, np.random.default_rng(11))
+    ref_rng = np.random.default_rng(11)
+
+    def one_replicate(sel):  # per condition: pattern means of the drawn trials -> ZNCC matrix -> set summaries
+        out = np.empty((2, len(cmp.SETS)))
+        for c in (0, 1):
+            ii = sel[ap.cond[sel] == c]
+            z = cmp.condition_matrix(ap.maps[ii], ap.pat[ii], len(ap.patterns), how, subtract_mean)
+            for k, name in enumerate(cmp.SETS):
+                v = z[ap.sets[name]]
+                v = v[np.isfinite(v)]
+                out[c, k] = (v.sum() if summary == "sum" else v.mean()) if v.size else np.nan
+        return out
+
+    ref = np.stack([one_replicate(np.concatenate([c[ref_rng.integers(0, len(c), len(c))] for c in ap.cells]))
+                    for _ in range(37)])
+    assert got.shape == (37, 2, len(cmp.SETS)) and np.isnan(got).any() == np.isnan(ref).any()
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+    assert not np.allclose(got[0], got[1])  # the replicates differ

@@ -10,6 +10,7 @@ rule simulate_virtual_stain_demo:
         fluorescence="results/demo/virtual_stain/{pair}_fluorescence.tif",
     log:
         "results/logs/simulate_virtual_stain_demo/{pair}.log",
+    priority: 5  # early, beside simulate/ingest/motion: left last, a 1-thread job holds up 2-thread compare
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -41,6 +42,7 @@ rule virtual_stain:
         ),
     log:
         "results/logs/virtual_stain/{dataset}.log",
+    priority: 5  # as simulate_virtual_stain_demo
     conda:
         "../../envs/torch.yaml"
     threads: 1  # profiles/slurm sets more (set-threads)

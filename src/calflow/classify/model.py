@@ -92,8 +92,9 @@ class StimEnsemble(nn.Module):
         cin = self.in_channels
         for i, c in enumerate(self.chans):
             layers: list[nn.Module] = [nn.MaxPool2d(2)] if i > 0 else []
-            layers += [nn.Conv2d(K * cin, K * c, 3, padding=1, groups=K), nn.ReLU(),
-                       nn.Conv2d(K * c, K * c, 3, padding=1, groups=K), nn.ReLU()]
+            # in-place ReLU: the same values and gradients, no second activation tensor (~3 % of training)
+            layers += [nn.Conv2d(K * cin, K * c, 3, padding=1, groups=K), nn.ReLU(inplace=True),
+                       nn.Conv2d(K * c, K * c, 3, padding=1, groups=K), nn.ReLU(inplace=True)]
             blocks.append(nn.Sequential(*layers))
             cin = c
         self.features = nn.Sequential(*blocks)
