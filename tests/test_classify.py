@@ -479,6 +479,28 @@ def shuffled(trained):
     return out, cl.train_group(entries, entries[0]["targets"], FAST, out, group="a1", shuffle_labels=True)
 
 
+def test_classifier_and_control_in_one_call_equal_two_separate_trainings(trained, shuffled, tmp_path):
+    """train_group with control_dir (the workflow's one job) writes the real classifier and then the
+    shuffled-label control from the same loaded sessions: the same weights, predictions and metrics
+    as the two separate calls."""
+    tmp, entries, out, metrics = trained
+    ctrl_out, ctrl_metrics = shuffled
+    both = tmp_path / "a1"
+    m = cl.train_group(entries, entries[0]["targets"], FAST, both, group="a1", control_dir=both / "shuffled",
+                       control_members=5)
+    assert m["sessions"] == metrics["sessions"] and m["conditions"] == metrics["conditions"]
+    for mine, ref in ((both, out), (both / "shuffled", ctrl_out)):
+        a, b = torch.load(mine / "model.pt", weights_only=True), torch.load(ref / "model.pt", weights_only=True)
+        for fa, fb in zip(a["folds"], b["folds"], strict=True):
+            assert fa.keys() == fb.keys() and all(torch.equal(fa[k], fb[k]) for k in fa)
+        pa, pb = np.load(mine / "predictions.npz"), np.load(ref / "predictions.npz")
+        assert all(np.array_equal(pa[k], pb[k]) for k in pb.files)
+    mc = json.loads((both / "shuffled" / "metrics.json").read_text())
+    assert mc["control"] == "shuffled_labels" and mc["sessions"] == ctrl_metrics["sessions"]
+    with pytest.raises(ValueError, match="control_dir trains both"):
+        cl.train_group(entries, entries[0]["targets"], FAST, tmp_path / "x", shuffle_labels=True, control_dir=tmp_path)
+
+
 def test_shuffled_label_classifier_is_near_chance_and_the_real_one_is_not(trained, shuffled):
     """Held-out target accuracy against the stim log: the real classifier well above chance, the
     shuffled-label control near it (3 single targets and a pair: about 0.4 by chance)."""

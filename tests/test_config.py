@@ -207,13 +207,15 @@ def test_default_profile_changes_nothing_and_logs_nothing(caplog):
 
 
 def test_classifier_rule_params_leave_the_workflow_keys_out_and_size_the_control():
-    from calflow.config import classify_control_params, classify_model_params
+    from calflow.config import classify_control_members, classify_model_params
 
     section = {"members": 5, "control_members": 2, "shuffle_control": True, "scratch_dir": "/x", "profile": "default",
                "iterations": 400}
     assert classify_model_params(section) == {"members": 5, "iterations": 400}
-    assert classify_control_params(section) == {"members": 2, "iterations": 400}
+    assert classify_control_members(section) == 2
     # changing a workflow-only key leaves the real classifier's params (its rerun trigger) as they were
     assert classify_model_params({**section, "control_members": 3, "shuffle_control": False}) == \
         classify_model_params(section)
-    assert classify_control_params({"members": 5})["members"] == 1
+    assert classify_control_members({"members": 5}) == 1  # the control is on by default, one network
+    assert classify_control_members({**section, "shuffle_control": False}) == 0
+    assert classify_control_members({**section, "shuffle_control": False, "control_members": 4}) == 0

@@ -362,7 +362,9 @@ def classify_model_params(section: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in section.items() if k not in CLASSIFY_WORKFLOW_KEYS}
 
 
-def classify_control_params(section: Mapping[str, Any]) -> dict[str, Any]:
-    """The shuffled-label control's rule params: the model's, ``members`` = ``control_members`` (default 1)."""
-    return {**classify_model_params(section), "members": int(section.get("control_members", 1))}
+def classify_control_members(section: Mapping[str, Any]) -> int:
+    """Members of the shuffled-label control that rule ``train_classifier`` trains after the real
+    classifier: ``control_members`` (default 1) with ``shuffle_control`` on, else 0 (no control; its
+    size then re-runs nothing)."""
+    return int(section.get("control_members", 1)) if section.get("shuffle_control", True) else 0
 

@@ -1,17 +1,20 @@
 # Stimulation classifier (GPU in profiles/slurm), Grad-CAM maps + ZNCC matrices, condition comparison.
 # docs/classify.md: one cross-fitted classifier per animal (sessions '<animal>_<condition>' sharing
 # a targets table), trained on every condition of that animal; models in results/classifier/{group}/.
-# Helpers (and the rules' params, CLS_MODEL_PARAMS / CLS_CONTROL_PARAMS) are in classify_common.smk.
+# Helpers (and the rules' params, CLS_MODEL_PARAMS / CLS_CONTROL_MEMBERS) are in classify_common.smk.
 
 
 rule train_classifier:
-    """Cross-fitted stimulation classifier of one animal (all its sessions and conditions)."""
+    """Cross-fitted stimulation classifier of one animal (all its sessions and conditions); with
+    classify.shuffle_control also its shuffled-label control, the same training on trial labels
+    permuted within each session, in the same job (the sessions streamed once)."""
     input:
         unpack(lambda w: _classify_entry_inputs(CLASSIFY_GROUPS[w.group])),
     output:
         model="results/classifier/{group}/model.pt",
         metrics="results/classifier/{group}/metrics.json",
         predictions="results/classifier/{group}/predictions.npz",
+        **CLS_CONTROL_OUTPUTS,
     log:
         "results/logs/train_classifier/{group}.log",
     priority: 10  # the longest jobs: start them as soon as an animal's sessions are corrected
@@ -22,6 +25,7 @@ rule train_classifier:
         mem_mb=3000,
     params:
         classify=CLS_MODEL_PARAMS,
+        control_members=CLS_CONTROL_MEMBERS,
         seed=config["seed"],
         sessions=lambda w: CLASSIFY_GROUPS[w.group],
         conditions=lambda w: [SESSIONS.loc[s, "condition"] for s in CLASSIFY_GROUPS[w.group]],
@@ -61,35 +65,8 @@ rule gradcam:
         "../scripts/gradcam.py"
 
 
-# The shuffled-label control (classify.shuffle_control, docs/classify.md): the same classifier trained on
-# trial labels permuted within each session, and its Grad-CAM maps of every trial's true pattern.
-rule train_classifier_shuffled:
-    """Control classifier of one animal, trained like train_classifier on shuffled trial labels."""
-    input:
-        unpack(lambda w: _classify_entry_inputs(CLASSIFY_GROUPS[w.group])),
-    output:
-        model="results/classifier/{group}/shuffled/model.pt",
-        metrics="results/classifier/{group}/shuffled/metrics.json",
-        predictions="results/classifier/{group}/shuffled/predictions.npz",
-    log:
-        "results/logs/train_classifier_shuffled/{group}.log",
-    priority: 10  # the longest jobs: start them as soon as an animal's sessions are corrected
-    conda:
-        "../../envs/torch.yaml"
-    threads: 1
-    resources:
-        mem_mb=3000,
-    params:
-        classify=CLS_CONTROL_PARAMS,
-        seed=config["seed"],
-        sessions=lambda w: CLASSIFY_GROUPS[w.group],
-        conditions=lambda w: [SESSIONS.loc[s, "condition"] for s in CLASSIFY_GROUPS[w.group]],
-        checkpoint_dir=lambda w: f"results/classifier/{w.group}/shuffled/checkpoints",
-        shuffle_labels=True,
-    script:
-        "../scripts/train_classifier.py"
-
-
+# The shuffled-label control's Grad-CAM (classify.shuffle_control, docs/classify.md): its classifier is
+# trained by train_classifier after the real one.
 rule gradcam_shuffled:
     """Grad-CAM of the shuffled-label control: every held-out trial's map for its true pattern (gradcam.zarr layout)."""
     input:

@@ -1,10 +1,21 @@
 # Helpers of workflow/rules/classify.smk: which sessions take part, model groups (animals), compared pairs.
 CLS = config["classify"]
-# The rules' params (calflow.config.classify_model_params / classify_control_params): the section
+# The rules' params (calflow.config.classify_model_params / classify_control_members): the section
 # without the keys that only steer the workflow (scratch_dir, profile, shuffle_control,
-# control_members), so changing those re-trains nothing; the control has members = control_members.
+# control_members), and the control's size (0 = no control). Changing the control re-runs
+# train_classifier, whose real classifier then resumes from its last checkpoint (nothing to train).
 CLS_MODEL_PARAMS = classify_model_params(CLS)
-CLS_CONTROL_PARAMS = classify_control_params(CLS)
+CLS_CONTROL_MEMBERS = classify_control_members(CLS)
+# train_classifier's shuffled-label control outputs (classify.shuffle_control; docs/classify.md)
+CLS_CONTROL_OUTPUTS = (
+    {
+        "control_model": "results/classifier/{group}/shuffled/model.pt",
+        "control_metrics": "results/classifier/{group}/shuffled/metrics.json",
+        "control_predictions": "results/classifier/{group}/shuffled/predictions.npz",
+    }
+    if CLS_CONTROL_MEMBERS
+    else {}
+)
 
 
 def classify_sessions():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from snakemake.logging import logger
 
-from calflow.config import classify_control_params, classify_model_params, load_config, load_sessions
+from calflow.config import classify_control_members, classify_model_params, load_config, load_sessions
 from calflow.errors import CalflowInputError
 from calflow.ingest import source_paths
 from calflow.nwb_metadata import check_sheet_metadata, raw_metadata

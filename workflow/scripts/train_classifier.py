@@ -1,4 +1,4 @@
-"""Thin wrapper: snakemake rules `train_classifier`, `train_classifier_shuffled` -> calflow.classify.train_group."""
+"""Thin wrapper: snakemake rule `train_classifier` -> calflow.classify.train_group (and the shuffled-label control)."""
 import logging
 
 from calflow.classify import train_group
@@ -16,8 +16,9 @@ def main(smk):
     out_dir = str(smk.output.model).rsplit("/", 1)[0]
     # scratch_dir is not a param (changing it must not re-run the job): read from the config
     section = {**smk.params.classify, "scratch_dir": smk.config.get("classify", {}).get("scratch_dir", "")}
+    control = str(smk.output.control_model).rsplit("/", 1)[0] if "control_model" in smk.output.keys() else None
     m = train_group(entries, entries[0]["targets"], section, out_dir, seed=int(smk.params.seed),
-                    group=smk.wildcards.group, shuffle_labels=bool(smk.params.get("shuffle_labels", False)))
+                    group=smk.wildcards.group, control_dir=control, control_members=int(smk.params.control_members))
     for s, v in m["sessions"].items():
         logging.getLogger("calflow.classify").info("%s: held-out accuracy %s, train %s", s, v["test"]["accuracy"],
                                                    v["train_accuracy"])
