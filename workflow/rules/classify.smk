@@ -11,10 +11,10 @@ rule train_classifier:
     input:
         unpack(lambda w: _classify_entry_inputs(CLASSIFY_GROUPS[w.group])),
     output:
+        **CLS_CONTROL_OUTPUTS,
         model="results/classifier/{group}/model.pt",
         metrics="results/classifier/{group}/metrics.json",
         predictions="results/classifier/{group}/predictions.npz",
-        **CLS_CONTROL_OUTPUTS,
     log:
         "results/logs/train_classifier/{group}.log",
     priority: 10  # the longest jobs: start them as soon as an animal's sessions are corrected

@@ -24,7 +24,7 @@ rule keyframes:
 
 rule train_segmenter:
     """Train the U-Net/DCN cell segmenter on the annotated sessions (fine-tuning the generalist), or take
-    segment.pretrained, or the bundled generalist (segment.init: generalist, or no session has masks to train on)."""
+    segment.pretrained, or the bundled generalist (segment.init: generalist, or no masks to train on)."""
     input:
         unpack(train_inputs),
     output:
