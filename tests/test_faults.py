@@ -384,7 +384,7 @@ def _stage_seconds(workdir: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # 21 jobs run twice: ~3 min on 2 idle cores, 5-15 min on a shared machine
+@pytest.mark.timeout(1800)  # 20 jobs run twice: ~3 min on 2 idle cores, 5-15 min on a shared machine
 def test_sigkill_at_every_rule_then_rerun_gives_identical_outputs(tiny_run, tmp_path):
     """One job of every rule of the tiny run is re-made (``--force``) and SIGKILLed while it runs,
     part-way into its stage (0.4 x the stage time the tiny run logged, at most 0.5 s, after the job

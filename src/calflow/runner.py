@@ -70,7 +70,7 @@ def exit_job_process() -> None:
 
     Freeing torch, zarr, pandas and matplotlib module by module costs a job ~0.3-0.45 CPU-s after its
     work is done (measured: a gradcam-sized process 2.05 s with normal exit, 1.6-1.7 s this way), ~55
-    CPU-s over the demo's 185 jobs. Exit handlers still run (temporary directories, logging), the
+    CPU-s over the demo's 180 jobs. Exit handlers still run (temporary directories, logging), the
     standard streams are flushed, and every output is closed before this point (stores are written
     synchronously, files through ``atomic_output``)."""
     import atexit
