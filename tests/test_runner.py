@@ -36,3 +36,31 @@ def test_run_script_returns_outside_a_snakemake_job(tmp_path):
     smk = SimpleNamespace(log=[str(tmp_path / "x.log")], threads=1, rule="demo")
     assert run_script(smk, lambda s: 42) == 42
     assert "rule demo finished" in (tmp_path / "x.log").read_text()
+
+
+def _burn_in_child() -> None:
+    """0.3 s of CPU in a pool worker."""
+    import time
+
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        pass
+
+
+def test_job_log_counts_the_cpu_of_its_worker_processes(tmp_path):
+    """A stage that forks workers (compare, report) logs their CPU beside its own: the job's cost."""
+    r = subprocess.run([sys.executable, "-c", f"""
+import multiprocessing, sys, time
+from types import SimpleNamespace
+sys.path.insert(0, {str(os.path.dirname(__file__))!r})
+from test_runner import _burn_in_child
+from calflow.runner import run_script
+def stage(_smk):
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        pool.apply(_burn_in_child)
+run_script(SimpleNamespace(log=[{str(tmp_path / 'job.log')!r}], threads=1, rule="demo"), stage)
+"""], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    line = [ln for ln in (tmp_path / "job.log").read_text().splitlines() if "process CPU" in ln][0]
+    child = float(line.split("(+ ")[1].split(" s in child processes")[0])
+    assert child >= 0.25, line

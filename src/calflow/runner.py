@@ -57,8 +57,14 @@ def run_script(smk: Any, stage: Callable[[Any], Any]) -> Any:
         print(f"calflow error: {err}", file=sys.stderr)
         sys.exit(1)
     use = resource.getrusage(resource.RUSAGE_SELF)
-    # CPU includes the job's start-up (interpreter, imports): what the scheduler's core paid for it
-    log.info("process CPU %.1f s, peak RSS %.0f MiB", use.ru_utime + use.ru_stime, use.ru_maxrss / 1024)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # forked workers (compare, report), waited for
+    # CPU includes the job's start-up (interpreter, imports): what the scheduler's cores paid for it
+    if kids.ru_utime + kids.ru_stime > 0:
+        log.info("process CPU %.1f s (+ %.1f s in child processes), peak RSS %.0f MiB (largest child %.0f MiB)",
+                 use.ru_utime + use.ru_stime, kids.ru_utime + kids.ru_stime, use.ru_maxrss / 1024,
+                 kids.ru_maxrss / 1024)
+    else:
+        log.info("process CPU %.1f s, peak RSS %.0f MiB", use.ru_utime + use.ru_stime, use.ru_maxrss / 1024)
     log.info("rule %s finished in %.1f s", smk.rule, time.perf_counter() - t0)
     if type(smk).__module__.startswith("snakemake"):  # a Snakemake job's own process (not a test's)
         exit_job_process()
