@@ -509,7 +509,7 @@ def test_killed_write_leaves_nothing(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sim, "save_ground_truth", boom)
+    monkeypatch.setattr(sim.files, "save_ground_truth", boom)  # the name write_session calls
     with pytest.raises(KeyboardInterrupt):
         write_session(tmp_path / "s", small(n_frames=20), 0)
     assert list(tmp_path.iterdir()) == []
