@@ -156,6 +156,35 @@ def test_best_checkpoint_is_the_best_validation_score(tmp_path):
     assert res["labels"].shape == (48, 48) and res["probability"].shape == (48, 48)
 
 
+def test_segmenter_files_carry_a_digest_and_old_files_without_one_still_load(tmp_path):
+    from calflow.checkpoint import DIGEST
+    from calflow.errors import CalflowInputError
+
+    tr, va = data()
+    train(tr, va, {**PARAMS, "iterations": 4}, tmp_path / "c", out_path=tmp_path / "seg.pt")
+    for f in (tmp_path / "seg.pt", tmp_path / "c" / "last.pt"):  # the segmenter file and the resume checkpoint
+        assert DIGEST in torch.load(f, weights_only=True), f
+    model, info = load_segmenter(tmp_path / "seg.pt")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    # a file from before the digest (like the bundled generalist) loads, with the same weights
+    torch.save({"state_dict": state, "arch": info["arch"], "meta": info["meta"]}, tmp_path / "old.pt")
+    old, _ = load_segmenter(tmp_path / "old.pt")
+    assert all(torch.equal(v, state[k]) for k, v in old.state_dict().items())
+    # one flipped weight: torch loads it silently, the digest does not
+    w = next(v for k, v in state.items() if v.numel() >= 16 and v.dtype == torch.float32)
+    data_ = bytearray((tmp_path / "seg.pt").read_bytes())
+    at = data_.find(w.numpy().tobytes()[:32])
+    assert at > 0
+    data_[at + 5] ^= 0x01
+    (tmp_path / "seg.pt").write_bytes(bytes(data_))
+    with pytest.raises(CalflowInputError, match=r"seg\.pt: checksum mismatch") as err:
+        load_segmenter(tmp_path / "seg.pt")
+    assert "\n" not in str(err.value)
+    (tmp_path / "c" / "last.pt").write_bytes(b"PK\x03\x04 half a zip")  # a damaged resume checkpoint: one line
+    with pytest.raises(CalflowInputError, match=r"last\.pt: not a readable checkpoint.*Fix: delete it to restart"):
+        train(tr, va, {**PARAMS, "iterations": 4}, tmp_path / "c")
+
+
 def test_changed_settings_do_not_resume(tmp_path):
     tr, va = data()
     train(tr, va, {**PARAMS, "iterations": 4}, tmp_path / "d")

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from smkutil import dry_run
 from test_workflow import TINY_CONFIG, demo_row, snakemake, write_workdir
 
+from calflow.checkpoint import load_weights
 from calflow.io import open_group
 from calflow.segment.infer import read_footprints
 
@@ -35,7 +35,7 @@ def test_every_session_gets_footprints_and_an_evaluation(seg_run):
     tmp, _ = seg_run
     r = tmp / "results"
     assert (r / "models" / "segmenter.pt").exists()
-    blob = torch.load(r / "models" / "segmenter.pt", weights_only=True)
+    blob = load_weights(r / "models" / "segmenter.pt")  # checks its SHA-256 and drops it
     assert set(blob) == {"state_dict", "arch", "meta"} and blob["meta"]["train_sessions"] == ["a1_A"]
     metrics = json.loads((r / "models" / "segmenter_metrics.json").read_text())
     assert metrics["iterations"] == 20 and metrics["best_iteration"] in (10, 20)

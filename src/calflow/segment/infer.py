@@ -96,10 +96,17 @@ def footprints_from_labels(labels: np.ndarray, weights: np.ndarray) -> sp.csr_ma
     return sp.csr_matrix((weights.ravel()[pix].astype(np.float32), (flat[pix] - 1, pix)), shape=(k, flat.size))
 
 
+def read_segmenter(path: str | Path, map_location: Any = "cpu", *,
+                   fix: str = "use a calflow segmenter file (results/models/segmenter.pt), or delete it and rerun") -> dict:
+    """A segmenter file's ``{"state_dict", "arch", "meta"}`` through :func:`calflow.checkpoint.load_weights`
+    (weights only; its SHA-256 is checked when it has one: files written before the segmenter saved with
+    :func:`calflow.checkpoint.save_weights`, like the bundled generalist, have none and still load)."""
+    return load_weights(path, map_location, keys=("state_dict", "arch"), fix=fix)
+
+
 def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Load a calflow segmenter file ({"state_dict", "arch", "meta"}) with ``weights_only=True``."""
-    blob = load_weights(path, device, keys=("state_dict", "arch"),
-                        fix="use a calflow segmenter file (results/models/segmenter.pt), or delete it and rerun")
+    """Load a calflow segmenter file (:func:`read_segmenter`) into its network, in eval mode."""
+    blob = read_segmenter(path, device)
     model = build_model(blob["arch"])
     model.load_state_dict(blob["state_dict"])
     model.to(device).eval()

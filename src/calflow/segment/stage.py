@@ -46,11 +46,10 @@ def bundled_segmenter() -> Path:
 
 def init_compatible(init_weights: str | Path, section: Mapping[str, Any], seed: int = 0) -> str | None:
     """None when the segmenter file can initialise training with ``section``'s settings, else why not."""
-    import torch
-
+    from calflow.segment.infer import read_segmenter
     from calflow.segment.train import TrainParams
 
-    blob = torch.load(init_weights, map_location="cpu", weights_only=True)
+    blob = read_segmenter(init_weights, fix=INIT_FIX)
     channels = list(section.get("channels") or DEFAULT_CHANNELS)
     arch = TrainParams.from_config(train_params(section, seed)).arch(len(channels))
     if dict(blob["arch"]) != arch:
@@ -59,6 +58,7 @@ def init_compatible(init_weights: str | Path, section: Mapping[str, Any], seed: 
         return f"its input channels {blob['meta'].get('channels')} differ from the configured {channels}"
     return None
 POST_KEYS = ("prob_threshold", "cue_threshold", "min_size")
+INIT_FIX = "give a file written by calflow, or set segment.init: scratch"
 log = logging.getLogger("calflow.segment")
 
 
@@ -132,10 +132,11 @@ def train_from_sessions(sessions: Sequence[Mapping[str, str]], section: Mapping[
     if init_weights is not None:
         try:
             init_note = init_compatible(init_weights, section, seed)
+        except CalflowInputError:  # already one line naming the file (calflow.checkpoint)
+            raise
         except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
             raise CalflowInputError(f"cannot load the initial segmenter weights ({type(err).__name__}: {err})",
-                                    file=str(init_weights), fix="give a file written by calflow, or set "
-                                    "segment.init: scratch") from err
+                                    file=str(init_weights), fix=INIT_FIX) from err
         if init_note is not None:
             log.warning("segment.init: pretrained, but %s: training from scratch", init_note)
             init_note = f"trained from scratch: the pretrained weights do not fit ({init_note})"

@@ -21,7 +21,10 @@ Checkpoint directory (``checkpoint_dir``):
 * ``best.pt``: the segmenter file of the best validation score so far.
 
 The segmenter file (:func:`save_segmenter`) is ``{"state_dict", "arch", "meta"}``: tensors plus
-plain dicts/lists/str/numbers only, so it loads with ``torch.load(..., weights_only=True)``.
+plain dicts/lists/str/numbers only. It and ``last.pt`` are saved with
+:func:`calflow.checkpoint.save_weights` (with a SHA-256 of their content) and loaded with
+:func:`calflow.checkpoint.load_weights` (``weights_only=True``; a file without the SHA-256, from
+before, still loads; :func:`calflow.segment.infer.read_segmenter`).
 """
 
 from __future__ import annotations
@@ -42,12 +45,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from calflow.checkpoint import load_weights, save_weights
 from calflow.device import resolve_device
 from calflow.errors import CalflowInputError
 from calflow.metrics import match_iou, pixel_iou
 from calflow.params import from_section
 from calflow.segment.data import Sample, dihedral
-from calflow.segment.infer import instances_from_maps, predict
+from calflow.segment.infer import instances_from_maps, predict, read_segmenter
 from calflow.segment.model import build_model
 
 log = logging.getLogger("calflow.segment")
@@ -103,12 +107,12 @@ class TrainParams:
 
 
 def save_segmenter(path: str | Path, model: nn.Module, arch: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
-    """Write a weights-only segmenter file atomically."""
+    """Write a weights-only segmenter file with its SHA-256 (:func:`calflow.checkpoint.save_weights`) atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "arch": dict(arch), "meta": json.loads(json.dumps(meta))}, tmp)
+    save_weights({"state_dict": state, "arch": dict(arch), "meta": json.loads(json.dumps(meta))}, tmp)
     os.replace(tmp, path)
 
 
@@ -211,7 +215,7 @@ def train(train_samples: Sequence[Sample], val_samples: Sequence[Sample], params
     init_bytes = b""
     if init_weights is not None:
         init_bytes = Path(init_weights).read_bytes()
-        blob = torch.load(init_weights, map_location=device, weights_only=True)
+        blob = read_segmenter(init_weights, device)
         if dict(blob["arch"]) != arch:
             raise CalflowInputError(f"the initial weights' architecture {dict(blob['arch'])} differs from this run's {arch}",
                                     file=str(init_weights), fix="use the same network, channels, base_channels and "
@@ -225,7 +229,8 @@ def train(train_samples: Sequence[Sample], val_samples: Sequence[Sample], params
     last = ckdir / "last.pt"
     resumed_from = None
     if resume and last.exists():
-        ck = torch.load(last, map_location=device, weights_only=True)
+        ck = load_weights(last, device, keys=("model", "optimizer", "fingerprint", *state),
+                          fix="delete it to restart the segmenter's training (or rerun: a killed write leaves none)")
         if ck.get("fingerprint") == fp:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
@@ -269,7 +274,7 @@ def train(train_samples: Sequence[Sample], val_samples: Sequence[Sample], params
                                                                  "post": ev.get("post", p.post)})
             state["iteration"] = it
             tmp = ckdir / ".last.pt.tmp"
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "fingerprint": fp, **state}, tmp)
+            save_weights({"model": model.state_dict(), "optimizer": opt.state_dict(), "fingerprint": fp, **state}, tmp)
             os.replace(tmp, last)
     seconds = time.perf_counter() - t0
     stopped = plateau()
