@@ -273,7 +273,7 @@ def test_corr_pnr_seeds_find_simulated_cells(tmp_path):
     from calflow.io import MovieWriter
     from calflow.metrics import evaluate_instances
     from calflow.segment.corr_pnr import seed_session
-    from calflow.segment.infer import read_footprints
+    from calflow.segment.footprints import read_footprints
     from calflow.simulate import SimParams, render_frames, simulate
 
     p = SimParams(n_frames=300, height=64, width=64, n_cells=10, n_targets=0, motion=False, spike_rate_hz=1.0,

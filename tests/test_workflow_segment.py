@@ -11,7 +11,7 @@ from test_workflow import TINY_CONFIG, demo_row, snakemake, write_workdir
 
 from calflow.checkpoint import load_weights
 from calflow.io import open_group
-from calflow.segment.infer import read_footprints
+from calflow.segment.footprints import read_footprints
 
 pytestmark = pytest.mark.slow
 

@@ -285,7 +285,7 @@ def cell_mask(footprints_store: str | Path, dilate: int) -> np.ndarray:
     """(H, W) bool: the union of the segmenter's footprints, dilated by ``dilate`` px."""
     from scipy import ndimage
 
-    from calflow.segment.infer import read_footprints
+    from calflow.segment.footprints import read_footprints
 
     fp, attrs = read_footprints(footprints_store)
     shape = tuple(attrs["frame_shape"])

@@ -113,10 +113,11 @@ def session_accuracy(cnmf_store: str | Path, truth_file: str | Path, movie_store
     one cell of each pair). The corrected movie is in the template's frame while the truth is in
     world coordinates; the demo's motion is small (a few px), so no shift is applied.
     """
-    from calflow.cnmf.store import read_cnmf, read_seeds
+    from calflow.cnmf.store import read_cnmf
+    from calflow.segment.footprints import read_footprints
     from calflow.simulate import load_ground_truth
 
     gt = load_ground_truth(truth_file)
-    seeds, _ = read_seeds(footprints_store)
+    seeds, _ = read_footprints(footprints_store)
     return against_truth(read_cnmf(cnmf_store), gt.footprints >= 0.5, gt.calcium, gt.spikes, seeds, MovieReader(movie_store),
                          **kw)

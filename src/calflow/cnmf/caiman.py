@@ -41,8 +41,9 @@ def run_caiman(movie_store: str | Path, footprints_store: str | Path, out_store:
     import scipy.sparse as sp
 
     from calflow.cnmf.evaluate import dff
-    from calflow.cnmf.store import read_seeds, write_cnmf
+    from calflow.cnmf.store import write_cnmf
     from calflow.io import MovieReader
+    from calflow.segment.footprints import read_footprints
 
     cm = require_caiman()
     cnmf = cm.source_extraction.cnmf.cnmf  # imported by require_caiman
@@ -51,7 +52,7 @@ def run_caiman(movie_store: str | Path, footprints_store: str | Path, out_store:
     reader = MovieReader(movie_store)
     T, H, W = reader.shape
     fps = float(fps or reader.fps)
-    seeds, _ = read_seeds(footprints_store)
+    seeds, _ = read_footprints(footprints_store)
     with tempfile.TemporaryDirectory() as tmp:
         # CaImAn reads a C-order memory map (frames x pixels) written block by block
         fname = Path(tmp) / f"Yr_d1_{H}_d2_{W}_d3_1_order_C_frames_{T}_.mmap"

@@ -19,10 +19,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from calflow.cnmf.config import CNMFParams
-from calflow.cnmf.store import read_seeds, write_cnmf
+from calflow.cnmf.store import write_cnmf
 from calflow.device import resolve_device
 from calflow.errors import CalflowInputError
 from calflow.io import MovieReader, open_group
+from calflow.segment.footprints import read_footprints
 
 log = logging.getLogger("calflow.cnmf")
 
@@ -31,7 +32,7 @@ def load_seeds(footprints_store: str | Path, frame_shape: tuple[int, int]) -> sp
     """footprints.zarr -> CSR (K, H*W) float32, checked against the movie's frame shape."""
     path = Path(footprints_store)
     try:
-        seeds, attrs = read_seeds(path)
+        seeds, attrs = read_footprints(path)
     except Exception as err:  # noqa: BLE001 - zarr raises many types for broken stores
         raise CalflowInputError(f"not a readable footprints store ({type(err).__name__}: {err})", file=path,
                                 fix="rerun rule segment") from err

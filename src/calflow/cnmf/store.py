@@ -66,11 +66,3 @@ def read_cnmf(store: str | Path) -> dict[str, Any]:
     return out
 
 
-def read_seeds(store: str | Path) -> tuple[sp.csr_matrix, dict]:
-    """footprints.zarr (rule segment) -> (CSR (K, H*W) float32, attrs); same as
-    calflow.segment.infer.read_footprints without importing torch."""
-    g = open_group(store)
-    attrs = dict(g.attrs)
-    mat = sp.csr_matrix((np.asarray(g["data"][:]), np.asarray(g["indices"][:]), np.asarray(g["indptr"][:])),
-                        shape=tuple(attrs["shape"]))
-    return mat, attrs

@@ -6,7 +6,8 @@
 markers are the connected components of ``cue > cue_threshold`` inside ``prob > prob_threshold``,
 flooded by :func:`skimage.segmentation.watershed` on ``-cue`` within the foreground; instances
 smaller than ``min_size`` px are dropped.
-:func:`segment_session` writes ``footprints.zarr`` (see docs/segment.md).
+:func:`segment_session` writes ``footprints.zarr`` (see docs/segment.md; read it with
+:func:`calflow.segment.footprints.read_footprints`).
 """
 
 from __future__ import annotations
@@ -164,14 +165,3 @@ def write_footprints(out_store: str | Path, labels: np.ndarray, weights: np.ndar
         if cue is not None:
             write_array(tmp, "cue", np.asarray(cue, np.float32), ("y", "x"))
     return int(fp.shape[0])
-
-
-def read_footprints(store: str | Path) -> tuple[sp.csr_matrix, dict]:
-    """footprints.zarr -> (CSR (K, H*W) float32, attrs)."""
-    from calflow.io import open_group
-
-    g = open_group(store)
-    attrs = dict(g.attrs)
-    mat = sp.csr_matrix((np.asarray(g["data"][:]), np.asarray(g["indices"][:]), np.asarray(g["indptr"][:])),
-                        shape=tuple(attrs["shape"]))
-    return mat, attrs

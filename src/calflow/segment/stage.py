@@ -151,7 +151,7 @@ def train_from_sessions(sessions: Sequence[Mapping[str, str]], section: Mapping[
 def evaluate_session(footprints_store: str | Path, masks: str | Path, out_json: str | Path, *, session: str = "",
                      heldout: bool = True, iou_threshold: float = 0.5, max_distance: float = 5.0) -> dict:
     """Score a session's footprints against its masks; write and return the JSON dict."""
-    from calflow.segment.infer import read_footprints
+    from calflow.segment.footprints import read_footprints
 
     fp, attrs = read_footprints(footprints_store)
     shape = tuple(attrs["frame_shape"])
