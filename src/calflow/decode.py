@@ -134,7 +134,8 @@ class DecodeParams:
 
 @dataclass
 class Trials:
-    """Stimulus trials in frame units, and spontaneous epochs.
+    """Stimulus trials in frame units, and spontaneous epochs (a stimulus schedule; the classifier's
+    trials with their cross-fitting folds are :class:`calflow.stimulation.TrialFolds`).
 
     ``onset`` (n,) first frame, ``stop`` (n,) one past the last stimulated frame, ``label`` (n,) str;
     ``spont`` (E, 2) int64 ``[start, stop)`` frames of spontaneous epochs (none: shape (0, 2)).

@@ -81,8 +81,11 @@ def read_labels(path: str | Path, targets: Targets, n_frames: int) -> np.ndarray
 
 
 @dataclass
-class Trials:
-    """Trials of a session: maximal runs of frames with the same non-empty set of targets.
+class TrialFolds:
+    """Trials of a session (maximal runs of frames with the same non-empty set of targets) as the
+    classifier's cross-fitting units: every frame's trial and every trial's fold. Not
+    :class:`calflow.decode.Trials` (a stimulus schedule: onsets, stops and string labels of any
+    stimulus, and spontaneous epochs, from a stim log or a stimulus table).
 
     ``start``/``stop`` (n,) frames, ``pattern`` (n,) tuples of target indices, ``unit`` (T,) the
     trial each frame belongs to (the trial plus the frames up to the next trial; frames before the
@@ -100,7 +103,7 @@ class Trials:
         return self.fold[self.unit] if len(self.fold) else np.zeros(len(self.unit), np.int64)
 
 
-def find_trials(labels: np.ndarray, n_folds: int) -> Trials:
+def find_trials(labels: np.ndarray, n_folds: int) -> TrialFolds:
     """Trials and their folds (contiguous blocks of trials in time order) from the labels."""
     stim = labels[:, :-1] > 0.5
     T = len(labels)
@@ -125,4 +128,4 @@ def find_trials(labels: np.ndarray, n_folds: int) -> Trials:
         unit[s:] = i
     n = len(start)
     fold = (np.arange(n) * n_folds // max(n, 1)).astype(np.int64)
-    return Trials(start, np.array(stops, np.int64), pats, unit, fold)
+    return TrialFolds(start, np.array(stops, np.int64), pats, unit, fold)

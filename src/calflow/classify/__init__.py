@@ -46,11 +46,11 @@ from calflow.classify.train import (
     trial_counts,
     untrained_folds,
 )
-from calflow.stimulation import NONE, Targets, Trials, find_trials, read_labels, read_targets
+from calflow.stimulation import NONE, Targets, TrialFolds, find_trials, read_labels, read_targets
 
 __all__ = [
     "ACCURACY_BOOTSTRAP", "CONTROL", "MAX_MEMBERS", "NONE", "UNTRAINED_ACCURACY", "ClassifyParams", "ScratchMovie",
-    "SessionData", "StimEnsemble", "StimNet", "Targets", "Trials", "build_ensemble", "build_model", "cell_mask", "crop_hw",
+    "SessionData", "StimEnsemble", "StimNet", "Targets", "TrialFolds", "build_ensemble", "build_model", "cell_mask", "crop_hw",
     "downsample_mask", "ensemble_state", "find_trials", "frame_metrics", "init_ensemble", "load_fold_models",
     "load_frames", "load_session", "member_seed", "open_movie", "pass_rows", "predict", "read_labels",
     "read_targets", "save_fold_models", "scratch_root", "shuffle_trial_labels", "stimulated_correct", "target_mask",

@@ -65,7 +65,7 @@ from calflow.io import (
     process_temp_prefix,
     remove_orphaned_temp_dirs,
 )
-from calflow.stimulation import Targets, Trials, check_in_frame, find_trials, read_labels
+from calflow.stimulation import Targets, TrialFolds, check_in_frame, find_trials, read_labels
 
 _SCRATCH_STEM = "calflow-classify"
 
@@ -313,7 +313,7 @@ class SessionData:
     condition: str
     frames: ScratchMovie | np.ndarray  # (T, h, w) float32 normalised
     labels: np.ndarray  # (T, N + 1)
-    trials: Trials
+    trials: TrialFolds
     mask: np.ndarray  # (h, w) float32, ones when no mask
     info: dict
     true_labels: np.ndarray | None = None  # the stim log's labels when ``labels`` are shuffled (control)
@@ -401,7 +401,7 @@ def training_frames(frame_fold: np.ndarray, fold: int, context: int) -> np.ndarr
 
 
 
-def shuffle_trial_labels(labels: np.ndarray, trials: Trials, seed: int, session: str) -> np.ndarray:
+def shuffle_trial_labels(labels: np.ndarray, trials: TrialFolds, seed: int, session: str) -> np.ndarray:
     """Labels of the shuffled-label control: every trial's frames get the pattern of another trial
     of the same session (a permutation of the session's trials drawn from ``[seed, crc32(session),
     0, 4]``). A trial keeps one label over all its frames, the session's multiset of patterns is

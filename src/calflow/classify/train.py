@@ -278,7 +278,7 @@ def stimulated_correct(prob: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
 
 
 def trial_counts(prob: np.ndarray, labels: np.ndarray, unit: np.ndarray, n_trials: int) -> dict[str, list[int]]:
-    """Per trial (``unit``: the trial of every frame, :class:`calflow.stimulation.Trials`) the
+    """Per trial (``unit``: the trial of every frame, :class:`calflow.stimulation.TrialFolds`) the
     correctly classified and all stimulated frames: the clusters of the accuracy's bootstrap."""
     is_stim, correct = stimulated_correct(prob, labels)
     u = np.asarray(unit)[is_stim]
