@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from calflow.errors import CalflowInputError
+from calflow.io import atomic_output
 from calflow.metrics import evaluate_instances, masks_to_labels, read_masks
 from calflow.segment.data import DEFAULT_CHANNELS, Sample, load_inputs
 
@@ -79,11 +79,10 @@ def train_params(section: Mapping[str, Any], seed: int = 0) -> dict:
 
 
 def _write_json(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    """``obj`` as JSON, written atomically (:func:`calflow.io.atomic_output`: a killed writer's temporary
+    is removed by the next writer)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2))
 
 
 def train_from_sessions(sessions: Sequence[Mapping[str, str]], section: Mapping[str, Any], out_model: str | Path,

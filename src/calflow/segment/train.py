@@ -33,7 +33,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -48,6 +47,7 @@ from torch import nn
 from calflow.checkpoint import load_weights, save_weights
 from calflow.device import resolve_device
 from calflow.errors import CalflowInputError
+from calflow.io import atomic_output
 from calflow.metrics import match_iou, pixel_iou
 from calflow.params import from_section
 from calflow.segment.data import Sample, dihedral
@@ -108,12 +108,9 @@ class TrainParams:
 
 def save_segmenter(path: str | Path, model: nn.Module, arch: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
     """Write a weights-only segmenter file with its SHA-256 (:func:`calflow.checkpoint.save_weights`) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    save_weights({"state_dict": state, "arch": dict(arch), "meta": json.loads(json.dumps(meta))}, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        save_weights({"state_dict": state, "arch": dict(arch), "meta": json.loads(json.dumps(meta))}, tmp)
 
 
 def _fingerprint(p: TrainParams, train: Sequence[Sample], val: Sequence[Sample], init: bytes = b"") -> str:
@@ -273,9 +270,9 @@ def train(train_samples: Sequence[Sample], val_samples: Sequence[Sample], params
                 save_segmenter(ckdir / "best.pt", model, arch, {**meta, "iteration": it, "val_score": ev["score"],
                                                                  "post": ev.get("post", p.post)})
             state["iteration"] = it
-            tmp = ckdir / ".last.pt.tmp"
-            save_weights({"model": model.state_dict(), "optimizer": opt.state_dict(), "fingerprint": fp, **state}, tmp)
-            os.replace(tmp, last)
+            with atomic_output(last) as tmp:
+                save_weights({"model": model.state_dict(), "optimizer": opt.state_dict(), "fingerprint": fp, **state},
+                             tmp)
     seconds = time.perf_counter() - t0
     stopped = plateau()
     result = {"iterations": it, "completed": it >= p.iterations or stopped, "stopped_on_plateau": stopped,
@@ -285,7 +282,6 @@ def train(train_samples: Sequence[Sample], val_samples: Sequence[Sample], params
               "seconds": seconds, "device": str(device), "arch": arch,
               "score_name": "f1_iou0.5" if p.task == "instance" else "foreground_iou"}
     if out_path is not None and result["completed"]:
-        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(ckdir / "best.pt", Path(out_path).with_name(f".{Path(out_path).name}.tmp"))
-        os.replace(Path(out_path).with_name(f".{Path(out_path).name}.tmp"), out_path)
+        with atomic_output(out_path) as tmp:
+            shutil.copyfile(ckdir / "best.pt", tmp)
     return result
