@@ -565,6 +565,18 @@ def test_gradcam_matches_captum_layer_gradcam():
             assert np.abs(ours).max() > 0
 
 
+def test_production_gradcam_and_cnmf_do_not_import_the_simulator():
+    """Only the evaluations against simulated truth (gradcam.true_response_maps,
+    cnmf.accuracy.session_accuracy) import calflow.simulate, inside the function."""
+    import subprocess
+    import sys
+
+    code = ("import sys, calflow.gradcam, calflow.cnmf.accuracy, calflow.cnmf.stage, calflow.classify; "
+            "print(sorted(m for m in sys.modules if m.startswith('calflow.simulate')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
 def test_gradcam_score_weights_and_config_errors():
     assert gc.score_weights(5, [1], "vs_none").tolist() == [0, 1, 0, 0, -1]
     assert gc.score_weights(5, [0, 2], "vs_none").tolist() == [1, 0, 1, 0, -2]

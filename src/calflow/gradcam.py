@@ -225,8 +225,8 @@ def expected_response_maps(W: np.ndarray, target_cells: Sequence[int], footprint
 def relative_stim_drive(truth: Mapping[str, Any], cells: Sequence[int]) -> np.ndarray | None:
     """(N, K) direct stimulation drive of every cell per unit of the target's own rate, for the
     targets ``cells``, from the ground truth's ``stim_drive`` (K x N Hz: cell k's extra rate while
-    target j is stimulated, the target itself and, with off-target excitation, its neighbours;
-    :func:`calflow.simulate._stim_drive`). None for a ground truth from before ``stim_drive``."""
+    target j is stimulated, the target itself and, with off-target excitation, its neighbours, as
+    :func:`calflow.simulate.simulate` draws it). None for a ground truth from before ``stim_drive``."""
     if "stim_drive" not in truth:
         return None
     sd = np.asarray(truth["stim_drive"], np.float64)  # (K, N)
