@@ -84,10 +84,13 @@ SECTION_CHANGES = {
     "gradcam": lambda c: c.setdefault("gradcam", {}).update(zncc_map="relu"),
     "stim_maps": lambda c: c.setdefault("stim_maps", {}).update(tail_frames=3),
     "compare": lambda c: c["compare"].update(n_permutations=c["compare"]["n_permutations"] + 1),
+    "nwb": lambda c: c.setdefault("nwb", {}).update(keywords=["changed keyword"]),
 }
 # stages a section change re-runs besides the named one: the gradcam section both Grad-CAM rules
 # (train_classifier trains the classifier and its shuffled-label control, so gradcam_shuffled follows it)
-ALSO_RERUN = {"gradcam": {"gradcam_shuffled"}}
+# The report shows the run's whole config (its params), so a change to a leaf stage's section (nwb,
+# whose files the report does not read) re-runs it too
+ALSO_RERUN = {"gradcam": {"gradcam_shuffled"}, "nwb": {"report"}}
 
 
 @pytest.mark.parametrize("stage", list(SECTION_CHANGES))
