@@ -109,3 +109,26 @@ def test_restrict_by_centroid():
     lab = squares([(0, 0), (10, 20)])
     m = restrict(as_masks(lab), (32, 32), (slice(None), slice(16, None)))
     assert m.shape[0] == 1
+
+
+def test_regions_outside_the_frame_are_dropped_with_one_warning(tmp_path, caplog):
+    """Pixels of regions.json outside the frame are dropped (a crop reads this way), and the user is
+    told: one warning naming the file, the regions that reached outside and those left out."""
+    from calflow.metrics import read_neurofinder_regions
+
+    regions = [{"coordinates": [[1, 1], [1, 2]]},                 # inside
+               {"coordinates": [[7, 7], [7, 8], [8, 8]]},         # partly outside an 8 x 8 frame
+               {"coordinates": [[20, 20], [21, 20]]},             # entirely outside
+               {"coordinates": []}]                               # empty: not an outside region
+    path = tmp_path / "regions.json"
+    path.write_text(json.dumps(regions))
+    with caplog.at_level("WARNING", logger="calflow.metrics"):
+        masks = read_neurofinder_regions(path, (8, 8))
+    assert masks.shape == (2, 64) and masks[1].nnz == 1 and masks[1, 7 * 8 + 7]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(path) in warnings[0]
+    assert "2 of 4 regions reach outside the 8 x 8 frame" in warnings[0] and "(1 regions lay entirely outside" in warnings[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="calflow.metrics"):
+        read_neurofinder_regions(path, (32, 32))  # everything inside: silent
+    assert not caplog.records

@@ -19,6 +19,7 @@ All return plain dicts of floats/ints, ready for JSON.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ import scipy.sparse as sp
 from scipy.optimize import linear_sum_assignment
 
 from calflow.errors import CalflowInputError
+
+log = logging.getLogger("calflow.metrics")
 
 
 def labels_to_masks(labels: np.ndarray) -> sp.csr_matrix:
@@ -143,7 +146,10 @@ def restrict(masks: sp.csr_matrix, shape: tuple[int, int], region: tuple[slice, 
 
 
 def read_neurofinder_regions(path: str | Path, shape: tuple[int, int]) -> sp.csr_matrix:
-    """Neurofinder ``regions.json`` (list of {"coordinates": [[y, x], ...]}) -> boolean CSR (K, Y*X)."""
+    """Neurofinder ``regions.json`` (list of {"coordinates": [[y, x], ...]}) -> boolean CSR (K, Y*X).
+
+    Pixels outside the (Y, X) frame are dropped, and regions left empty with them (a crop of a
+    larger annotation reads this way); a warning names the file and how many were dropped."""
     path = Path(path)
     try:
         regions = json.loads(path.read_text())
@@ -153,17 +159,24 @@ def read_neurofinder_regions(path: str | Path, shape: tuple[int, int]) -> sp.csr
     if isinstance(regions, dict):
         regions = regions.get("regions", [])
     rows, cols = [], []
-    k = 0
+    k = clipped = dropped = 0
     for region in regions:
         coords = np.asarray(region.get("coordinates", []), dtype=np.int64).reshape(-1, 2)
         ok = (coords[:, 0] >= 0) & (coords[:, 0] < shape[0]) & (coords[:, 1] >= 0) & (coords[:, 1] < shape[1])
+        outside = len(coords) and not ok.all()
+        clipped += int(outside)
         coords = coords[ok]
         if not len(coords):
+            dropped += int(outside)
             continue
         pix = np.unique(coords[:, 0] * shape[1] + coords[:, 1])
         rows.append(np.full(pix.size, k))
         cols.append(pix)
         k += 1
+    if clipped:
+        log.warning("%s: %d of %d regions reach outside the %d x %d frame; their outside pixels were dropped "
+                    "(%d regions lay entirely outside and were left out). Check that the annotation belongs to "
+                    "this movie", path, clipped, len(regions), shape[0], shape[1], dropped)
     if k == 0:
         return sp.csr_matrix((0, shape[0] * shape[1]), dtype=bool)
     r, c = np.concatenate(rows), np.concatenate(cols)
