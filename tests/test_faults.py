@@ -580,18 +580,29 @@ def test_a_second_snakemake_in_the_same_directory_is_refused_clearly(tiny_run, t
     """While one run holds the directory's lock, a second is refused with Snakemake's message
     (the directory, the reason, what to do), touches nothing, and the first run ends intact.
 
-    The first run is frozen (SIGSTOP) the moment its lock appears, so it cannot finish and
-    release the lock while the second starts. Snakemake refuses in one of two ways, depending
-    on whether the first run's job had already marked its output incomplete when it froze:
-    LockException, or IncompleteFilesException naming that output. The markers at the moment
-    of the freeze say which one to expect."""
+    The first run is frozen (SIGSTOP) the moment its output lock lists motion.zarr (Snakemake
+    writes the input lock first: frozen between the two, the second run's outputs conflict with
+    nothing locked and it runs), so it cannot finish and release the lock while the second starts.
+    Snakemake refuses in one of two ways, depending on whether the first run's job had already
+    marked its output incomplete when it froze: LockException, or IncompleteFilesException naming
+    that output. The markers at the moment of the freeze say which one to expect."""
     wd = copy_run(tiny_run, tmp_path / "wd")
     session = wd / "results" / "a1_A"
     shutil.rmtree(session / "motion.zarr")
     shutil.rmtree(session / "plots" / "motion")
     first = _start(wd, "results/a1_A/motion.zarr")
     locks, incomplete = wd / ".snakemake" / "locks", wd / ".snakemake" / "incomplete"
-    assert _wait_for(first, lambda: locks.is_dir() and any(locks.iterdir())), first.communicate()[0]
+
+    def output_locked() -> bool:
+        for f in locks.glob("*.output.lock"):
+            try:
+                if "results/a1_A/motion.zarr" in f.read_text().split():
+                    return True
+            except OSError:  # released (deleted) between glob and read
+                pass
+        return False
+
+    assert _wait_for(first, output_locked), first.communicate()[0]
     os.killpg(first.pid, signal.SIGSTOP)
     try:
         job_started = incomplete.is_dir() and any(incomplete.iterdir())
