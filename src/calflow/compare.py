@@ -127,14 +127,18 @@ class CompareParams:
 
 def zncc_matrix(maps: np.ndarray) -> np.ndarray:
     """(P, P) ZNCC (Pearson r of the pixels) between every pair of (P, ...) maps; NaN for a flat map."""
-    m = np.asarray(maps, np.float64).reshape(len(maps), -1)
-    m = m - m.mean(axis=1, keepdims=True)
-    norm = np.sqrt((m * m).sum(axis=1))
+    return _zncc(np.asarray(maps, np.float64).reshape(len(maps), -1))
+
+
+def _zncc(m: np.ndarray) -> np.ndarray:
+    """(..., P, P) ZNCC matrices of (..., P, pixels) float64 maps, batched over the leading axes
+    (:func:`zncc_matrix`); NaN rows and columns for flat maps."""
+    m = m - m.mean(axis=-1, keepdims=True)
+    norm = np.sqrt((m * m).sum(axis=-1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        z = (m @ m.T) / np.outer(norm, norm)
-    z[norm == 0] = np.nan
-    z[:, norm == 0] = np.nan
-    return z
+        z = (m @ np.swapaxes(m, -1, -2)) / (norm[..., :, None] * norm[..., None, :])
+    flat = norm == 0
+    return np.where(flat[..., :, None] | flat[..., None, :], np.nan, z)
 
 
 def pattern_targets(name: str) -> frozenset[str]:
@@ -289,12 +293,17 @@ def pattern_maps(maps: np.ndarray, pat: np.ndarray, n_pat: int) -> np.ndarray:
 
 def condition_matrix(maps: np.ndarray, pat: np.ndarray, n_pat: int, how: str, subtract_mean: bool) -> np.ndarray:
     """The ZNCC matrix of one condition's pattern mean maps (``how``: signed | relu)."""
-    pm = pattern_maps(maps, pat, n_pat)
+    return zncc_matrix(_maps_compared(pattern_maps(maps, pat, n_pat), how, subtract_mean, axis=0))
+
+
+def _maps_compared(pm: np.ndarray, how: str, subtract_mean: bool, axis: int) -> np.ndarray:
+    """Pattern mean maps (patterns along ``axis``) as the ZNCC compares them: minus the
+    across-pattern mean map (``subtract_mean``), rectified (``how``: relu) or not (signed)."""
     if subtract_mean:
-        pm = pm - pm.mean(axis=0, keepdims=True)
+        pm = pm - pm.mean(axis=axis, keepdims=True)
     if how == "relu":
         pm = np.maximum(pm, 0)
-    return zncc_matrix(pm)
+    return pm
 
 
 def stats_of_pattern_maps(pm: np.ndarray, sets: Mapping[str, tuple[np.ndarray, np.ndarray]], p: CompareParams,
@@ -303,16 +312,7 @@ def stats_of_pattern_maps(pm: np.ndarray, sets: Mapping[str, tuple[np.ndarray, n
     every condition's ZNCC matrix (:func:`condition_matrix`, batched over the leading axes) summarised
     over each set of pattern pairs: the mean (or with ``summary: sum`` the sum) of its finite entries,
     NaN when it has none."""
-    if p.subtract_mean:
-        pm = pm - pm.mean(axis=-2, keepdims=True)
-    if how == "relu":
-        pm = np.maximum(pm, 0)
-    m = pm - pm.mean(axis=-1, keepdims=True)
-    norm = np.sqrt((m * m).sum(axis=-1))  # (..., 2, P)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z = (m @ np.swapaxes(m, -1, -2)) / (norm[..., :, None] * norm[..., None, :])
-    flat = norm == 0
-    z = np.where(flat[..., :, None] | flat[..., None, :], np.nan, z)
+    z = _zncc(_maps_compared(pm, how, p.subtract_mean, axis=-2))
     out = np.empty((*pm.shape[:-2], len(SETS)))
     for k, name in enumerate(SETS):
         i, j = sets[name]
