@@ -166,15 +166,18 @@ def _ensemble_batch(data: Sequence[SessionData], pools: _Pools, p: ClassifyParam
                     hw: tuple[int, int], out: tuple[np.ndarray, np.ndarray] | None = None,
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every member's own batch of iteration ``it``: inputs (B, K, C, h, w), labels (B, K, N + 1),
-    written into ``out`` when given (the training loop reuses one pair: a fresh 7 MB array per
-    iteration costs a page fault per 4 KB)."""
-    if out is None:
-        out = (np.empty((p.batch_size, p.members, 2 * p.context + 1, *hw), np.float32),
-               np.empty((p.batch_size, p.members, data[0].labels.shape[1]), np.float32))
-    xs, ys = out
+    written into ``out`` (:func:`batch_arrays`) when given (the training loop reuses one pair: a
+    fresh 7 MB array per iteration costs a page fault per 4 KB)."""
+    xs, ys = batch_arrays(p, hw, data[0].labels.shape[1]) if out is None else out
     for k in range(p.members):
         _batch(data, pools, p, fold, it, hw, k, out=xs[:, k], out_labels=ys[:, k])
     return torch.from_numpy(xs), torch.from_numpy(ys)
+
+
+def batch_arrays(p: ClassifyParams, hw: tuple[int, int], n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """One ensemble batch's arrays: inputs (B, K, C, h, w) and labels (B, K, n_out), float32."""
+    return (np.empty((p.batch_size, p.members, 2 * p.context + 1, *hw), np.float32),
+            np.empty((p.batch_size, p.members, n_out), np.float32))
 
 
 def train_fold(data: Sequence[SessionData], p: ClassifyParams, fold: int, checkpoint_dir: str | Path,
@@ -217,13 +220,12 @@ def train_fold(data: Sequence[SessionData], p: ClassifyParams, fold: int, checkp
     end = p.iterations if stop_at is None else min(stop_at, p.iterations)
     model.train()
     # one batch's arrays, refilled every iteration (the previous batch's graph is gone by then)
-    batch_arrays = (np.empty((p.batch_size, p.members, 2 * p.context + 1, *hw), np.float32),
-                    np.empty((p.batch_size, p.members, n_out), np.float32))
+    arrays = batch_arrays(p, hw, n_out)
     t0 = time.perf_counter()
     while it < end:
         for g in opt.param_groups:  # cosine decay
             g["lr"] = float(p.lr * 0.5 * (1 + np.cos(np.pi * it / p.iterations)))
-        x, y = _ensemble_batch(data, batch_pools, p, fold, it, hw, out=batch_arrays)
+        x, y = _ensemble_batch(data, batch_pools, p, fold, it, hw, out=arrays)
         # dropout: per iteration ([seed, fold, it, 0, 1]: no member's batch seed)
         torch.manual_seed(int(np.random.default_rng([p.seed, fold, it, 0, 1]).integers(2**62)))
         opt.zero_grad(set_to_none=True)
