@@ -543,6 +543,23 @@ def test_gradcam_shuffled_store_has_the_gradcam_layout_and_true_patterns(trained
     assert not np.allclose(np.asarray(g["trial_maps"][:]), np.asarray(real["trial_maps"][:]))
 
 
+
+def test_one_gradcam_call_with_the_control_writes_both_stores_as_separate_calls_do(trained, shuffled, tmp_path):
+    """The gradcam rule's single job (the session streamed once) gives exactly the stores of two jobs."""
+    _, entries, out, _ = trained
+    alone = {"real": tmp_path / "alone.zarr", "control": tmp_path / "alone_shuffled.zarr"}
+    gc.session_gradcam(entries[0], out / "model.pt", {}, alone["real"])
+    gc.session_gradcam(entries[0], shuffled[0] / "model.pt", {}, alone["control"])
+    both = {"real": tmp_path / "both.zarr", "control": tmp_path / "both_shuffled.zarr"}
+    info = gc.session_gradcam(entries[0], out / "model.pt", {}, both["real"],
+                              control_model=shuffled[0] / "model.pt", control_store=both["control"])
+    assert set(info["control"]) == set(info) - {"control"}
+    for kind in ("real", "control"):
+        a, b = open_group(alone[kind]), open_group(both[kind])
+        assert dict(a.attrs) == dict(b.attrs) and set(a.array_keys()) == set(b.array_keys())
+        for key in a.array_keys():
+            np.testing.assert_array_equal(np.asarray(a[key][:]), np.asarray(b[key][:]), err_msg=f"{kind}: {key}")
+
 def test_gradcam_matches_captum_layer_gradcam():
     from captum.attr import LayerAttribution, LayerGradCam
 

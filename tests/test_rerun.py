@@ -86,11 +86,10 @@ SECTION_CHANGES = {
     "compare": lambda c: c["compare"].update(n_permutations=c["compare"]["n_permutations"] + 1),
     "nwb": lambda c: c.setdefault("nwb", {}).update(keywords=["changed keyword"]),
 }
-# stages a section change re-runs besides the named one: the gradcam section both Grad-CAM rules
-# (train_classifier trains the classifier and its shuffled-label control, so gradcam_shuffled follows it)
-# The report shows the run's whole config (its params), so a change to a leaf stage's section (nwb,
+# stages a section change re-runs besides the named one (train_classifier trains the classifier and its
+# shuffled-label control, gradcam makes both their maps). The report shows the run's whole config (its params), so a change to a leaf stage's section (nwb,
 # whose files the report does not read) re-runs it too
-ALSO_RERUN = {"gradcam": {"gradcam_shuffled"}, "nwb": {"report"}}
+ALSO_RERUN = {"nwb": {"report"}}
 
 
 @pytest.mark.parametrize("stage", list(SECTION_CHANGES))

@@ -359,28 +359,63 @@ def maps_for_zncc(maps: np.ndarray, how: str) -> np.ndarray:
 
 def session_gradcam(entry: Mapping[str, Any], model_path: str | Path, section: Mapping[str, Any] | GradcamParams,
                     out_store: str | Path, *, plots_dir: str | Path | None = None,
-                    cnmf_store: str | Path | None = None, scratch_dir: str = "") -> dict:
+                    cnmf_store: str | Path | None = None, scratch_dir: str = "",
+                    control_model: str | Path | None = None, control_store: str | Path | None = None) -> dict:
     """Grad-CAM maps and the ZNCC matrix of one session -> ``gradcam.zarr`` (+ figures).
 
     ``entry``: session, condition, motion, stim_log, targets, [footprints] (as for classify);
     ``scratch_dir``: where the session's streamed frames go (``classify.scratch_dir``; "" = $TMPDIR).
-    Every trial's map is the Grad-CAM of the score of its pattern in the stim log, also for the
-    shuffled-label control's model (``model.pt`` of ``train_group(..., shuffle_labels=True)``,
-    attrs ``control: shuffled_labels``): the same computation, only the network differs.
+    Every trial's map is the Grad-CAM of the score of its pattern in the stim log.
     ``trial_maps`` is the mean over the ensemble's members of ``member_trial_maps`` (member, trial,
     ly, lx); attrs ``members`` = K (1 for a model file from before the ensemble).
+
+    With ``control_model`` (the shuffled-label control's ``model.pt``, of ``train_group(...,
+    shuffle_labels=True)``) the same computation with that network -> ``control_store`` (attrs
+    ``control: shuffled_labels``; no figures, no trace correlation), from the same streamed session
+    (one job, the movie read once). Returns the info of the real model's maps (``control``: the
+    control's).
     """
     p = GradcamParams.from_config(section)
+    targets = read_targets(entry["targets"])
+    runs = [(model_path, out_store)] + ([(control_model, control_store)] if control_model else [])
+    loaded = [(path, store, *_load_checked(path, targets, entry)) for path, store in runs]
+    cp = loaded[0][3]
+    for path, _, _, other, _ in loaded[1:]:
+        if _session_params(other) != _session_params(cp):
+            raise CalflowInputError(f"the control classifier's input settings {_session_params(other)} differ from "
+                                    f"{model_path}'s {_session_params(cp)}", file=str(path),
+                                    fix="re-train this session's group (train_classifier trains both)")
+    with load_session(entry, targets, dataclasses.replace(cp, scratch_dir=scratch_dir)) as data:
+        maps = [trial_maps(models, data, p, int(info["arch"].get("context", 0))) for _, _, models, _, info in loaded]
+        data_info, data_trials = data.info, data.trials
+    out = []
+    for k, ((path, store, _, model_cp, info), tm) in enumerate(zip(loaded, maps, strict=True)):
+        out.append(_write_session_maps(entry, targets, p, model_cp, info["meta"], path, store, tm, data_info,
+                                       data_trials, cnmf_store=cnmf_store if k == 0 else None,
+                                       plots_dir=plots_dir if k == 0 else None))
+    return {**out[0], "control": out[1]} if len(out) > 1 else out[0]
+
+
+def _load_checked(model_path: str | Path, targets: Any, entry: Mapping[str, Any]) -> tuple[list, ClassifyParams, dict]:
+    """A group's fold models, their ClassifyParams and info, after checking the targets table is theirs."""
     models, info = load_fold_models(model_path)
     meta = info["meta"]
-    cp = ClassifyParams.from_config(meta["params"])
-    targets = read_targets(entry["targets"])
     if targets.ids != list(meta["target_ids"]):
         raise CalflowInputError(f"target ids {targets.ids} differ from the classifier's {meta['target_ids']}",
                                 file=entry["targets"], fix="re-train the classifier of this session's group")
-    with load_session(entry, targets, dataclasses.replace(cp, scratch_dir=scratch_dir)) as data:
-        tm = trial_maps(models, data, p, int(info["arch"].get("context", 0)))
-        data_info, data_trials = data.info, data.trials
+    return models, ClassifyParams.from_config(meta["params"]), info
+
+
+def _session_params(cp: ClassifyParams) -> tuple:
+    """The settings :func:`calflow.classify.data.load_session` reads a session with."""
+    return (cp.downsample, cp.normalise, cp.mask, cp.mask_radius, cp.mask_dilate, cp.n_folds)
+
+
+def _write_session_maps(entry: Mapping[str, Any], targets: Any, p: GradcamParams, cp: ClassifyParams,
+                        meta: Mapping[str, Any], model_path: str | Path, out_store: str | Path,
+                        tm: Mapping[str, np.ndarray], data_info: Mapping[str, Any], data_trials: Any, *,
+                        cnmf_store: str | Path | None, plots_dir: str | Path | None) -> dict:
+    """One model's maps of a session -> ``out_store`` (gradcam.zarr layout) and its figures; the summary info."""
     patterns = tm["patterns"]
     pm = pattern_means(tm["trial_maps"], tm["trial_pattern"], len(patterns))
     z = zncc_matrix(maps_for_zncc(pm, p.zncc_map))

@@ -35,13 +35,17 @@ rule train_classifier:
 
 
 rule gradcam:
-    """Grad-CAM maps per stimulation pattern (held-out trials) and the pattern x pattern ZNCC matrix."""
+    """Grad-CAM maps per stimulation pattern (held-out trials) and the pattern x pattern ZNCC matrix; with
+    classify.shuffle_control also the shuffled-label control's maps (gradcam_shuffled.zarr, the same
+    layout), from the same streamed session."""
     input:
         unpack(lambda w: {k: v[0] for k, v in _classify_entry_inputs([w.session]).items()}),
+        unpack(_gradcam_control_input),
         model=lambda w: f"results/classifier/{classifier_group(w.session)}/model.pt",
         # the trace-correlation matrix of the same targets, for comparison with the ZNCC matrix
         cnmf="results/{session}/cnmf.zarr",
     output:
+        **GRADCAM_CONTROL_OUTPUTS,
         store=directory("results/{session}/gradcam.zarr"),
         plots=report(
             directory("results/{session}/plots/gradcam"),
@@ -53,29 +57,6 @@ rule gradcam:
         ),
     log:
         "results/logs/gradcam/{session}.log",
-    conda:
-        "../../envs/torch.yaml"
-    threads: 1
-    resources:
-        mem_mb=3000,
-    params:
-        gradcam=config["gradcam"],
-        condition=lambda w: SESSIONS.loc[w.session, "condition"],
-    script:
-        "../scripts/gradcam.py"
-
-
-# The shuffled-label control's Grad-CAM (classify.shuffle_control, docs/classify.md): its classifier is
-# trained by train_classifier after the real one.
-rule gradcam_shuffled:
-    """Grad-CAM of the shuffled-label control: every held-out trial's map for its true pattern (gradcam.zarr layout)."""
-    input:
-        unpack(lambda w: {k: v[0] for k, v in _classify_entry_inputs([w.session]).items()}),
-        model=lambda w: f"results/classifier/{classifier_group(w.session)}/shuffled/model.pt",
-    output:
-        store=directory("results/{session}/gradcam_shuffled.zarr"),
-    log:
-        "results/logs/gradcam_shuffled/{session}.log",
     conda:
         "../../envs/torch.yaml"
     threads: 1

@@ -16,6 +16,17 @@ CLS_CONTROL_OUTPUTS = (
     if CLS_CONTROL_MEMBERS
     else {}
 )
+# ... and gradcam's: the control's maps of every session, made in the gradcam job
+GRADCAM_CONTROL_OUTPUTS = (
+    {"control_store": directory("results/{session}/gradcam_shuffled.zarr")} if CLS_CONTROL_MEMBERS else {}
+)
+
+
+def _gradcam_control_input(w):
+    """The shuffled-label control's model of the session's group (classify.shuffle_control), else nothing."""
+    if not CLS_CONTROL_MEMBERS:
+        return {}
+    return {"control_model": f"results/classifier/{classifier_group(w.session)}/shuffled/model.pt"}
 
 
 def classify_sessions():

@@ -1,4 +1,4 @@
-"""Thin wrapper: snakemake rules `gradcam`, `gradcam_shuffled` -> calflow.gradcam.session_gradcam."""
+"""Thin wrapper: snakemake rule `gradcam` -> calflow.gradcam.session_gradcam (with the shuffled-label control's maps)."""
 import logging
 
 from calflow.gradcam import session_gradcam
@@ -12,7 +12,8 @@ def main(smk):
         entry["footprints"] = smk.input.footprints
     info = session_gradcam(entry, smk.input.model, smk.params.gradcam, smk.output.store,
                            plots_dir=smk.output.get("plots"), cnmf_store=smk.input.get("cnmf"),
-                           scratch_dir=smk.config.get("classify", {}).get("scratch_dir", ""))
+                           scratch_dir=smk.config.get("classify", {}).get("scratch_dir", ""),
+                           control_model=smk.input.get("control_model"), control_store=smk.output.get("control_store"))
     logging.getLogger("calflow.gradcam").info("gradcam: %s", info)
 
 
