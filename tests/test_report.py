@@ -222,7 +222,7 @@ def test_sessions_built_in_forked_workers_give_the_same_page(tree, html, tmp_pat
                           workflow_dir=ROOT, workers=2)
     stamp = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [A-Z+0-9-]+")  # when the page was generated
     assert stamp.sub("T", out.read_text(encoding="utf-8")) == stamp.sub("T", html)
-    assert rp._FORKED is None
+    assert rp.render._FORKED is None
 
 
 def test_git_commit_outside_a_repository(tmp_path):
@@ -306,9 +306,9 @@ def test_truth_motion_leaves_the_static_fov_replacement_out(tree, tmp_path):
 
 def test_truth_cells_from_masks_or_footprints(tree, tmp_path):
     src = tree[0] / "demo" / "a1_A"
-    from_masks = rp._truth_labels(src / "ground_truth.npz")
+    from_masks = rp.sections.motion._truth_labels(src / "ground_truth.npz")
     shutil.copy(src / "ground_truth.npz", tmp_path / "ground_truth.npz")  # no masks.tif beside it
-    from_footprints = rp._truth_labels(tmp_path / "ground_truth.npz")
+    from_footprints = rp.sections.motion._truth_labels(tmp_path / "ground_truth.npz")
     assert from_masks.shape == from_footprints.shape == (64, 64)
     assert set(np.unique(from_masks)) == set(np.unique(from_footprints)) == set(range(9))  # 8 cells + background
     assert (from_footprints > 0).sum() <= (from_masks > 0).sum()  # masks.tif fills dark nuclei

@@ -1,5 +1,5 @@
 # What rule `report` (report.smk) reads. The HTML report is results/report/index.html (calflow.report).
-# A stage that adds to the report lists what it reads below; its section in calflow/report.py
+# A stage that adds to the report lists what it reads below; its section in calflow/report/sections/
 # leaves itself out when those outputs are absent, so these inputs only order the jobs and make
 # the report rerun when a stage's results change.
 
