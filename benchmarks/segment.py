@@ -324,7 +324,7 @@ def bench_isbi(iterations: int, kernel_sweep: list[list[int]]) -> dict:
     lab = tifffile.imread(d / "train-labels.tif") > 127  # True = interior
     samples = [Sample(normalise(vol[i])[None], lab[i].astype(np.float32)) for i in range(len(vol))]
     tr, va, te = samples[:18], samples[18:20], list(range(20, len(vol)))
-    base = {"task": "semantic", "iterations": iterations, "patch_size": 128, "batch_size": 4, "depth": 4,
+    base = {"task": "semantic", "iterations": iterations, "patience": 0, "patch_size": 128, "batch_size": 4, "depth": 4,
             "base_channels": 16, "val_every": max(iterations // 8, 1), "device": "cpu", "lr": 2e-3}
     variants = {"unet": {"network": "unet"}, "dcn_default_k4-8-16-32": {"network": "dcn"}}
     for ks in kernel_sweep:
@@ -384,7 +384,8 @@ def bench_bbbc(iterations: int) -> dict:
             lab[cc > 0] = cc[cc > 0] + lab.max()
         samples.append(Sample.from_labels(normalise(img)[None], lab, n))
     tr, va, te = samples[:10], samples[10:12], samples[12:]
-    params = {"iterations": iterations, "patch_size": 128, "batch_size": 4, "depth": 3, "val_every": max(iterations // 8, 1),
+    params = {"iterations": iterations, "patience": 0, "patch_size": 128, "batch_size": 4, "depth": 3,
+              "val_every": max(iterations // 8, 1),
               "device": "cpu", "post": {"prob_threshold": 0.5, "cue_threshold": 0.5, "min_size": 30}}
     with tempfile.TemporaryDirectory() as tmp:
         res, model, info = train_and_predict(tr, va, params, tmp, "bbbc")

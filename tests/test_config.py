@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -148,26 +149,210 @@ def test_bad_stim_log_in_sheet_stops_early(tmp_path):
         load_sessions(path, base_dir=tmp_path)
 
 
-def test_schema_sections_match_the_stage_parameters():
-    """The schema documents exactly the keys each stage's parameter class accepts, same defaults."""
+# Every config section a stage reads into a Params class, with the schema keys that are
+# deliberately not fields of the class (key -> why). Sections without a Params class: NO_PARAMS.
+SECTION_EXCEPTIONS = {
+    "ingest": {}, "motion": {}, "summary": {}, "keyframes": {}, "segment": {}, "segment.corr_pnr": {},
+    "cnmf": {}, "decode": {}, "gradcam": {}, "compare": {}, "stim_maps": {},
+    "classify": {"profile": "resolved by load_config into the keys it sets (apply_profile), not a classifier key"},
+    "virtual_stain": {"sheet": "the workflow reads the sheet (its datasets are the jobs); not a stage param",
+                      "demo": "the demo simulator's PairParams, a free-form object (test_free_form_sections_build_their_classes)"},
+}
+NO_PARAMS = {
+    "sessions": "a path, read by the workflow",
+    "seed": "the base seed, passed to the rules as params.seed",
+    "demo": "the simulator's study design (calflow.simulate.study_params / draw_nuisance arguments); its sim "
+            "object is SimParams (test_free_form_sections_build_their_classes)",
+    "nwb": "options of the NWB export, checked by calflow.nwb_metadata and the schema",
+}
+# values the schema allows that the class refuses on purpose: (section, key, value) -> why
+ALLOWED_BUT_REFUSED = {("motion", "device", "cuda"): "MotionParams refuses cuda when torch sees no GPU"}
+# class values the schema refuses on purpose: (section, key) -> {value: why}
+CLASS_ONLY_VALUES = {("segment", "task"): {"semantic": "a library task (foreground only, the EM benchmark); the "
+                                                       "workflow's segment rule needs the distance cue"}}
+
+
+def _params_classes() -> dict:
+    from calflow.classify.params import ClassifyParams
+    from calflow.cnmf.config import CNMFParams
+    from calflow.compare import CompareParams
+    from calflow.decode import DecodeParams
+    from calflow.gradcam import GradcamParams
+    from calflow.ingest import IngestParams
+    from calflow.keyframes import KeyframeParams
+    from calflow.motion import MotionParams
+    from calflow.segment.params import CorrPnrParams, SegmentParams
+    from calflow.stim_maps import StimMapsParams
+    from calflow.summary import SummaryParams
+    from calflow.virtual_stain.stage import VirtualStainParams
+
+    return {"ingest": IngestParams, "motion": MotionParams, "summary": SummaryParams, "keyframes": KeyframeParams,
+            "segment": SegmentParams, "segment.corr_pnr": CorrPnrParams, "cnmf": CNMFParams, "decode": DecodeParams,
+            "virtual_stain": VirtualStainParams, "classify": ClassifyParams, "gradcam": GradcamParams,
+            "compare": CompareParams, "stim_maps": StimMapsParams}
+
+
+def _schema_section(section: str) -> dict:
+    node = load_schema("config")
+    for part in section.split("."):
+        node = node["properties"][part]
+    return node["properties"]
+
+
+def _config_section(cfg: dict, section: str) -> dict:
+    for part in section.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def test_every_section_has_a_params_class_or_a_reason():
+    schema = load_schema("config")["properties"]
+    assert set(schema) == {s.split(".")[0] for s in SECTION_EXCEPTIONS} | set(NO_PARAMS)
+    assert set(SECTION_EXCEPTIONS) == set(_params_classes())
+
+
+@pytest.mark.parametrize("section", sorted(SECTION_EXCEPTIONS))
+def test_schema_section_matches_its_params_class(section):
+    """The schema documents exactly the keys the stage's Params class declares: the same defaults
+    (after the class's own from_config conversions), bounds and allowed values."""
     import dataclasses
 
-    from calflow.ingest import IngestParams
-    from calflow.motion import MotionParams
-    from calflow.summary import SummaryParams
+    cls = _params_classes()[section]
+    props = {k: v for k, v in _schema_section(section).items() if k not in SECTION_EXCEPTIONS[section]}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    assert set(props) == set(fields), f"{section}: schema-only {sorted(set(props) - set(fields))}, " \
+                                      f"class-only {sorted(set(fields) - set(props))}"
+    defaults = {k: v for k, v in _config_section(load_config("c.yaml", data={}), section).items() if k in props}
+    built, plain = cls.from_config(defaults), cls()
+    for key in props:
+        assert getattr(built, key) == getattr(plain, key), f"{section}.{key}: schema default differs from the class's"
+    assert built == plain
+    # the declared bounds and allowed values are the schema's (list items: the items' ones)
+    for key, prop in props.items():
+        meta, where = fields[key].metadata, prop.get("items", {}) if prop.get("type") == "array" else prop
+        assert meta.get("ge") == where.get("minimum"), f"{section}.{key}: minimum"
+        assert meta.get("gt") == where.get("exclusiveMinimum"), f"{section}.{key}: exclusiveMinimum"
+        assert meta.get("le") == where.get("maximum"), f"{section}.{key}: maximum"
+        assert meta.get("lt") == where.get("exclusiveMaximum"), f"{section}.{key}: exclusiveMaximum"
+        extra = set(CLASS_ONLY_VALUES.get((section, key), {}))
+        if "enum" in where:
+            assert set(meta.get("choices", ())) == set(where["enum"]) | extra, f"{section}.{key}: enum"
+        else:
+            assert "choices" not in meta, f"{section}.{key}: the class restricts a key the schema does not"
+
+
+def _bad_values(prop: dict) -> list:
+    """Values the schema refuses for a property (by type, bound, enum or length)."""
+    kinds = [k for k in (prop["type"] if isinstance(prop.get("type"), list) else [prop.get("type")]) if k != "null"]
+    kind = kinds[0] if len(kinds) == 1 else None  # [string, integer] (gradcam.layer): no wrong type to give
+    out: list = []
+    if "oneOf" in prop:
+        return ["not-an-option", True]
+    if kind == "array":
+        item = prop.get("items", {})
+        out.append("not-a-list")
+        if "minItems" in prop:
+            out.append([0.0] * (prop["minItems"] - 1) if item.get("type") == "number" else [])
+        for bad in _bad_values(item) if item.get("type") != "array" else []:
+            out.append([bad])
+        return out
+    if "enum" in prop:
+        out.append(max(prop["enum"]) + 1 if kind == "integer" else "not-an-option")
+    eps = {"integer": 1}.get(kind, 1e-6)
+    for key, step in (("minimum", -eps), ("maximum", eps)):
+        if key in prop:
+            out.append(prop[key] + step)
+    out += [prop[key] for key in ("exclusiveMinimum", "exclusiveMaximum") if key in prop]
+    out += {"integer": [2.5, True], "number": ["x", True], "boolean": ["yes", 1], "string": [3]}.get(kind, [])
+    return out
+
+
+@pytest.mark.parametrize("section", sorted(SECTION_EXCEPTIONS))
+def test_params_classes_refuse_what_the_schema_refuses_and_take_its_values(section):
+    """Every value the schema's enum allows builds the class; a value outside the schema's enum,
+    bounds, type or length raises CalflowInputError from the class too, naming the key."""
+    import torch
+
+    cls = _params_classes()[section]
+    props = {k: v for k, v in _schema_section(section).items() if k not in SECTION_EXCEPTIONS[section]}
+    validator = load_schema("config")  # the values below are checked against the schema, too
+    for key, prop in props.items():
+        if prop.get("type") == "object":
+            continue  # a subsection (segment.corr_pnr), checked on its own
+        where = prop.get("items", prop) if prop.get("type") == "array" else prop
+        for value in where.get("enum", []) + [e for alt in prop.get("oneOf", []) for e in alt.get("enum", [])]:
+            value = [value] if prop.get("type") == "array" else value
+            refused = not isinstance(value, list) and (section, key, value) in ALLOWED_BUT_REFUSED
+            if refused and not torch.cuda.is_available():
+                with pytest.raises(CalflowInputError):
+                    cls.from_config({key: value})
+            else:
+                got = getattr(cls.from_config({key: value}), key)
+                assert (list(got) if isinstance(value, list) else got) == value, (section, key, value)
+        for value in _bad_values(prop):
+            data = {key: value}
+            for part in reversed(section.split(".")):
+                data = {part: data}
+            with pytest.raises(CalflowInputError):  # the schema refuses it ...
+                validate(data, validator, file="c.yaml")
+            with pytest.raises(CalflowInputError, match=rf"{re.escape(section)}\.{key}"):  # ... and so does the class
+                cls.from_config({key: value})
+
+
+def test_free_form_sections_build_their_classes():
+    """demo.sim and virtual_stain.demo are free-form objects in the schema (their keys are the
+    classes' fields): their default {} builds the class's defaults, an unknown key or bad value is one line."""
+    from calflow.simulate import SimParams
+    from calflow.virtual_stain.simulate import PairParams
 
     cfg = load_config("c.yaml", data={})
-    for section, cls in (("ingest", IngestParams), ("motion", MotionParams), ("summary", SummaryParams)):
-        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-        assert cfg[section] == defaults, section
-    from calflow.gradcam import GradcamParams  # layer: an int in YAML, a string in the class
+    assert SimParams.from_dict(cfg["demo"]["sim"]) == SimParams()
+    assert PairParams(**cfg["virtual_stain"]["demo"]) == PairParams()
+    with pytest.raises(CalflowInputError, match=r"demo\.sim\.n_cells = 2\.5: must be an integer\. Fix: "):
+        SimParams.from_dict({"n_cells": 2.5})
+    with pytest.raises(CalflowInputError, match=r"config: virtual_stain\.demo\.height = 8: must be >= 16\. Fix: "):
+        PairParams(height=8)
 
-    assert set(cfg["gradcam"]) == {f.name for f in dataclasses.fields(GradcamParams)}
-    assert GradcamParams.from_config(cfg["gradcam"]) == GradcamParams()
-    from calflow.classify import ClassifyParams  # profile: resolved by load_config, not a classifier setting
 
-    assert set(cfg["classify"]) == {f.name for f in dataclasses.fields(ClassifyParams)} | {"profile"}
-    assert ClassifyParams.from_config(cfg["classify"]) == ClassifyParams()
+def test_one_error_format_for_bad_values():
+    from calflow.classify.params import ClassifyParams
+    from calflow.cnmf.config import CNMFParams
+
+    with pytest.raises(CalflowInputError) as err:
+        ClassifyParams.from_config({"dropout": 0.97})
+    assert str(err.value) == "config: classify.dropout = 0.97: must be in [0, 0.95]. Fix: use a number in [0, 0.95]"
+    with pytest.raises(CalflowInputError) as err:
+        CNMFParams.from_config({"ar_order": 3})
+    assert str(err.value) == ("config: cnmf.ar_order = 3: must be one of 1, 2. Fix: use 1 (decay only) or 2 (rise "
+                              "and decay)")
+
+
+def test_derived_key_lists_equal_the_lists_they_replaced():
+    """The rule params and checkpoint fingerprints are built from key lists derived from the Params
+    declarations (calflow.params.runtime_keys / workflow_keys / role_keys); they equal the hand-kept
+    lists they replaced, so no rule re-runs and no checkpoint is orphaned."""
+    import dataclasses
+
+    from calflow.classify.params import ClassifyParams
+    from calflow.config import CLASSIFY_WORKFLOW_KEYS
+    from calflow.params import role_keys, runtime_keys
+    from calflow.segment.params import SegmentParams
+    from calflow.segment.train import TrainParams
+    from calflow.virtual_stain.stage import VirtualStainParams
+
+    # classify/train.py _RUNTIME_KEYS (left out of the checkpoint fingerprint)
+    assert set(runtime_keys(ClassifyParams)) == {"device", "num_threads", "checkpoint_every", "scratch_dir",
+                                                 "shuffle_control"}
+    # calflow.config.CLASSIFY_WORKFLOW_KEYS (left out of the classifier's rule params)
+    assert set(CLASSIFY_WORKFLOW_KEYS) == {"shuffle_control", "control_members", "scratch_dir", "profile"}
+    # segment_common.smk SEGMENT_INFER_KEYS (left out of the training rule's params)
+    assert role_keys(SegmentParams, "infer") == ("tta", "iou_threshold", "centroid_max_distance", "prob_threshold",
+                                                 "cue_threshold", "min_size", "method", "corr_pnr")
+    # segment/train.py _fingerprint: everything but the device
+    assert runtime_keys(TrainParams) == ("device",)
+    # virtual_stain_common.smk VS_PARAMS: the section without sheet and demo
+    assert set(_schema_section("virtual_stain")) - {f.name for f in dataclasses.fields(VirtualStainParams)} == \
+        {"sheet", "demo"}
 
 
 def test_seed000_profile_sets_its_keys_over_explicit_values_with_one_log_line():

@@ -317,7 +317,7 @@ def test_classes_with_too_few_trials_are_dropped_and_reported():
                                         ("tree_neurons", -1), ("spontaneous", "baseline"), ("zscore", "yes"),
                                         ("folds", 1), ("classifiers", []), ("window_s", [0.5, 0.1])])
 def test_bad_config_value_is_one_clear_error(key, value):
-    with pytest.raises(CalflowInputError, match=rf"decode\.{key}: .* is not valid\. Fix: "):
+    with pytest.raises(CalflowInputError, match=rf"decode\.{key} = .*: .*\. Fix: "):
         DecodeParams(**{key: value})
 
 

@@ -484,7 +484,7 @@ def test_motion_off_renders_the_world():
     ],
 )
 def test_invalid_params_name_the_parameter(override, name):
-    with pytest.raises(CalflowInputError, match=rf"{name}=.*Fix: "):
+    with pytest.raises(CalflowInputError, match=rf"demo\.sim\.{name} = .*Fix: "):
         simulate(small(**override), 0)
 
 
@@ -819,5 +819,5 @@ def test_nuisance_round_trips_through_the_session_files(tmp_path):
     ],
 )
 def test_invalid_nuisance_params_name_the_parameter(override, name):
-    with pytest.raises(CalflowInputError, match=rf"{name}=.*Fix: "):
+    with pytest.raises(CalflowInputError, match=rf"demo\.sim\.{name} = .*Fix: "):
         simulate(tiny(**override), 0)

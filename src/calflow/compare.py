@@ -61,7 +61,7 @@ from scipy.special import ndtr, ndtri
 
 from calflow.errors import CalflowInputError
 from calflow.io import atomic_output, open_group
-from calflow.params import from_section
+from calflow.params import check_fields, from_section, invalid, param
 
 log = logging.getLogger("calflow.compare")
 
@@ -83,33 +83,23 @@ class CompareParams:
     """The ``compare`` config section (docs/classify.md)."""
 
     pairs: tuple = ()  # [[a, b], ...] condition pairs; empty = every pair of conditions in sheet order
-    statistic: str = "disjoint"  # headline set of pattern pairs: disjoint | singles | pairs | all
-    summary: str = "mean"  # mean | sum of the set's ZNCC entries
+    statistic: str = param("disjoint", choices=SETS)  # headline set of pattern pairs
+    summary: str = param("mean", choices=("mean", "sum"))  # of the set's ZNCC entries
     subtract_mean: bool = False  # subtract the across-pattern mean map before ZNCC
-    zncc_map: str = ""  # "" = the stores' own (gradcam.zncc_map) | signed | relu
-    alpha: float = 0.05
-    n_permutations: int = 20000  # Monte Carlo sign flips / group assignments beyond the exact limits
-    n_bootstrap: int = 1000
-    diagnostic_permutations: int = 200  # within-animal trial-level permutations (the diagnostic)
-    ci: float = 0.95
-    seed: int = 0
+    zncc_map: str = param("", choices=("", "signed", "relu"))  # "" = the stores' own (gradcam.zncc_map)
+    alpha: float = param(0.05, gt=0, lt=1, fix="use a level in (0, 1), e.g. 0.05")
+    n_permutations: int = param(20000, ge=1)  # Monte Carlo sign flips / group assignments beyond the exact limits
+    n_bootstrap: int = param(1000, ge=0)
+    diagnostic_permutations: int = param(200, ge=0)  # within-animal trial-level permutations (the diagnostic)
+    ci: float = param(0.95, gt=0, lt=1)
+    seed: int = param(0, ge=0)
 
     def __post_init__(self) -> None:
-        def bad(key: str, fix: str) -> CalflowInputError:
-            return CalflowInputError(f"compare.{key} = {getattr(self, key)!r}", file="config", fix=fix)
-
-        if self.statistic not in SETS:
-            raise bad("statistic", f"use one of {', '.join(SETS)}")
-        if self.summary not in ("mean", "sum"):
-            raise bad("summary", "use mean or sum")
-        if self.zncc_map not in ("", "signed", "relu"):
-            raise bad("zncc_map", "use '', signed or relu")
-        if not 0 < self.alpha < 1:
-            raise bad("alpha", "use a level in (0, 1), e.g. 0.05")
+        check_fields(self, "compare")
         for pair in self.pairs:
             if len(pair) != 2 or pair[0] == pair[1]:
-                raise CalflowInputError(f"compare.pairs entry {list(pair)}", file="config",
-                                        fix="give pairs of two different conditions, e.g. [[POD0, POD3]]")
+                raise invalid("compare", "pairs", [list(p) for p in self.pairs], f"entry {list(pair)} is not two "
+                              "different conditions", "give pairs of two different conditions, e.g. [[POD0, POD3]]")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | CompareParams | None) -> CompareParams:

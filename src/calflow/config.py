@@ -23,7 +23,9 @@ import pandas as pd
 import yaml
 from jsonschema import Draft202012Validator, validators
 
+from calflow.classify.params import ClassifyParams
 from calflow.errors import CalflowInputError
+from calflow.params import workflow_keys
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
 RESERVED_SESSION_NAMES = {"models", "compare", "report", "demo", "logs", "benchmarks", "classifier"}
@@ -352,9 +354,10 @@ def check_targets(path: str | Path) -> pd.DataFrame:
 
 
 # keys of the classify section that only steer the workflow: they are left out of the real
-# classifier's params, so changing them re-trains nothing (the profile is resolved by load_config,
-# scratch_dir is a path of the machine that the scripts read from the config)
-CLASSIFY_WORKFLOW_KEYS = ("shuffle_control", "control_members", "scratch_dir", "profile")
+# classifier's params, so changing them re-trains nothing. They are the ClassifyParams keys declared
+# workflow=True (scratch_dir is a path of the machine that the script reads from the config;
+# shuffle_control and control_members size the control) and the profile, which load_config resolves
+CLASSIFY_WORKFLOW_KEYS = (*workflow_keys(ClassifyParams), "profile")
 
 
 def classify_model_params(section: Mapping[str, Any]) -> dict[str, Any]:

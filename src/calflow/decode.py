@@ -42,6 +42,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,7 +53,7 @@ import pandas as pd
 
 from calflow.errors import CalflowInputError
 from calflow.io import atomic_output
-from calflow.params import from_section
+from calflow.params import check_fields, from_section, invalid, param
 
 log = logging.getLogger(__name__)
 
@@ -67,69 +68,49 @@ FOLD_TEST_DRAWS = 9999        # label permutations per fold of the fold test (sm
 LOGISTIC_C = 1.0              # inverse L2 strength of logistic regression (scikit-learn's default)
 BATCH_LOGISTIC = 1_000_000    # trials x neurons x classes up to which logistic refits are solved together
 SD_FLOOR = 0.1                # z-scoring: spontaneous sd below this fraction of the neurons' median sd is raised to it
+_GUARD_FIX = "give seconds >= 0 (at least 3 decay times of the indicator, e.g. 2 for GCaMP6f, 5 for GCaMP6s)"
 
 
 @dataclass
 class DecodeParams:
     """The ``decode`` config section (times in seconds relative to stimulus onset)."""
 
-    traces: str = "dff"                      # dff | C | C_raw of cnmf.zarr
+    traces: str = param("dff", choices=TRACES)  # of cnmf.zarr
     accepted_only: bool = True               # only components with accepted == True
-    window_s: list[float] = field(default_factory=lambda: [0.0, 0.5])
-    baseline_s: list[float] = field(default_factory=lambda: [-0.5, 0.0])
-    spontaneous: str = "auto"                # auto | epochs (the stimulus table's) | gaps (between trials)
-    spont_guard_s: float = 2.0               # s after each trial's end before frames count as spontaneous
+    window_s: list[float] = param(factory=lambda: [0.0, 0.5])
+    baseline_s: list[float] = param(factory=lambda: [-0.5, 0.0])
+    spontaneous: str = param("auto", choices=SPONTANEOUS)  # epochs (the stimulus table's) | gaps (between trials)
+    spont_guard_s: float = param(2.0, ge=0, fix=_GUARD_FIX)  # s after each trial before frames count as spontaneous
     zscore: bool = True                      # z-score each neuron by its spontaneous activity (before the PCs)
-    remove_spontaneous_pcs: int = 32         # k top spontaneous PCs projected out (capped; 0 = off)
-    tree_neurons: int = 64                   # tree ensembles see the most selective neurons (ANOVA F; 0 = all)
-    classifiers: list[str] = field(default_factory=lambda: list(CLASSIFIERS))
-    cv: str = "blocks"                       # blocks (contiguous trials) | shuffled
-    folds: int = 5
-    n_permutations: int = 100                # label permutations of the refit test (0 = fold test only)
-    refit_test: list[str] = field(default_factory=list)
+    remove_spontaneous_pcs: int = param(32, ge=0)  # k top spontaneous PCs projected out (capped; 0 = off)
+    tree_neurons: int = param(64, ge=0)      # tree ensembles see the most selective neurons (ANOVA F; 0 = all)
+    classifiers: list[str] = param(factory=lambda: list(CLASSIFIERS), choices=CLASSIFIERS, min_items=1)
+    cv: str = param("blocks", choices=CV_SCHEMES)  # blocks (contiguous trials) | shuffled
+    folds: int = param(5, ge=2)
+    n_permutations: int = param(100, ge=0)   # label permutations of the refit test (0 = fold test only)
+    refit_test: list[str] = param(factory=list, choices=CLASSIFIERS)
     nested_selection: bool = False           # also score a classifier chosen by inner cross-validation
-    n_estimators: int = 100                  # random forest trees
-    max_iter: int = 30                       # hist_gradient_boosting iterations
-    adaboost_estimators: int = 50            # AdaBoost rounds (depth-1 trees)
-    seed: int = 0
+    n_estimators: int = param(100, ge=1)     # random forest trees
+    max_iter: int = param(30, ge=1)          # hist_gradient_boosting iterations
+    adaboost_estimators: int = param(50, ge=1)  # AdaBoost rounds (depth-1 trees)
+    seed: int = param(0, ge=0)
 
     def __post_init__(self) -> None:
-        def bad(key: str, fix: str) -> CalflowInputError:
-            return CalflowInputError(f"decode.{key}: {getattr(self, key)!r} is not valid", file="config", fix=fix)
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int | np.integer) and not isinstance(v, bool)
-
-        if self.traces not in TRACES:
-            raise bad("traces", f"use one of {', '.join(TRACES)}")
+        check_fields(self, "decode")
         for key in ("window_s", "baseline_s"):
             v = getattr(self, key)
-            if (not isinstance(v, list | tuple) or len(v) != 2 or not all(isinstance(x, int | float) for x in v)
-                    or not v[0] < v[1]):
-                raise bad(key, "give [start, stop] in seconds relative to onset with start < stop")
+            if len(v) != 2 or not v[0] < v[1]:
+                raise invalid("decode", key, v, "must be [start, stop] with start < stop",
+                              "give [start, stop] in seconds relative to onset with start < stop")
             setattr(self, key, [float(x) for x in v])
-        for key in ("accepted_only", "zscore", "nested_selection"):
-            if not isinstance(getattr(self, key), bool):
-                raise bad(key, "use true or false")
-        if self.spontaneous not in SPONTANEOUS:
-            raise bad("spontaneous", f"use one of {', '.join(SPONTANEOUS)}")
-        if isinstance(self.spont_guard_s, bool) or not isinstance(self.spont_guard_s, int | float) \
-                or not 0 <= self.spont_guard_s < math.inf:
-            raise bad("spont_guard_s", "give seconds >= 0 (at least 3 decay times of the indicator, e.g. 2 for "
-                                       "GCaMP6f, 5 for GCaMP6s)")
+        if not math.isfinite(self.spont_guard_s):
+            raise invalid("decode", "spont_guard_s", self.spont_guard_s, "must be finite", _GUARD_FIX)
         self.spont_guard_s = float(self.spont_guard_s)
-        for key in ("classifiers", "refit_test"):
-            v = getattr(self, key)
-            if not isinstance(v, list | tuple) or any(c not in CLASSIFIERS for c in v) or (key == "classifiers" and not v):
-                raise bad(key, f"list {'one or more' if key == 'classifiers' else 'zero or more'} of {', '.join(CLASSIFIERS)}")
-            setattr(self, key, list(v))
-        if self.cv not in CV_SCHEMES:
-            raise bad("cv", f"use one of {', '.join(CV_SCHEMES)}")
-        minimum = {"remove_spontaneous_pcs": 0, "tree_neurons": 0, "folds": 2, "n_permutations": 0, "n_estimators": 1,
-                   "max_iter": 1, "adaboost_estimators": 1, "seed": 0}
-        for key, lo in minimum.items():
-            if not is_int(getattr(self, key)) or getattr(self, key) < lo:
-                raise bad(key, f"use an integer >= {lo}")
+        self.classifiers, self.refit_test = list(self.classifiers), list(self.refit_test)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | DecodeParams | None) -> DecodeParams:
+        return from_section(cls, "decode", config)
 
 
 @dataclass

@@ -45,19 +45,15 @@ import torch.nn.functional as F
 import zarr
 from torch import nn
 
-from calflow.classify import (
-    ClassifyParams,
-    load_fold_models,
-    load_session,
-    pass_rows,
-    read_targets,
-    window,
-)
-from calflow.classify.data import _net_input
+from calflow.classify.data import _net_input, load_session, window
+from calflow.classify.model import load_fold_models
+from calflow.classify.params import ClassifyParams
+from calflow.classify.train import pass_rows
 from calflow.compare import zncc_matrix  # noqa: F401 - the one definition (no torch there)
 from calflow.errors import CalflowInputError
 from calflow.io import atomic_output, open_group, write_array
-from calflow.params import from_section
+from calflow.params import check_fields, from_section, invalid, param
+from calflow.stimulation import read_targets
 
 log = logging.getLogger("calflow.gradcam")
 
@@ -72,21 +68,19 @@ class GradcamParams:
     """The ``gradcam`` config section (docs/classify.md)."""
 
     layer: str = "0"  # "last" or the index of a conv block of the classifier (0 = first)
-    method: str = "gradcam"  # gradcam: channel weights = spatial mean of the gradient | hirescam: gradient x activation
-    score: str = "vs_none"  # vs_none: sum over the pattern's targets of logit - none logit | logit: sum of logits
-    zncc_map: str = "signed"  # signed | relu (Grad-CAM as displayed): which layer-resolution maps ZNCC compares
-    batch_size: int = 64
+    # gradcam: channel weights = spatial mean of the gradient | hirescam: gradient x activation
+    method: str = param("gradcam", choices=METHODS)
+    # vs_none: sum over the pattern's targets of logit - none logit | logit: sum of logits
+    score: str = param("vs_none", choices=SCORES)
+    # which layer-resolution maps ZNCC compares: signed | relu (Grad-CAM as displayed)
+    zncc_map: str = param("signed", choices=("signed", "relu"))
+    batch_size: int = param(64, ge=1)
 
     def __post_init__(self) -> None:
-        if self.zncc_map not in ("relu", "signed"):
-            raise CalflowInputError(f"gradcam.zncc_map = {self.zncc_map!r}", file="config", fix="use relu or signed")
-        if self.method not in METHODS:
-            raise CalflowInputError(f"gradcam.method = {self.method!r}", file="config", fix="use gradcam or hirescam")
-        if self.score not in SCORES:
-            raise CalflowInputError(f"gradcam.score = {self.score!r}", file="config", fix="use vs_none or logit")
+        check_fields(self, "gradcam")
         if self.layer != "last" and not str(self.layer).isdigit():
-            raise CalflowInputError(f"gradcam.layer = {self.layer!r}", file="config",
-                                    fix="use 'last' or the index of a conv block, e.g. '1'")
+            raise invalid("gradcam", "layer", self.layer, "must be last or the index of a conv block",
+                          "use 'last' or the index of a conv block, e.g. '1'")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | GradcamParams | None) -> GradcamParams:
@@ -103,8 +97,8 @@ def get_layer(model: nn.Module, layer: str | int) -> nn.Module:
         return blocks[len(blocks) - 1]
     i = int(layer)
     if not 0 <= i < len(blocks):
-        raise CalflowInputError(f"gradcam.layer = {layer} but the classifier has {len(blocks)} blocks",
-                                file="config", fix=f"use 'last' or 0..{len(blocks) - 1}")
+        raise invalid("gradcam", "layer", layer, f"the classifier has {len(blocks)} blocks",
+                      f"use 'last' or 0..{len(blocks) - 1}")
     return blocks[i]
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from calflow import __version__
 from calflow.errors import CalflowInputError
 from calflow.io import MovieWriter, atomic_output
-from calflow.params import from_section
+from calflow.params import check_fields, from_section, param
 
 log = logging.getLogger(__name__)
 
@@ -505,22 +505,17 @@ def sha256_of(paths: list[Path], block: int = 1 << 22) -> str:
 class IngestParams:
     """Tunables of the ingest stage (config section ``ingest``)."""
 
-    chunk_frames: int = 100  # frames per zarr chunk (whole frames)
-    read_frames: int = 100  # frames read from the source per step
-    nan_policy: str = "error"  # "error" or "fill_previous"
-    clevel: int = 5  # zstd level
+    chunk_frames: int = param(100, ge=1)  # frames per zarr chunk (whole frames)
+    read_frames: int = param(100, ge=1)  # frames read from the source per step
+    nan_policy: str = param("error", choices=("error", "fill_previous"))
+    clevel: int = param(5, ge=1, le=9)  # zstd level
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any] | IngestParams | None) -> IngestParams:
         return from_section(cls, "ingest", cfg)
 
     def __post_init__(self) -> None:
-        if self.chunk_frames < 1 or self.read_frames < 1:
-            raise CalflowInputError("ingest.chunk_frames and ingest.read_frames must be >= 1", file="config")
-        if self.nan_policy not in ("error", "fill_previous"):
-            raise CalflowInputError(
-                f"ingest.nan_policy '{self.nan_policy}' is not one of error, fill_previous", file="config"
-            )
+        check_fields(self, "ingest")
 
 
 def _nan_frames(block: np.ndarray, first: int) -> list[int]:

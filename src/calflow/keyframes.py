@@ -34,35 +34,27 @@ import numpy as np
 import zarr
 from scipy import ndimage
 
-from calflow.errors import CalflowInputError
 from calflow.io import MovieReader, atomic_output, write_array
-from calflow.params import from_section
+from calflow.params import check_fields, from_section, param
 
 
 @dataclass(frozen=True)
 class KeyframeParams:
     """``keyframes`` config section (see the module docstring)."""
 
-    method: str = "activity"
-    n_keyframes: int = 50
-    batch_size: int = 200
-    highpass_sigma: float = 6.0
-    baseline_frames: int = 50
-    top_fraction: float = 0.01
-    min_gap: int = 3
-    n_components: int = 20
-    downsample: int = 2
-    seed: int = 0
+    method: str = param("activity", choices=("activity", "kmeans"))
+    n_keyframes: int = param(50, ge=1)
+    batch_size: int = param(200, ge=1)
+    highpass_sigma: float = param(6.0, gt=0)
+    baseline_frames: int = param(50, ge=1)
+    top_fraction: float = param(0.01, gt=0, le=1)
+    min_gap: int = param(3, ge=1)
+    n_components: int = param(20, ge=1)
+    downsample: int = param(2, ge=1)
+    seed: int = param(0, ge=0)
 
     def __post_init__(self) -> None:
-        if self.method not in ("activity", "kmeans"):
-            raise CalflowInputError(f"keyframes.method = {self.method!r}", fix="use 'activity' or 'kmeans'")
-        for name in ("n_keyframes", "batch_size", "baseline_frames", "n_components", "downsample"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-                raise CalflowInputError(f"keyframes.{name} = {v!r}: must be a positive integer")
-        if not 0 < self.top_fraction <= 1:
-            raise CalflowInputError(f"keyframes.top_fraction = {self.top_fraction!r}", fix="use a value in (0, 1]")
+        check_fields(self, "keyframes")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | KeyframeParams | None) -> KeyframeParams:

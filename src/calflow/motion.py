@@ -68,7 +68,7 @@ import zarr
 from calflow.device import resolve_device
 from calflow.errors import CalflowInputError
 from calflow.io import MovieReader, MovieWriter, atomic_output, write_array
-from calflow.params import from_section
+from calflow.params import check_fields, from_section, invalid, param
 
 log = logging.getLogger("calflow.motion")
 
@@ -109,71 +109,33 @@ class MotionParams:
     zarr reading/compression). seed: fixes any randomness (ties, GPU).
     """
 
-    max_shift: int = 15
+    max_shift: int = param(15, ge=1)
     piecewise: bool = True
-    patch_size: int = 64
-    overlap: int = 32
-    max_deviation: int = 5
-    smooth_sigma: float = 1.15
-    highpass_sigma: float = 0.0
-    template_frames: int = 200
-    iterations: int = 3
-    patch_snr_threshold: float = 1.2
-    patch_outlier_px: float = 2.0
-    batch_size: int = 100
-    device: str = "auto"
-    interpolation: str = "bicubic"
-    field_interpolation: str = "cubic"
-    output_dtype: str = "input"
-    num_threads: int = 0
-    seed: int = 0
+    patch_size: int = param(64, ge=8)
+    overlap: int = param(32, ge=0)
+    max_deviation: int = param(5, ge=0)
+    smooth_sigma: float = param(1.15, ge=0.3, le=5, fix="use about 1.15 (px)")
+    highpass_sigma: float = param(0.0, ge=0, fix="use 0 (off) or about 10 (px)")
+    template_frames: int = param(200, ge=1)
+    iterations: int = param(3, ge=0)
+    patch_snr_threshold: float = param(1.2, ge=0, fix="use 0 (off) or about 1.2")
+    patch_outlier_px: float = param(2.0, ge=0, fix="use 0 (off) or about 2 (px)")
+    batch_size: int = param(100, ge=1)
+    device: str = param("auto", choices=("auto", "cpu", "cuda"), runtime=True)
+    interpolation: str = param("bicubic", choices=("bicubic", "bilinear"))
+    field_interpolation: str = param("cubic", choices=("cubic", "linear"))
+    output_dtype: str = param("input", choices=("input", "float32"))
+    num_threads: int = param(0, ge=0, runtime=True)
+    seed: int = param(0, ge=0)
 
     def __post_init__(self) -> None:
-        def bad(key: str, problem: str, fix: str) -> CalflowInputError:
-            return CalflowInputError(f"motion.{key} = {getattr(self, key)!r}: {problem}", fix=fix)
-
-        ints = {
-            "max_shift": 1,
-            "patch_size": 8,
-            "overlap": 0,
-            "max_deviation": 0,
-            "template_frames": 1,
-            "iterations": 0,
-            "batch_size": 1,
-            "num_threads": 0,
-            "seed": 0,
-        }
-        for key, low in ints.items():
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer):
-                raise bad(key, "must be an integer", f"set motion.{key} to an integer >= {low}")
-            if value < low:
-                raise bad(key, f"must be >= {low}", f"set motion.{key} to an integer >= {low}")
-        if not isinstance(self.piecewise, bool):
-            raise bad("piecewise", "must be true or false", "set motion.piecewise to true or false")
-        if not isinstance(self.smooth_sigma, int | float) or not 0.3 <= float(self.smooth_sigma) <= 5:
-            raise bad("smooth_sigma", "must be a number in [0.3, 5]", "use about 1.15 (px)")
-        if not isinstance(self.highpass_sigma, int | float) or float(self.highpass_sigma) < 0:
-            raise bad("highpass_sigma", "must be a number >= 0 (0 = off)", "use 0 or about 10 (px)")
-        if not isinstance(self.patch_snr_threshold, int | float) or float(self.patch_snr_threshold) < 0:
-            raise bad("patch_snr_threshold", "must be a number >= 0 (0 = off)", "use about 1.2")
-        if not isinstance(self.patch_outlier_px, int | float) or float(self.patch_outlier_px) < 0:
-            raise bad("patch_outlier_px", "must be a number >= 0 (0 = off)", "use about 2 (px)")
+        check_fields(self, "motion")
         if self.overlap >= self.patch_size:
-            raise bad("overlap", f"must be smaller than patch_size ({self.patch_size})",
-                      "use about patch_size / 2")
-        choices = {
-            "device": ("auto", "cpu", "cuda"),
-            "interpolation": ("bicubic", "bilinear"),
-            "field_interpolation": ("cubic", "linear"),
-            "output_dtype": ("input", "float32"),
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise bad(key, f"must be one of {', '.join(allowed)}", f"set motion.{key} to {allowed[0]}")
+            raise invalid("motion", "overlap", self.overlap, f"must be smaller than patch_size ({self.patch_size})",
+                          "use about patch_size / 2")
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise bad("device", "CUDA was requested but torch sees no GPU",
-                      "use device: auto (GPU when present, CPU otherwise)")
+            raise invalid("motion", "device", self.device, "CUDA was requested but torch sees no GPU",
+                          "use device: auto (GPU when present, CPU otherwise)")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | MotionParams | None) -> MotionParams:

@@ -33,7 +33,7 @@ from scipy import sparse
 from calflow.compare import pattern_maps, zncc_matrix
 from calflow.errors import CalflowInputError
 from calflow.io import MovieReader, atomic_output, block_average, downsampled_hw, write_array
-from calflow.params import from_section
+from calflow.params import check_fields, from_section, param
 from calflow.stimulation import check_in_frame, find_trials, read_labels, read_targets
 
 
@@ -41,16 +41,13 @@ from calflow.stimulation import check_in_frame, find_trials, read_labels, read_t
 class StimMapsParams:
     """The ``stim_maps`` config section (docs/classify.md, "Controls")."""
 
-    downsample: int = 2  # block-average factor of the maps (px per map pixel)
-    baseline_frames: int = 5  # frames before a trial's first stimulated frame
-    tail_frames: int = 5  # frames after its last stimulated frame that count as response
-    block_frames: int = 200  # frames read at a time
+    downsample: int = param(2, ge=1)  # block-average factor of the maps (px per map pixel)
+    baseline_frames: int = param(5, ge=1)  # frames before a trial's first stimulated frame
+    tail_frames: int = param(5, ge=0)  # frames after its last stimulated frame that count as response
+    block_frames: int = param(200, ge=1)  # frames read at a time
 
     def __post_init__(self) -> None:
-        for key, low in (("downsample", 1), ("baseline_frames", 1), ("tail_frames", 0), ("block_frames", 1)):
-            if int(getattr(self, key)) < low:
-                raise CalflowInputError(f"stim_maps.{key} = {getattr(self, key)!r}", file="config",
-                                        fix=f"use an integer >= {low}")
+        check_fields(self, "stim_maps")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | StimMapsParams | None) -> StimMapsParams:

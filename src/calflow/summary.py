@@ -27,7 +27,7 @@ import zarr
 
 from calflow.errors import CalflowInputError
 from calflow.io import MovieReader, atomic_output, write_array
-from calflow.params import from_section
+from calflow.params import check_fields, from_section, param
 
 # the 4 neighbour offsets (dy, dx) whose mirror images give the other 4 of the 8-neighbourhood
 _OFFSETS = ((0, 1), (1, 0), (1, 1), (1, -1))
@@ -37,12 +37,10 @@ _OFFSETS = ((0, 1), (1, 0), (1, 1), (1, -1))
 class SummaryParams:
     """``summary`` config section. batch_size: frames per streamed block (memory ~ 8 x block)."""
 
-    batch_size: int = 200
+    batch_size: int = param(200, ge=2, fix="use about 200")
 
     def __post_init__(self) -> None:
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int | np.integer) or self.batch_size < 2:
-            raise CalflowInputError(f"summary.batch_size = {self.batch_size!r}: must be an integer >= 2",
-                                    fix="use about 200")
+        check_fields(self, "summary")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | SummaryParams | None) -> SummaryParams:

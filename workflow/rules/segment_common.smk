@@ -1,15 +1,11 @@
 # Helpers of workflow/rules/segment.smk: which sessions train the segmenter, which model is used.
+from calflow.params import role_keys
+from calflow.segment.params import SegmentParams
+
 SEG = config["segment"]
-SEGMENT_INFER_KEYS = (
-    "tta",
-    "iou_threshold",
-    "centroid_max_distance",
-    "prob_threshold",
-    "cue_threshold",
-    "min_size",
-    "method",
-    "corr_pnr",
-)
+# inference and evaluation keys (role "infer" in calflow.segment.params): left out of the training
+# rule's params, so changing them re-runs segment, not training
+SEGMENT_INFER_KEYS = role_keys(SegmentParams, "infer")
 # the generalist segmenter shipped in resources/ (calflow.segment.pretrain), unless the config names another
 GENERALIST = SEG.get("generalist_model") or str(
     Path(workflow.basedir) / "resources" / "segmenter_pretrained.pt"

@@ -1,6 +1,7 @@
 # Helpers of workflow/rules/virtual_stain.smk: the virtual_stain sheet (validated at parse time),
 # its datasets and the stage's own config keys.
 from calflow.virtual_stain.sheet import load_sheet
+from calflow.virtual_stain.stage import VirtualStainParams
 
 VS = config["virtual_stain"]
 try:
@@ -8,8 +9,9 @@ try:
 except CalflowInputError as err:
     sys.exit(f"calflow: {err}")
 VS_DATASETS = sorted(set(VS_SHEET["dataset"])) if VS_SHEET is not None else []
-# the stage's own tunables: the sheet path and the demo simulator re-run nothing here
-VS_PARAMS = {k: v for k, v in VS.items() if k not in ("sheet", "demo")}
+# the stage's own tunables (the VirtualStainParams fields): the sheet path and the demo simulator re-run
+# nothing here
+VS_PARAMS = {k: v for k, v in VS.items() if k in VirtualStainParams.__dataclass_fields__}
 
 
 wildcard_constraints:

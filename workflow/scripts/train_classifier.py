@@ -1,7 +1,7 @@
 """Thin wrapper: snakemake rule `train_classifier` -> calflow.classify.train_group (and the shuffled-label control)."""
 import logging
 
-from calflow.classify import train_group
+from calflow.classify.stage import train_group
 from calflow.runner import run_script
 
 

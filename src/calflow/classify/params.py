@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from calflow.errors import CalflowInputError
-from calflow.params import from_section
+from calflow.params import check_fields, from_section, invalid, param
 
 MAX_MEMBERS = 64
 
@@ -23,56 +22,46 @@ MAX_MEMBERS = 64
 class ClassifyParams:
     """The ``classify`` config section (docs/classify.md explains every key)."""
 
-    downsample: int = 2  # block-average frames by this factor (128 -> 64 px)
-    normalise: str = "global"  # global: (F - mean image) / std of the movie | pixel: per-pixel z-score over time
-    context: int = 5  # input channels: frames t - context .. t + context (clamped at the movie's ends)
-    depth: int = 2  # conv blocks (each: two 3x3 conv + ReLU; 2x2 max-pool between blocks)
-    width: int = 8  # channels of the first block (doubling per block, capped at 4 x width)
-    head_channels: int = 4  # 1x1 conv channels before the position-aware linear head
-    dropout: float = 0.5
-    mask: str = "none"  # none | cells | targets
-    mask_radius: float = 8.0  # targets mask: px (full resolution) around each target
-    mask_dilate: int = 2  # cells mask: dilation of the footprint union, px (full resolution)
-    brightness: float = 0.4  # additive jitter in normalised units
-    contrast: float = 0.4  # gain drawn from [1 - c, 1 + c]
-    shift: int = 2  # random translation by up to this many px (classifier resolution), residual motion
-    mix: float = 0.0  # probability of adding an unstimulated training window (other spontaneous activity)
-    n_folds: int = 2  # cross-fitting folds of contiguous trial blocks
-    iterations: int = 400
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    checkpoint_every: int = 100
-    seed: int = 0
-    device: str = "auto"
-    group_by: str = "animal"  # animal (sessions '<animal><sep><condition>' share one model) | session
+    downsample: int = param(2, ge=1)  # block-average frames by this factor (128 -> 64 px)
+    # global: (F - mean image) / std of the movie | pixel: per-pixel z-score over time
+    normalise: str = param("global", choices=("global", "pixel"))
+    context: int = param(5, ge=0)  # input channels: frames t - context .. t + context (clamped at the movie's ends)
+    depth: int = param(2, ge=1, le=6)  # conv blocks (each: two 3x3 conv + ReLU; 2x2 max-pool between blocks)
+    width: int = param(8, ge=1)  # channels of the first block (doubling per block, capped at 4 x width)
+    head_channels: int = param(4, ge=1)  # 1x1 conv channels before the position-aware linear head
+    dropout: float = param(0.5, ge=0, le=0.95)
+    mask: str = param("none", choices=("none", "cells", "targets"))
+    mask_radius: float = param(8.0, gt=0)  # targets mask: px (full resolution) around each target
+    mask_dilate: int = param(2, ge=0)  # cells mask: dilation of the footprint union, px (full resolution)
+    brightness: float = param(0.4, ge=0)  # additive jitter in normalised units
+    contrast: float = param(0.4, ge=0, le=1)  # gain drawn from [1 - c, 1 + c]
+    shift: int = param(2, ge=0)  # random translation by up to this many px (classifier resolution), residual motion
+    mix: float = param(0.0, ge=0, le=1)  # probability of adding an unstimulated training window
+    n_folds: int = param(2, ge=2, fix="use 2 or more (every frame needs a held-out prediction)")  # cross-fitting folds
+    iterations: int = param(400, ge=1)
+    batch_size: int = param(32, ge=1)
+    lr: float = param(2e-3, gt=0)
+    weight_decay: float = param(0.01, ge=0)
+    checkpoint_every: int = param(100, ge=1, runtime=True)
+    seed: int = param(0, ge=0)
+    device: str = param("auto", choices=("auto", "cpu", "cuda"), runtime=True)
+    # animal (sessions '<animal><sep><condition>' share one model) | session
+    group_by: str = param("animal", choices=("animal", "session"))
     animal_separator: str = "_"
-    num_threads: int = 0  # torch CPU threads (0 = leave as set by the runner)
-    scratch_dir: str = ""  # directory of the downsampled movie's scratch file ("" = system temp dir, $TMPDIR)
-    members: int = 5  # seed ensemble: networks per fold, trained at once as one grouped module (1 = one network)
-    shuffle_control: bool = True  # workflow: also train a control classifier on shuffled trial labels
-    control_members: int = 1  # workflow: members of that control's ensemble (its spread is small, docs/compare.md)
+    num_threads: int = param(0, ge=0, runtime=True)  # torch CPU threads (0 = leave as set by the runner)
+    # directory of the downsampled movie's scratch file ("" = system temp dir, $TMPDIR): a path of the
+    # machine, so the rule leaves it out of its params and the script reads it from the config
+    scratch_dir: str = param("", runtime=True, workflow=True)
+    # seed ensemble: networks per fold, trained at once as one grouped module (1 = one network)
+    members: int = param(5, ge=1, le=MAX_MEMBERS, fix=f"use 1 (one network) to {MAX_MEMBERS}")
+    # the shuffled-label control: the workflow trains it (rule train_classifier) with control_members networks
+    # (classify_control_members), so neither is a param of the real classifier; control_members stays in the
+    # checkpoint fingerprint (always its default there), as it always has
+    shuffle_control: bool = param(True, runtime=True, workflow=True)
+    control_members: int = param(1, ge=1, le=MAX_MEMBERS, workflow=True, fix=f"use 1 (one network) to {MAX_MEMBERS}")
 
     def __post_init__(self) -> None:
-        def bad(key: str, fix: str) -> CalflowInputError:
-            return CalflowInputError(f"classify.{key} = {getattr(self, key)!r}", file="config", fix=fix)
-
-        if self.mask not in ("none", "cells", "targets"):
-            raise bad("mask", "use none, cells or targets")
-        if self.normalise not in ("global", "pixel"):
-            raise bad("normalise", "use global or pixel")
-        if self.group_by not in ("animal", "session"):
-            raise bad("group_by", "use animal or session")
-        if self.n_folds < 2:
-            raise bad("n_folds", "use 2 or more (every frame needs a held-out prediction)")
-        if self.downsample < 1 or self.depth < 1 or self.width < 1 or self.iterations < 1 or self.batch_size < 1:
-            raise bad("downsample" if self.downsample < 1 else "depth", "use positive integers")
-        if not 0 <= self.dropout < 1:
-            raise bad("dropout", "use a value in [0, 1)")
-        if not 1 <= self.members <= MAX_MEMBERS:
-            raise bad("members", f"use 1 (one network) to {MAX_MEMBERS}")
-        if not 1 <= self.control_members <= MAX_MEMBERS:
-            raise bad("control_members", f"use 1 (one network) to {MAX_MEMBERS}")
+        check_fields(self, "classify")
         scratch_root(self.scratch_dir)  # an existing writable directory, or ""
 
     @classmethod
@@ -92,7 +81,7 @@ def scratch_root(scratch_dir: str = "") -> Path:
         return Path(tempfile.gettempdir())
     path = Path(os.path.expandvars(os.path.expanduser(str(scratch_dir))))
     if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
-        raise CalflowInputError(f"classify.scratch_dir = {scratch_dir!r}: {path} is not an existing writable directory",
-                                file="config", fix="create it (node-local disk with room for the downsampled movie) "
-                                                   "or use '' for the system temp dir ($TMPDIR)")
+        raise invalid("classify", "scratch_dir", scratch_dir, f"{path} is not an existing writable directory",
+                      "create it (node-local disk with room for the downsampled movie) or use '' for the system temp "
+                      "dir ($TMPDIR)")
     return path

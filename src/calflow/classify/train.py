@@ -40,14 +40,15 @@ from calflow.classify.params import ClassifyParams
 from calflow.device import resolve_device
 from calflow.errors import CalflowInputError
 from calflow.io import atomic_output
+from calflow.params import runtime_keys
 from calflow.stimulation import NONE
 
 log = logging.getLogger("calflow.classify")
 
 
 # settings of the machine a job runs on (and shuffle_control, a workflow switch), not of the model: they leave
-# the checkpoint fingerprint alone
-_RUNTIME_KEYS = ("device", "num_threads", "checkpoint_every", "scratch_dir", "shuffle_control")
+# the checkpoint fingerprint alone (declared runtime=True in ClassifyParams)
+_RUNTIME_KEYS = runtime_keys(ClassifyParams)
 
 
 def _fingerprint(p: ClassifyParams, data: Sequence[SessionData], fold: int) -> str:

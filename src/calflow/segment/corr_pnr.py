@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,29 +30,7 @@ from scipy import ndimage
 
 from calflow.errors import CalflowInputError
 from calflow.io import MovieReader
-from calflow.params import from_section
-
-
-@dataclass(frozen=True)
-class CorrPnrParams:
-    """``segment.corr_pnr`` config section (see the module doc)."""
-
-    gsig: float = 2.0
-    radius: float = 6.0
-    min_corr: float = 0.3
-    min_pnr: float = 6.0
-    footprint_corr: float = 0.4
-    max_cells: int = 0
-    chunk_frames: int = 100
-
-    def __post_init__(self) -> None:
-        if not self.gsig > 0 or not self.radius > 0 or self.chunk_frames < 1:
-            raise CalflowInputError(f"segment.corr_pnr: gsig {self.gsig}, radius {self.radius} and chunk_frames "
-                                    f"{self.chunk_frames} must be positive", file="config")
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any] | CorrPnrParams | None) -> CorrPnrParams:
-        return from_section(cls, "segment.corr_pnr", config)
+from calflow.segment.params import CorrPnrParams
 
 
 def highpass(frames: np.ndarray, gsig: float) -> np.ndarray:

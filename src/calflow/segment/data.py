@@ -24,11 +24,11 @@ from scipy import ndimage
 
 from calflow.errors import CalflowInputError
 from calflow.io import open_group
+from calflow.segment.params import DEFAULT_CHANNELS as DEFAULT_CHANNELS  # the segment.channels default
 
 SUMMARY_CHANNELS = ("mean", "max", "std", "local_corr", "pnr")
 KEYFRAME_CHANNELS = {"keyframe_max": "projection_max", "keyframe_mean": "projection_mean",
                      "keyframe_std": "projection_std"}
-DEFAULT_CHANNELS = ("mean", "max", "std", "local_corr", "pnr", "keyframe_max", "keyframe_std")
 
 
 def normalise(img: np.ndarray) -> np.ndarray:

@@ -49,36 +49,22 @@ from calflow.device import resolve_device
 from calflow.errors import CalflowInputError
 from calflow.io import atomic_output
 from calflow.metrics import match_iou, pixel_iou
-from calflow.params import from_section
+from calflow.params import from_section, param, runtime_keys
 from calflow.segment.data import Sample, dihedral
 from calflow.segment.infer import instances_from_maps, predict, read_segmenter
 from calflow.segment.model import build_model
+from calflow.segment.params import TrainKeys
 
 log = logging.getLogger("calflow.segment")
 
 
 @dataclass(frozen=True)
-class TrainParams:
-    """Network and training settings (the ``segment`` config section's training keys)."""
+class TrainParams(TrainKeys):
+    """Network and training settings: the ``segment`` section's training keys
+    (:class:`calflow.segment.params.TrainKeys`, declared there), the seed, and the post-processing
+    used for the validation score."""
 
-    network: str = "unet"  # unet | dcn
-    base_channels: int = 16
-    depth: int = 3
-    deconv_kernels: tuple[int, ...] = ()  # dcn only; () = 2 x stride per scale
-    task: str = "instance"  # instance (fg + distance cue) | semantic (fg only)
-    iterations: int = 300  # the most iterations (see patience)
-    patience: int = 0  # stop when the validation score has not improved for this many iterations (0 = never)
-    batch_size: int = 8
-    patch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    val_every: int = 50
-    cue_weight: float = 1.0
-    brightness: float = 0.2  # additive jitter, in units of the normalised image
-    contrast: float = 0.2  # multiplicative jitter: x * U[1 - c, 1 + c]
-    texture: float = 0.0  # cell-sized textured background added to the inputs: amplitude U[0, texture] (0 = off)
-    seed: int = 0
-    device: str = "auto"
+    seed: int = param(0, ge=0)
     post: dict = field(default_factory=lambda: {"prob_threshold": 0.5, "cue_threshold": 0.5, "min_size": 10})
     tune_post: bool = True  # choose prob/cue thresholds on the validation images at every validation
 
@@ -89,14 +75,7 @@ class TrainParams:
         config = dict(config or {})
         if "deconv_kernels" in config:
             config["deconv_kernels"] = tuple(config["deconv_kernels"] or ())
-        p = from_section(cls, "segment", config)
-        if p.network not in ("unet", "dcn"):
-            raise CalflowInputError(f"segment.network = {p.network!r}", fix="use 'unet' or 'dcn'")
-        if p.task not in ("instance", "semantic"):
-            raise CalflowInputError(f"segment task = {p.task!r}", fix="use 'instance' or 'semantic'")
-        if p.patch_size % 2**p.depth:
-            raise CalflowInputError(f"segment.patch_size = {p.patch_size} must be a multiple of 2**depth = {2**p.depth}")
-        return p
+        return from_section(cls, "segment", config)
 
     def arch(self, in_channels: int) -> dict:
         a = {"kind": self.network, "in_channels": int(in_channels), "out_channels": 2 if self.task == "instance" else 1,
@@ -114,8 +93,8 @@ def save_segmenter(path: str | Path, model: nn.Module, arch: Mapping[str, Any], 
 
 
 def _fingerprint(p: TrainParams, train: Sequence[Sample], val: Sequence[Sample], init: bytes = b"") -> str:
-    h = hashlib.sha256(json.dumps({k: v for k, v in dataclasses.asdict(p).items() if k != "device"},
-                                  sort_keys=True, default=list).encode())
+    keep = {k: v for k, v in dataclasses.asdict(p).items() if k not in runtime_keys(TrainParams)}  # not the device
+    h = hashlib.sha256(json.dumps(keep, sort_keys=True, default=list).encode())
     h.update(init)
     for s in [*train, *val]:
         for a in (s.image, s.fg, s.cue):

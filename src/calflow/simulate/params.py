@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from calflow.errors import CalflowInputError
+from calflow.params import invalid
 
 UINT16_MAX = 65535
 
@@ -198,35 +199,35 @@ class SimParams:
     def validate(self, *, source: str | Path | None = None) -> None:
         """Raise CalflowInputError naming the first bad parameter and how to fix it."""
 
-        def bad(name: str, problem: str, fix: str) -> CalflowInputError:
-            return CalflowInputError(
-                f"simulation parameter {name}={getattr(self, name)!r} {problem}", file=source, fix=fix
-            )
-
         hints = self.field_types()
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             kind = hints[f.name]
             if kind is bool:
                 if not isinstance(v, bool | np.bool_):
-                    raise bad(f.name, "is not a boolean", f"set {f.name} to true or false")
+                    raise invalid("demo.sim", f.name, v,
+                                  "must be true or false", f"set {f.name} to true or false", file=source)
             elif kind is int or kind == (int | None):
                 if v is None and kind is not int:
                     continue
                 if isinstance(v, bool) or not isinstance(v, int | np.integer):
-                    raise bad(f.name, "is not an integer", f"give {f.name} as a whole number")
+                    raise invalid("demo.sim", f.name, v,
+                                  "must be an integer", f"give {f.name} as a whole number", file=source)
             elif kind is float:
                 if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
-                    raise bad(f.name, "is not a number", f"give {f.name} as a number")
+                    raise invalid("demo.sim", f.name, v,
+                                  "must be a number", f"give {f.name} as a number", file=source)
                 if not math.isfinite(float(v)):
-                    raise bad(f.name, "is not finite", f"give {f.name} as a finite number")
+                    raise invalid("demo.sim", f.name, v,
+                                  "must be finite", f"give {f.name} as a finite number", file=source)
         gy_gx = self.nonrigid_grid
         if (
             not isinstance(gy_gx, tuple | list)
             or len(gy_gx) != 2
             or not all(isinstance(g, int | np.integer) and not isinstance(g, bool) for g in gy_gx)
         ):
-            raise bad("nonrigid_grid", "is not two integers (gy, gx)", "give nonrigid_grid as e.g. (4, 4)")
+            raise invalid("demo.sim", "nonrigid_grid", gy_gx,
+                          "must be two integers (gy, gx)", "give nonrigid_grid as e.g. (4, 4)", file=source)
         off = self.fov_offset
         if (
             not isinstance(off, tuple | list)
@@ -234,11 +235,12 @@ class SimParams:
             or not all(isinstance(o, int | float | np.integer | np.floating) and not isinstance(o, bool)
                        and math.isfinite(float(o)) for o in off)
         ):
-            raise bad("fov_offset", "is not two finite numbers (dy, dx)", "give fov_offset as e.g. (1.0, -0.5) px")
+            raise invalid("demo.sim", "fov_offset", off,
+                          "must be two finite numbers (dy, dx)", "give fov_offset as e.g. (1.0, -0.5) px", file=source)
 
         def need(cond: bool, name: str, problem: str, fix: str) -> None:
             if not cond:
-                raise bad(name, problem, fix)
+                raise invalid("demo.sim", name, getattr(self, name), problem, fix, file=source)
 
         need(self.n_frames >= 1, "n_frames", "must be >= 1", "set n_frames to the movie length in frames")
         for name in ("height", "width"):

@@ -13,37 +13,35 @@ around 0.5, fluorescence 0-1); images are float32.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage
 
-from calflow.errors import CalflowInputError
+from calflow.params import check_fields, invalid, param
 
 
 @dataclass
 class PairParams:
     """Simulator settings (pixels unless said)."""
 
-    height: int = 160
-    width: int = 160
-    n_cells: int = 30
-    radius: list[float] = field(default_factory=lambda: [6.0, 10.0])   # semi-axis range of negative cells
+    height: int = param(160, ge=16)
+    width: int = param(160, ge=16)
+    n_cells: int = param(30, ge=1)
+    radius: list[float] = param(factory=lambda: [6.0, 10.0])   # semi-axis range of negative cells
     positive_scale: float = 1.3          # positive cells are this much larger
-    positive_fraction: list[float] = field(default_factory=lambda: [0.1, 0.8])  # per-image range
+    positive_fraction: list[float] = param(factory=lambda: [0.1, 0.8])  # per-image range
     stripe_period: float = 3.5           # px, striation period of positive cells
     stripe_contrast: float = 0.12        # label-free units
     noise: float = 0.03                  # label-free camera noise (sd)
     fluo_noise: float = 0.03             # fluorescence noise (sd)
 
     def __post_init__(self) -> None:
-        if self.height < 16 or self.width < 16 or self.n_cells < 1:
-            raise CalflowInputError(f"virtual_stain.demo: image {self.height}x{self.width} with {self.n_cells} cells",
-                                    file="config", fix="use height, width >= 16 and n_cells >= 1")
-        lo, hi = self.positive_fraction
-        if not 0 <= lo <= hi <= 1:
-            raise CalflowInputError(f"virtual_stain.demo.positive_fraction {self.positive_fraction}", file="config",
-                                    fix="give [low, high] with 0 <= low <= high <= 1")
+        check_fields(self, "virtual_stain.demo")
+        f = self.positive_fraction
+        if len(f) != 2 or not 0 <= f[0] <= f[1] <= 1:
+            raise invalid("virtual_stain.demo", "positive_fraction", self.positive_fraction,
+                          "must be [low, high] with 0 <= low <= high <= 1", "give e.g. [0.1, 0.8]")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from calflow.errors import CalflowInputError
-from calflow.params import from_section
+from calflow.params import check_fields, from_section, invalid, param
 from calflow.virtual_stain import blocks as B
 
 log = logging.getLogger(__name__)
@@ -43,27 +43,27 @@ log = logging.getLogger(__name__)
 class VirtualStainParams:
     """The ``virtual_stain`` config section without ``sheet`` and ``demo``."""
 
-    block_size: int = 16
+    block_size: int = param(16, ge=4)
     threshold: float | str = "otsu"      # fluorescence binarisation: a number (image units) or "otsu"
-    min_fraction: float = 0.25           # positive block: binarised area fraction >= this
-    n_trials: int = 8                    # optuna trials
-    timeout_s: float = 0.0               # optuna time budget in s (0 = none)
-    epochs: int = 10
-    batch_size: int = 64
-    validation_fraction: float = 0.25    # training images held out for the search's validation
-    device: str = "auto"
-    seed: int = 0
+    min_fraction: float = param(0.25, gt=0, le=1)  # positive block: binarised area fraction >= this
+    n_trials: int = param(8, ge=1)       # optuna trials
+    timeout_s: float = param(0.0, ge=0)  # optuna time budget in s (0 = none)
+    epochs: int = param(10, ge=1)
+    batch_size: int = param(64, ge=2)
+    validation_fraction: float = param(0.25, gt=0, le=0.9)  # training images held out for the search's validation
+    device: str = param("auto", choices=("auto", "cpu", "cuda"), runtime=True)
+    seed: int = param(0, ge=0)
 
     def __post_init__(self) -> None:
-        if not (self.threshold == "otsu" or isinstance(self.threshold, int | float)):
-            raise CalflowInputError(f"virtual_stain.threshold {self.threshold!r}", file="config",
-                                    fix="give a number in fluorescence units or 'otsu'")
-        if not 0 < self.min_fraction <= 1:
-            raise CalflowInputError(f"virtual_stain.min_fraction {self.min_fraction}", file="config",
-                                    fix="use a fraction in (0, 1]")
-        if self.block_size < 4 or self.n_trials < 1 or self.epochs < 1 or self.batch_size < 2:
-            raise CalflowInputError("virtual_stain: block_size >= 4, n_trials >= 1, epochs >= 1, batch_size >= 2 "
-                                    "are required", file="config", fix="correct the virtual_stain section")
+        check_fields(self, "virtual_stain")
+        if not (self.threshold == "otsu" or (isinstance(self.threshold, int | float)
+                                             and not isinstance(self.threshold, bool))):
+            raise invalid("virtual_stain", "threshold", self.threshold, "must be a number or otsu",
+                          "give a number in fluorescence units or 'otsu'")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | VirtualStainParams | None) -> VirtualStainParams:
+        return from_section(cls, "virtual_stain", config)
 
 
 # --------------------------------------------------------------------------------------------
