@@ -8,9 +8,10 @@
   N(0, 0.05²) noise as ``dff``) written as a cnmf.zarr-like store and a stim log; wall time of
   ``decode_session`` with config/config.yaml's ``decode`` section (2 threads, as the rule), the
   median of ``--repeats`` runs after one warm-up. ``--old REV`` also times ``decode_session`` of
-  ``git show REV:src/calflow/decode.py`` with REV's config.yaml ``decode`` section on the same
-  store (once: it is slow), and the new code with the old section (same classifiers, folds,
-  permutations; the refit test for every classifier, as the old code did).
+  REV's decode code (``src/calflow/decode.py``, or the package ``src/calflow/decode/``) with REV's
+  config.yaml ``decode`` section on the same store (once: it is slow), and the new code with the
+  old section (same classifiers, folds, permutations; the refit test for every classifier, as the
+  old code did).
 * ``large``: N neurons (default 10,000) x T frames at 3 Hz (a 10-minute spontaneous block, then
   ``--trials`` onsets every 4-5 frames of 8 stimulus classes, each 2 frames long), simulated
   directly as traces (no movie): 32 slow shared spontaneous factors, sparse tuned responses, AR(1)
@@ -61,12 +62,27 @@ def write_store(store: Path, dff: np.ndarray | None, fps: float, g: np.ndarray, 
 
 
 def load_module(rev: str, name: str):
-    """``src/calflow/decode.py`` at git revision ``rev`` as a module."""
-    code = subprocess.run(["git", "show", f"{rev}:src/calflow/decode.py"], cwd=ROOT, check=True,
-                          capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / f"{name}.py"
-    path.write_text(code)
-    spec = importlib.util.spec_from_file_location(name, path)
+    """calflow's decode stage at git revision ``rev`` as a module ``name``: ``src/calflow/decode.py``,
+    or the package ``src/calflow/decode/`` (since the split; its imports of itself renamed)."""
+    def show(path: str) -> str:
+        return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True, capture_output=True,
+                              text=True).stdout
+
+    files = subprocess.run(["git", "ls-tree", "-r", "--name-only", rev, "src/calflow/decode.py", "src/calflow/decode/"],
+                           cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
+    tmp = Path(tempfile.mkdtemp())
+    if "src/calflow/decode.py" in files:
+        path, package = tmp / f"{name}.py", None
+        path.write_text(show("src/calflow/decode.py"))
+    else:
+        package = tmp / name
+        package.mkdir()
+        for f in files:
+            if f.endswith(".py"):
+                (package / Path(f).name).write_text(show(f).replace("calflow.decode.", f"{name}."))
+        path = package / "__init__.py"
+    spec = importlib.util.spec_from_file_location(name, path,
+                                                  submodule_search_locations=[str(package)] if package else None)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
@@ -216,7 +232,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="part", required=True)
     d = sub.add_parser("demo")
-    d.add_argument("--old", default="", help="git revision whose decode.py and config to time too (e.g. HEAD)")
+    d.add_argument("--old", default="", help="git revision whose decode code and config to time too (e.g. HEAD)")
     d.add_argument("--repeats", type=int, default=3)
     g = sub.add_parser("large")
     g.add_argument("--neurons", type=int, default=10_000)

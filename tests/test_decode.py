@@ -21,11 +21,13 @@ from calflow.decode import (
     fold_test,
     logistic_batch,
     make_classifier,
+    read_decode,
     read_trials,
     response_matrix,
     spontaneous_cleaning,
     spontaneous_frames,
     trials_from_truth,
+    write_decode,
 )
 from calflow.errors import CalflowInputError
 from calflow.io import write_array
@@ -342,6 +344,20 @@ def test_decode_session_from_cnmf_store(tmp_path, truth):
     assert saved["decay_s_median"] == pytest.approx(-1 / (truth.fps * np.log(0.99)))
     assert any("spont_guard_s" in n for n in saved["notes"])  # 2 s guard < 3 decay times
     assert (plots / "confusion.png").stat().st_size > 1000
+    assert read_decode(out) == saved
+
+
+def test_read_decode_returns_the_written_result_and_a_bad_file_is_one_error(tmp_path):
+    result = {"status": "ok", "classes": ["1", "2"], "classifiers": {"logistic": {"accuracy": 0.75, "ci95": [0.5, 0.9]}}}
+    write_decode(tmp_path / "decode.json", result)
+    assert read_decode(tmp_path / "decode.json") == result
+    for text, problem in [(None, "not found"), ("{", "cannot parse"), ("[1, 2]", "JSON object")]:
+        path = tmp_path / "bad.json"
+        path.unlink(missing_ok=True)
+        if text is not None:
+            path.write_text(text)
+        with pytest.raises(CalflowInputError, match=problem):
+            read_decode(path)
 
 
 def test_a_session_without_accepted_components_is_recorded_not_failed(tmp_path, truth):
