@@ -13,7 +13,7 @@ from scipy import ndimage
 from calflow.errors import CalflowInputError
 from calflow.io import MovieWriter
 from calflow.motion import MotionParams, Registration, build_template, correct_motion, crispness
-from calflow.plots_motion import plot_motion
+from calflow.motion.plots import plot_motion
 
 DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
 CPU = torch.device("cpu")

@@ -17,9 +17,10 @@ from calflow import report as rp
 from calflow.ingest import ingest
 from calflow.io import MovieWriter, write_array
 from calflow.motion import correct_motion
-from calflow.plots_motion import plot_motion, plot_summary
+from calflow.motion.plots import plot_motion
 from calflow.simulate import SimParams, load_ground_truth, true_displacement, write_session
 from calflow.summary import compute_summary
+from calflow.summary_plots import plot_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 MOTION = {"patch_size": 32, "overlap": 16, "max_shift": 8, "template_frames": 40, "batch_size": 40}

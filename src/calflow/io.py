@@ -45,6 +45,21 @@ def open_group(store: str | Path, mode: str = "r") -> zarr.Group:
 DIMS = ("time", "y", "x")
 
 
+def require_arrays(store: str | Path, needed: tuple[str, ...]) -> zarr.Group:
+    """Open the zarr group ``store`` for reading, holding the arrays ``needed``: a store that does not
+    open, or lacks one of them, is one CalflowInputError line (fix: rerun the stage that writes it)."""
+    store = Path(store)
+    try:
+        group = zarr.open_group(store, mode="r")
+    except Exception as err:  # noqa: BLE001 - zarr raises many types for broken stores
+        raise CalflowInputError(f"not a readable zarr store ({err})", file=store,
+                                fix="rerun the stage that writes it") from err
+    missing = [k for k in needed if k not in group]
+    if missing:
+        raise CalflowInputError(f"missing arrays {missing}", file=store, fix="rerun the stage that writes it")
+    return group
+
+
 def blosc_zstd(clevel: int = 5) -> BloscCodec:
     """Blosc with zstd and bit-shuffle: about 2-3x on uint16 two-photon data at >1 GB/s."""
     return BloscCodec(cname="zstd", clevel=clevel, shuffle="bitshuffle")

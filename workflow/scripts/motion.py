@@ -1,8 +1,8 @@
-"""Thin wrapper: snakemake rule `motion` -> calflow.motion.correct_motion + figures."""
+"""Thin wrapper: snakemake rule `motion` -> calflow.motion.stage.correct_motion + figures."""
 import logging
 
-from calflow.motion import correct_motion
-from calflow.plots_motion import plot_motion
+from calflow.motion.plots import plot_motion
+from calflow.motion.stage import correct_motion
 from calflow.runner import run_script
 
 

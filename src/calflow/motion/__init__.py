@@ -1,0 +1,50 @@
+"""Motion correction (stage ``motion``): rigid + piecewise-rigid registration in torch, streamed.
+
+A shift ``(dy, dx)`` px is the displacement of the content, shared with :mod:`calflow.simulate`:
+``frame_t(y, x) = template(y - dy, x - dx)``; correction samples frame ``t`` at ``(y + dy, x + dx)``.
+See docs/motion.md. Submodules, each importing only those before it: :mod:`~calflow.motion.params`
+(config section), :mod:`~calflow.motion.patches` (patch grid, dense field),
+:mod:`~calflow.motion.register` (FFT correlation, sub-pixel peaks, warps),
+:mod:`~calflow.motion.template`, :mod:`~calflow.motion.quality` (crispness, correlation),
+:mod:`~calflow.motion.store` (motion.zarr's writer and typed readers, without torch),
+:mod:`~calflow.motion.stage` (:func:`correct_motion`, what the workflow rule calls) and
+:mod:`~calflow.motion.plots` (figures). The names below are re-exported here, imported on first use:
+importing :mod:`calflow.motion.store` does not import torch, nor does ``plot_motion``'s matplotlib
+load before it is used.
+"""
+
+import importlib
+from typing import Any
+
+# name -> module it is defined in
+_EXPORTS = {
+    "MotionParams": "calflow.motion.params",
+    "PatchGrid": "calflow.motion.patches",
+    **dict.fromkeys(("Registration", "effective_batch", "fourier_shift", "search_radius", "window_warning"),
+                    "calflow.motion.register"),
+    "build_template": "calflow.motion.template",
+    "crispness": "calflow.motion.quality",
+    **dict.fromkeys(("IMAGE_ARRAYS", "SHIFT_ARRAYS", "SHIFT_CONVENTION", "MotionImages", "MotionRecord",
+                     "MotionShifts", "movie_writer", "read_images", "read_motion", "read_shifts",
+                     "write_attrs", "write_motion"), "calflow.motion.store"),
+    "correct_motion": "calflow.motion.stage",
+    "plot_motion": "calflow.motion.plots",
+}
+_SUBMODULES = ("params", "patches", "plots", "quality", "register", "stage", "store", "template")
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS, *_SUBMODULES})
