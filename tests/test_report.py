@@ -19,8 +19,7 @@ from calflow.io import MovieWriter, write_array
 from calflow.motion import correct_motion
 from calflow.motion.plots import plot_motion
 from calflow.simulate import SimParams, load_ground_truth, true_displacement, write_session
-from calflow.summary import compute_summary
-from calflow.summary_plots import plot_summary
+from calflow.summary import compute_summary, plot_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 MOTION = {"patch_size": 32, "overlap": 16, "max_shift": 8, "template_frames": 40, "batch_size": 40}

@@ -8,8 +8,7 @@ import zarr
 
 from calflow.errors import CalflowInputError
 from calflow.io import MovieWriter
-from calflow.summary import SummaryParams, compute_summary
-from calflow.summary_plots import plot_summary
+from calflow.summary import SummaryParams, compute_summary, plot_summary
 
 
 def _movie(n=120, h=24, w=20, seed=0):

@@ -1,7 +1,7 @@
-"""Thin wrapper: snakemake rule `summary` -> calflow.summary.compute_summary + figures."""
+"""Thin wrapper: snakemake rule `summary` -> calflow.summary.stage.compute_summary + figures."""
 from calflow.runner import run_script
-from calflow.summary import compute_summary
-from calflow.summary_plots import plot_summary
+from calflow.summary.plots import plot_summary
+from calflow.summary.stage import compute_summary
 
 
 def main(smk):

@@ -1,6 +1,6 @@
 """Figure of the ``summary`` stage: :func:`plot_summary` draws summary.zarr's mean, max, std,
-local-correlation and PNR images into ``summary_images`` (.png by default). Separate from
-:mod:`calflow.summary` so that computing the images does not import matplotlib."""
+local-correlation and PNR images into ``summary_images`` (.png by default). Imported on first use
+from :mod:`calflow.summary`, so that computing the images does not import matplotlib."""
 
 from __future__ import annotations
 
