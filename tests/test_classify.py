@@ -445,6 +445,9 @@ def test_old_single_network_model_file_loads_as_one_member(trained, tmp_path):
     gc.session_gradcam(entries[0], old_file, {}, st)
     g = open_group(st)
     assert g.attrs["members"] == 1 and np.asarray(g["member_trial_maps"][:]).shape[0] == 1
+    back = gc.read_gradcam(st)  # the typed reader gives what the store holds
+    assert back.members == 1 and back.control is None and back.trace_corr is None and back.patterns == g.attrs["patterns"]
+    np.testing.assert_array_equal(back.member_trial_maps, np.asarray(g["member_trial_maps"][:]))
     full = open_group(_gradcam_store(trained, entries[0]))
     np.testing.assert_allclose(np.asarray(g["trial_maps"][:]), np.asarray(full["member_trial_maps"][:])[0],
                                rtol=1e-4, atol=1e-6)
@@ -588,7 +591,8 @@ def test_production_gradcam_and_cnmf_do_not_import_the_simulator():
     import subprocess
     import sys
 
-    code = ("import sys, calflow.gradcam, calflow.cnmf.accuracy, calflow.cnmf.stage, calflow.classify; "
+    code = ("import sys, calflow.gradcam.stage, calflow.gradcam.expected, calflow.cnmf.accuracy, calflow.cnmf.stage, "
+            "calflow.classify; "
             "print(sorted(m for m in sys.modules if m.startswith('calflow.simulate')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out

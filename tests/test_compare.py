@@ -12,7 +12,7 @@ import zarr
 from calflow import compare as cmp
 from calflow.errors import CalflowInputError
 from calflow.io import MovieWriter, write_array
-from calflow.stim_maps import session_stim_maps, trial_weights
+from calflow.stim_maps import read_stim_maps, session_stim_maps, trial_weights
 
 HW = 10
 NAMES = ["1", "2", "3", "4", "5", "1+2", "3+4"]
@@ -228,6 +228,9 @@ def test_stim_maps_are_the_response_minus_the_baseline(tmp_path):
     # response window: 5 stimulated + 3 tail frames = the 8 frames of the transient -> +40 in the cell's pixel
     assert maps[0, 1, 1] == pytest.approx(40.0) and maps[1, 6, 6] == pytest.approx(40.0)
     assert np.abs(maps[0][np.arange(8) != 1]).max() == 0 and maps[0, 6, 6] == 0
+    back = read_stim_maps(out)  # the typed reader gives what the store holds
+    assert back.patterns == ["1", "2"] and back.session == "m0_A" and back.pattern_trials.tolist() == [2, 1]
+    np.testing.assert_array_equal(back.trial_maps, maps)
     w = trial_weights(np.array([2]), np.array([4]), 10, 5, 0).toarray()
     assert w[0, :2].sum() == pytest.approx(-1) and w[0, 2:4].sum() == pytest.approx(1)
 

@@ -1,7 +1,7 @@
-"""Thin wrapper: snakemake rule `gradcam` -> calflow.gradcam.session_gradcam (with the shuffled-label control's maps)."""
+"""Thin wrapper: snakemake rule `gradcam` -> calflow.gradcam.stage.session_gradcam (with the shuffled-label control's maps)."""
 import logging
 
-from calflow.gradcam import session_gradcam
+from calflow.gradcam.stage import session_gradcam
 from calflow.runner import run_script
 
 

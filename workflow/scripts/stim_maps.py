@@ -1,8 +1,8 @@
-"""Thin wrapper: snakemake rule `stim_maps` -> calflow.stim_maps.session_stim_maps."""
+"""Thin wrapper: snakemake rule `stim_maps` -> calflow.stim_maps.stage.session_stim_maps."""
 import logging
 
 from calflow.runner import run_script
-from calflow.stim_maps import session_stim_maps
+from calflow.stim_maps.stage import session_stim_maps
 
 
 def main(smk):
