@@ -19,6 +19,7 @@ include: "workflow/rules/segment_common.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/cnmf_common.smk"
 include: "workflow/rules/cnmf.smk"
+include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/decode_common.smk"
 include: "workflow/rules/decode.smk"
 include: "workflow/rules/virtual_stain_common.smk"
@@ -37,6 +38,7 @@ rule all:
         "results/report/index.html",
         expand("results/{session}/footprints.zarr", session=SESSION_NAMES),
         expand("results/{session}/cnmf.zarr", session=SESSION_NAMES),
+        expand("results/{session}/truth_eval.json", session=SIMULATED_SESSIONS),
         expand("results/{session}/{session}.nwb", session=SESSION_NAMES),
         ["results/models/segmenter_metrics.json"] if SEG["method"] == "network" else [],
         ["results/models/segment_evaluation.json"] if sessions_with_masks() else [],

@@ -56,11 +56,12 @@ def env_packages(path: Path) -> dict[str, SpecifierSet]:
 
 
 def rules() -> dict[str, dict]:
-    """rule -> {file, conda, script, runs} parsed from workflow/rules/*.smk (snakefmt layout)."""
+    """rule -> {file, conda, script, runs} parsed from workflow/rules/*.smk (snakefmt layout; a rule
+    may sit inside an ``if`` block, e.g. evaluate_truth)."""
     found = {}
     for smk in sorted(RULES.glob("*.smk")):
         text = smk.read_text()
-        heads = list(re.finditer(r"^(?:rule|checkpoint) (\w+):", text, re.M))
+        heads = list(re.finditer(r"^[ \t]*(?:rule|checkpoint) (\w+):", text, re.M))
         for i, h in enumerate(heads):
             body = text[h.end(): heads[i + 1].start() if i + 1 < len(heads) else len(text)]
             body = re.split(r"^\S", body, maxsplit=1, flags=re.M)[0]  # up to the next top-level statement

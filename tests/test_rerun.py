@@ -144,4 +144,4 @@ def test_new_session_runs_only_its_jobs_and_the_aggregating_ones(workdir):
     assert others == [], f"jobs of existing sessions re-run: {others}"
     assert new_session_rules == per_session["a1_A"]
     assert {r for r, wc in jobs if "session" not in wc} <= aggregating
-    assert "all" in {r for r, _ in jobs}
+    assert {"all", "evaluate_truth"} <= {r for r, _ in jobs}  # one evaluation job for every simulated session

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -143,6 +144,33 @@ def test_decode_reads_the_accepted_cnmf_traces_of_stimulated_sessions(finished_r
         assert result["components"] == np.flatnonzero(accepted).tolist()
         assert result["n_neurons"] == int(accepted.sum()) and result["n_frames"] == 120
     assert not (tmp / "results" / "user1" / "decode.json").exists()
+
+
+def test_simulated_sessions_are_evaluated_against_their_truth_in_one_job(finished_run):
+    """Rule evaluate_truth: one job writes truth_eval.json / .npz for every simulated session (not for
+    the user's movie), and the report shows them."""
+    tmp, proc, _ = finished_run
+    r = tmp / "results"
+    for s in ("a1_A", "a1_B"):
+        ev = json.loads((r / s / "truth_eval.json").read_text())
+        assert ev["session"] == s and ev["ground_truth"] == f"results/demo/{s}/ground_truth.npz"
+        assert 0 <= ev["motion"]["rmse"] < 1.0 and ev["cnmf"]["n_true"] == 10
+        with np.load(r / s / "truth_eval.npz") as z:
+            assert z["true_mean"].shape == (120, 2) and z["labels"].shape == (64, 64)
+    assert not list((r / "user1").glob("truth_eval.*"))
+    assert [p.name for p in (r / "logs" / "evaluate_truth").iterdir()] == ["evaluate_truth.log"]
+    assert len(re.findall(r"^(?:local)?rule evaluate_truth:", proc.stdout + proc.stderr, re.M)) == 1
+    html = (r / "report" / "index.html").read_text()
+    assert 'id="s-a1_B-truth"' in html and 'id="s-user1-truth"' not in html
+
+
+def test_no_evaluation_rule_without_a_simulated_session(tmp_path):
+    tifffile.imwrite(tmp_path / "user.tif", np.zeros((4, 8, 8), np.uint16))
+    write_workdir(tmp_path, TINY_CONFIG, ["user1\tuser.tif\tA\t15\t\t\t"])
+    rules = snakemake(tmp_path, "--list-rules").stdout.split()
+    assert "report" in rules and "evaluate_truth" not in rules
+    write_workdir(tmp_path, TINY_CONFIG, [demo_row("a1_A", "A"), "user1\tuser.tif\tA\t15\t\t\t"])
+    assert "evaluate_truth" in snakemake(tmp_path, "--list-rules").stdout.split()
 
 
 def test_bad_sheet_stops_before_any_job(tmp_path):

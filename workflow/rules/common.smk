@@ -40,6 +40,11 @@ except CalflowInputError as err:
     sys.exit(f"calflow: {err}")
 
 SESSION_NAMES = list(SESSIONS.index)
+# Sessions whose movie the demo simulates, with its ground truth (simulate_demo in demo.smk);
+# evaluate_truth (evaluate.smk) compares their results with that truth.
+SIMULATED_SESSIONS = [
+    s for s in SESSION_NAMES if str(SESSIONS.loc[s, "movie"]) == f"results/demo/{s}/movie.tif"
+]
 
 
 wildcard_constraints:

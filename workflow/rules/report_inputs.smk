@@ -23,6 +23,8 @@ REPORT_RUN_INPUTS = [
     lambda w: expand("results/{session}/gradcam.zarr", session=CLASSIFY_SESSIONS),
     lambda w: expand("results/{session}/plots/gradcam", session=CLASSIFY_SESSIONS),
     lambda w: [f"results/compare/{a}_vs_{b}.{ext}" for a, b in COMPARE_PAIRS for ext in ("json", "png")],
+    # simulated sessions against their ground truth (evaluate.smk)
+    lambda w: expand("results/{session}/truth_eval.{ext}", session=SIMULATED_SESSIONS, ext=("json", "npz")),
 ]
 
 
@@ -30,12 +32,6 @@ def report_inputs(wildcards):
     files = expand(REPORT_SESSION_INPUTS, session=SESSION_NAMES)
     for item in REPORT_RUN_INPUTS:
         files.extend([item] if isinstance(item, str) else item(wildcards))
-    # Ground truth of the simulated demo sessions (the report compares motion against it).
-    files += [
-        f"results/demo/{s}/ground_truth.npz"
-        for s in SESSION_NAMES
-        if str(SESSIONS.loc[s, "movie"]) == f"results/demo/{s}/movie.tif"
-    ]
     return files
 
 

@@ -104,9 +104,11 @@ def against_truth(cnmf: dict[str, Any], true_masks: Any, calcium: np.ndarray, sp
                                                                                           strict=True)]}
 
 
-def session_accuracy(cnmf_store: str | Path, truth_file: str | Path, movie_store: str | Path,
+def session_accuracy(cnmf_store: str | Path, truth_file: str | Path | Any, movie_store: str | Path,
                      footprints_store: str | Path, **kw: Any) -> dict[str, Any]:
     """:func:`against_truth` from files: cnmf.zarr, ground_truth.npz, motion.zarr and footprints.zarr.
+
+    ``truth_file`` may also be the truth already loaded (a :class:`calflow.simulate.GroundTruth`).
 
     The true masks are the true footprints >= 0.5 of their maximum, overlaps kept (CNMF models
     overlapping cells; the simulator's winner-take-all label image would cut the overlaps away from
@@ -115,9 +117,9 @@ def session_accuracy(cnmf_store: str | Path, truth_file: str | Path, movie_store
     """
     from calflow.cnmf.store import read_cnmf
     from calflow.segment.footprints import read_footprints
-    from calflow.simulate import load_ground_truth
+    from calflow.simulate import GroundTruth, load_ground_truth
 
-    gt = load_ground_truth(truth_file)
+    gt = truth_file if isinstance(truth_file, GroundTruth) else load_ground_truth(truth_file)
     seeds, _ = read_footprints(footprints_store)
     return against_truth(read_cnmf(cnmf_store), gt.footprints >= 0.5, gt.calcium, gt.spikes, seeds, MovieReader(movie_store),
                          **kw)

@@ -52,10 +52,10 @@ from calflow.report.sections.decode import decode_section  # noqa: E402
 from calflow.report.sections.motion import (  # noqa: E402
     load_motion,
     load_summary,
+    load_truth_eval,
     motion_metrics,
     motion_section,
     summary_section,
-    truth_motion,
     truth_section,
 )
 from calflow.report.sections.overview import (  # noqa: E402
@@ -72,8 +72,7 @@ __all__ = [
     "ReportContext", "SectionSpec", "SessionInfo", "Table", "build_report", "classifier_section", "cnmf_section",
     "compare_section", "condition_anchor", "condition_overview_section", "contour_overlay", "decode_section",
     "figure_from_mpl", "figure_from_png", "fmt", "git_commit", "gradcam_section", "load_motion", "load_summary",
-    "motion_metrics", "motion_section", "overview_section", "package_versions", "png_data_uri",
+    "load_truth_eval", "motion_metrics", "motion_section", "overview_section", "package_versions", "png_data_uri",
     "provenance_section", "render_report", "rule_timings", "section", "segment_section", "segmenter_source",
-    "sessions_from_records", "summary_section", "truth_motion", "truth_section", "virtual_stain_section",
-    "zncc_section",
+    "sessions_from_records", "summary_section", "truth_section", "virtual_stain_section", "zncc_section",
 ]

@@ -209,18 +209,6 @@ class SessionInfo:
     def anchor(self) -> str:
         return f"s-{self.name}"
 
-    @property
-    def truth_file(self) -> Path | None:
-        """``ground_truth.npz`` next to the movie (simulated sessions), else ``None``."""
-        movie = str(self.movie).split("#", 1)[0].split(";", 1)[0].strip()
-        if not movie:
-            return None
-        path = Path(movie)
-        if not path.is_absolute():
-            path = self.results.parent / path
-        candidate = (path if path.is_dir() else path.parent) / "ground_truth.npz"
-        return candidate if candidate.is_file() else None
-
 
 @dataclass
 class ReportContext:

@@ -1,5 +1,6 @@
 """CNMF section: accepted footprints against the segmenter's, example traces with inferred
-spikes, per-component metrics and, for simulated sessions, accuracy against the ground truth."""
+spikes, per-component metrics and, for simulated sessions, accuracy against the ground truth (from
+rule ``evaluate_truth``'s ``truth_eval.json``)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from calflow.report.page import (
     fmt,
     section,
 )
-from calflow.report.sections.motion import load_summary
+from calflow.report.sections.motion import load_summary, load_truth_eval
 
 
 def _cnmf_labels(A: Any, shape: tuple[int, int], threshold: float = 0.3) -> np.ndarray:
@@ -58,11 +59,9 @@ def cnmf_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
     ]
     seg_store = s.dir / "footprints.zarr"
     notes: list[str] = []
-    truth = s.truth_file
-    if truth is not None and seg_store.is_dir() and (s.dir / "motion.zarr").is_dir():
-        from calflow.cnmf.accuracy import session_accuracy
-
-        a = session_accuracy(store, truth, s.dir / "motion.zarr", seg_store)
+    te = load_truth_eval(ctx, s)  # rule evaluate_truth: calflow.cnmf.accuracy.session_accuracy
+    a = te["cnmf"] if te else None
+    if a:
         facts += [
             ("median r with the true calcium: CNMF C / raw mask average (same cells)",
              f"{fmt(a['median_r_C'])} / {fmt(a['median_r_raw_masks'])} (n = {a['n_compared']})"),

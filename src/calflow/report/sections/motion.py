@@ -1,11 +1,10 @@
 """Motion and summary sections: readers of ``motion.zarr`` / ``summary.zarr`` shared with other
 sections (:func:`load_motion`, :func:`load_summary`, :func:`motion_metrics`), the motion and
-summary-image sections, and the comparison with a simulated session's ground truth
-(:func:`truth_motion`, section ``truth``)."""
+summary-image sections, and the comparison with a simulated session's ground truth (section
+``truth``, from rule ``evaluate_truth``'s ``truth_eval.json`` / ``.npz``: :func:`load_truth_eval`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -27,6 +26,7 @@ from calflow.report.page import (
     fmt,
     section,
 )
+from calflow.truth_eval import read_truth_eval
 
 
 def load_motion(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
@@ -95,61 +95,14 @@ def motion_metrics(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
     }
 
 
-def truth_motion(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
-    """calflow's shift estimates against the simulator's true motion (simulated sessions only).
+def load_truth_eval(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
+    """A simulated session's evaluation against its ground truth (rule ``evaluate_truth``:
+    ``truth_eval.json`` + ``.npz``, :func:`calflow.truth_eval.read_truth_eval`); None if absent.
 
-    The truth is the within-session (rigid + non-rigid) displacement at the patch centres
-    (:func:`calflow.simulate.true_displacement` with ``static=False``): the session's static
-    field-of-view re-placement (offset, rotation) is part of its template, which the corrector
-    registers to, not motion to correct, so it is no error. The template sits at the simulator's world
-    frame up to a constant offset, so ``estimate = truth + offset`` and errors are measured after
-    removing the mean difference (as in docs/motion.md). Two numbers: the error of the patch
-    shifts (the field the movie was corrected with) and of the rigid shift against the true
-    displacement averaged over the patch centres.
+    ``motion`` holds :func:`calflow.truth_eval.motion_against_truth`'s numbers and series (or
+    ``mismatch``), ``cnmf`` the CNMF accuracy, ``labels`` the true cells (world frame).
     """
-    path = s.truth_file
-    m = load_motion(ctx, s)
-    if path is None or m is None or not {"rigid_shifts", "patch_shifts"} <= m.keys():
-        return None
-
-    def make() -> dict[str, Any] | None:
-        from calflow.simulate import load_ground_truth, true_displacement
-
-        truth = load_ground_truth(path)
-        rigid = np.asarray(m["rigid_shifts"], dtype=float)
-        patch = np.asarray(m["patch_shifts"], dtype=float)
-        n_t = rigid.shape[0]
-        if truth.rigid_shifts.shape[0] != n_t:
-            return {"mismatch": f"the ground truth has {truth.rigid_shifts.shape[0]} frames, motion.zarr {n_t}"}
-        cy = m.get("patch_centers_y", np.array([(truth.shape[1] - 1) / 2]))
-        cx = m.get("patch_centers_x", np.array([(truth.shape[2] - 1) / 2]))
-        centres = np.stack(np.meshgrid(cy, cx, indexing="ij"), axis=-1).reshape(-1, 2)
-        est = patch.reshape(n_t, -1, 2)
-        if est.shape[1] != centres.shape[0]:  # e.g. piecewise off: one "patch" = the rigid shift
-            est = np.repeat(rigid[:, None, :], centres.shape[0], axis=1)
-        # Template point p is world point p + offset; first guess of the offset from the rigid part.
-        offset0 = (rigid - truth.rigid_shifts).mean(axis=0)
-        true = true_displacement(truth, slice(None), centres + offset0, static=False)  # (T, P, 2)
-        offset = (est - true).mean(axis=(0, 1))
-        err = est - true - offset
-        true_mean = true.mean(axis=1)
-        rigid_err = rigid - true_mean
-        rigid_err -= rigid_err.mean(axis=0)
-        return {
-            "true_mean": true_mean,
-            "true_lo": true.min(axis=1),
-            "true_hi": true.max(axis=1),
-            "rigid": rigid - (rigid - true_mean).mean(axis=0),
-            "offset": offset,
-            "n_points": centres.shape[0],
-            "rmse": float(np.sqrt(np.mean(err**2))),
-            "max_err": float(np.abs(err).max()),
-            "rigid_rmse": float(np.sqrt(np.mean(rigid_err**2))),
-            "true_rms": float(np.sqrt(np.mean((true - true.mean(axis=0)) ** 2))),
-            "true_largest": float(np.abs(true - true.mean(axis=0)).max()),
-        }
-
-    return ctx.cached(("truth_motion", s.name), make)
+    return ctx.cached(("truth_eval", s.name), lambda: read_truth_eval(s.dir / "truth_eval.json"))
 
 
 @section("motion", "Motion correction", scope="session", order=20)
@@ -205,17 +158,14 @@ def summary_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None
 
 @section("truth", "Against the simulation's ground truth", scope="session", order=90)
 def truth_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
-    path = s.truth_file
-    if path is None:
+    te = load_truth_eval(ctx, s)
+    if te is None:
         return None
-    tm = truth_motion(ctx, s)
-    facts: list[tuple[str, str]] = [("ground truth", str(path))]
+    tm = te["motion"]
+    facts: list[tuple[str, str]] = [("ground truth", te["ground_truth"])]
     notes: list[str] = []
     figures: list[Figure] = []
-    with np.load(path) as z:
-        n_cells = int(z["centers"].shape[0]) if "centers" in z.files else None
-        n_targets = int(z["target_cells"].shape[0]) if "target_cells" in z.files else None
-        w_gain = float(z["w_gain"]) if "w_gain" in z.files else None
+    n_cells, n_targets, w_gain = te["n_cells"], te["n_targets"], te["w_gain"]
     if n_cells is not None:
         facts.append(("simulated cells / photostimulation targets", f"{n_cells} / {n_targets}"))
     if w_gain is not None:
@@ -231,7 +181,7 @@ def truth_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
         ]
         figures.append(_truth_shift_figure(s, tm))
     summ = load_summary(ctx, s)
-    labels = _truth_labels(path)
+    labels = te["labels"]
     if labels is not None and summ is not None and "local_corr" in summ:
         offset = tuple(tm["offset"]) if tm and "offset" in tm else (0.0, 0.0)
         fig, inside, outside = _truth_contour_figure(summ["local_corr"], labels, offset)
@@ -260,23 +210,6 @@ def _truth_shift_figure(s: SessionInfo, tm: dict[str, Any]) -> Figure:
                            "The simulated displacement (mean over the patch centres in black, their range in "
                            "grey) and calflow's rigid estimate (orange, constant template offset removed). "
                            f"The patch shifts are off by {tm['rmse']:.3f} px RMS.")
-
-
-def _truth_labels(truth_file: Path) -> np.ndarray | None:
-    """The simulated cells as a label image: masks.tif next to the truth, else from the footprints."""
-    masks = truth_file.parent / "masks.tif"
-    if masks.is_file():
-        import tifffile
-
-        return np.asarray(tifffile.imread(masks)).astype(np.int32)
-    with np.load(truth_file) as z:
-        if "footprints" not in z.files:
-            return None
-        footprints = np.asarray(z["footprints"])
-    if footprints.ndim != 3:
-        return None
-    # As masks.tif: the strongest footprint >= 0.5 wins.
-    return np.where(footprints.max(axis=0) >= 0.5, footprints.argmax(axis=0) + 1, 0).astype(np.int32)
 
 
 def _truth_contour_figure(local_corr: np.ndarray, labels: np.ndarray,

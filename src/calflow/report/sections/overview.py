@@ -28,7 +28,7 @@ from calflow.report.page import (
     section,
 )
 from calflow.report.provenance import git_commit, package_versions, rule_timings
-from calflow.report.sections.motion import load_summary, motion_metrics, truth_motion
+from calflow.report.sections.motion import load_summary, load_truth_eval, motion_metrics
 from calflow.report.sections.segment import segmenter_source
 
 
@@ -37,7 +37,8 @@ def overview_section(ctx: ReportContext) -> dict[str, Any] | None:
     rows, metrics = [], []
     for s in ctx.sessions:
         mm = motion_metrics(ctx, s)
-        tm = truth_motion(ctx, s)
+        te = load_truth_eval(ctx, s)
+        tm = te["motion"] if te else None
         summ = load_summary(ctx, s)
         metrics.append((s, mm))
         rows.append([
