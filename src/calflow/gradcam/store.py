@@ -103,6 +103,17 @@ def write_gradcam(out_store: str | Path, maps: GradcamMaps) -> None:
                 write_array(tmp, name, data, dims)
 
 
+def read_gradcam_arrays(store: str | Path, names: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The attrs of a gradcam store and only its arrays ``names`` (an optional array the store lacks,
+    e.g. ``trace_corr``, is left out), for readers that need neither the trial maps nor the rest."""
+    g = open_group(store)
+    have = set(g.array_keys())
+    missing = [k for k in names if k not in have and k not in OPTIONAL]
+    if missing:
+        raise CalflowInputError(f"missing arrays {missing}", file=store, fix="re-run the gradcam stage")
+    return dict(g.attrs), {k: np.asarray(g[k][:]) for k in names if k in have}
+
+
 def read_gradcam(store: str | Path) -> GradcamMaps:
     """A ``gradcam.zarr`` / ``gradcam_shuffled.zarr`` written by :func:`write_gradcam`; a store without
     one of its arrays is one CalflowInputError line."""

@@ -21,3 +21,9 @@ def read_footprints(store: str | Path) -> tuple[sp.csr_matrix, dict]:
     mat = sp.csr_matrix((np.asarray(g["data"][:]), np.asarray(g["indices"][:]), np.asarray(g["indptr"][:])),
                         shape=tuple(attrs["shape"]))
     return mat, attrs
+
+
+def read_labels(store: str | Path) -> tuple[np.ndarray | None, dict]:
+    """footprints.zarr -> (its label image (H, W) int, or None if the store has none; attrs)."""
+    g = open_group(store)
+    return (np.asarray(g["labels"]) if "labels" in g else None), dict(g.attrs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -51,6 +52,14 @@ class SummaryImages:
     n_frames: int
     fps: float
     source: str
+
+
+def read_summary_images(store: str | Path, names: tuple[str, ...] = SUMMARY_ARRAYS,
+                        ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Only the images ``names`` of summary.zarr (as :func:`read_summary` reads them) and its attrs
+    (CalflowInputError as :func:`read_summary`)."""
+    group = require_arrays(store, names)
+    return {name: np.asarray(group[name][...]) for name in names}, dict(group.attrs)
 
 
 def read_summary(store: str | Path) -> SummaryImages:

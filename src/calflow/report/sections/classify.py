@@ -10,7 +10,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from calflow.io import open_group
+from calflow.gradcam.similarity import offdiag
+from calflow.gradcam.store import read_gradcam_arrays
 from calflow.report.page import (
     Link,
     ReportContext,
@@ -22,11 +23,6 @@ from calflow.report.page import (
     fmt,
     section,
 )
-
-
-def _offdiag(z: np.ndarray) -> np.ndarray:
-    i, j = np.triu_indices(len(z), 1)
-    return z[i, j]
 
 
 def _classifier_metrics(ctx: ReportContext) -> list[dict[str, Any]]:
@@ -91,17 +87,17 @@ def zncc_section(ctx: ReportContext, condition: str, sessions: list[SessionInfo]
     fig, axes = plt.subplots(1, len(have), figsize=(4.2 * len(have), 4.2), squeeze=False)
     rows = []
     for ax, s in zip(axes[0], have, strict=True):
-        g = open_group(s.dir / "gradcam.zarr")
-        z = np.asarray(g["zncc"][:])
-        names = list(g.attrs["patterns"])
+        attrs, arrays = read_gradcam_arrays(s.dir / "gradcam.zarr", ("zncc", "trace_corr"))
+        z = arrays["zncc"]
+        names = list(attrs["patterns"])
         ax.imshow(z, cmap="RdBu_r", vmin=-1, vmax=1)
         ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
         ax.set_yticks(range(len(names)), names, fontsize=6)
         ax.set_title(s.name, fontsize=9)
-        off = _offdiag(z)
+        off = offdiag(z)
         row = [Link(s.name, "#" + s.anchor), fmt(len(z)), fmt(float(np.nansum(off))), fmt(float(np.nanmean(off)))]
-        if "trace_corr" in g:
-            row.append(fmt(float(np.nanmean(_offdiag(np.asarray(g["trace_corr"][:]))))))
+        if "trace_corr" in arrays:
+            row.append(fmt(float(np.nanmean(offdiag(arrays["trace_corr"])))))
         else:
             row.append("–")
         rows.append(row)
@@ -117,7 +113,7 @@ def zncc_section(ctx: ReportContext, condition: str, sessions: list[SessionInfo]
 def gradcam_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
     d = s.plots / "gradcam"
     store = s.dir / "gradcam.zarr"
-    attrs = dict(open_group(store).attrs) if store.is_dir() else {}
+    attrs = read_gradcam_arrays(store)[0] if store.is_dir() else {}
     method = attrs.get("method", "gradcam")
     score = {"vs_none": "each target's logit minus the none logit", "logit": "the targets' logits"}.get(
         attrs.get("score", "vs_none"), str(attrs.get("score")))

@@ -9,7 +9,6 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from calflow.io import open_group
 from calflow.report.page import (
     CNMF_COLOUR,
     CONDITION_COLOURS,
@@ -23,6 +22,7 @@ from calflow.report.page import (
     section,
 )
 from calflow.report.sections.motion import load_summary, load_truth_eval
+from calflow.segment.footprints import read_labels
 
 
 def _cnmf_labels(A: Any, shape: tuple[int, int], threshold: float = 0.3) -> np.ndarray:
@@ -77,9 +77,9 @@ def cnmf_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
         fig, ax = plt.subplots(figsize=(5, 5 * H / max(W, 1)))
         ax.imshow(summ["local_corr"], cmap="gray")
         if seg_store.is_dir():
-            seg = open_group(seg_store, mode="r")
-            if "labels" in seg:
-                contour_overlay(ax, np.asarray(seg["labels"]), SEGMENTER_COLOUR, label="segmenter")
+            seg_labels = read_labels(seg_store)[0]
+            if seg_labels is not None:
+                contour_overlay(ax, seg_labels, SEGMENTER_COLOUR, label="segmenter")
         contour_overlay(ax, _cnmf_labels(r["A"][np.flatnonzero(acc)], (H, W)), CNMF_COLOUR, label="CNMF (accepted)")
         ax.legend(loc="upper right", fontsize=7)
         ax.set_axis_off()

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from calflow.compare.store import read_comparison
 from calflow.config import PROFILE_LABELS
 from calflow.report.page import ReportContext, Table, _accuracy_text, _ci_text, figure_from_png, fmt, section
 
@@ -21,7 +21,7 @@ def compare_section(ctx: ReportContext) -> dict[str, Any] | None:
         return None
     rows, animal_rows, figures, facts = [], [], [], []
     for f in files:
-        r = json.loads(f.read_text())
+        r = read_comparison(f)
         a, b = r["a"], r["b"]
         head = r["sources"][r["primary"]]
         test = r["test"]

@@ -1,16 +1,18 @@
 """Motion and summary sections: readers of ``motion.zarr`` / ``summary.zarr`` shared with other
-sections (:func:`load_motion`, :func:`load_summary`, :func:`motion_metrics`), the motion and
+sections (:func:`load_motion`, :func:`load_summary`, :func:`motion_metrics`, through the stages'
+readers :func:`calflow.motion.store.read_shifts` / :func:`~calflow.summary.store.read_summary_images`), the motion and
 summary-image sections, and the comparison with a simulated session's ground truth (section
 ``truth``, from rule ``evaluate_truth``'s ``truth_eval.json`` / ``.npz``: :func:`load_truth_eval`)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from calflow.io import open_group
+from calflow.motion.store import read_motion_header, read_shifts
 from calflow.report.page import (
     TRUTH_COLOUR,
     Figure,
@@ -26,6 +28,7 @@ from calflow.report.page import (
     fmt,
     section,
 )
+from calflow.summary.store import read_summary_images
 from calflow.truth_eval import read_truth_eval
 
 
@@ -36,14 +39,10 @@ def load_motion(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
         store = s.dir / "motion.zarr"
         if not store.is_dir():
             return None
-        g = open_group(store, mode="r")
-        out: dict[str, Any] = {"attrs": _attrs_json(g.attrs)}
-        for name in ("rigid_shifts", "patch_shifts", "patch_centers_y", "patch_centers_x", "corr_with_template",
-                     "corr_with_template_before"):
-            if name in g:
-                out[name] = np.asarray(g[name])
-        if "movie" in g:
-            out["shape"] = tuple(int(n) for n in g["movie"].shape)
+        attrs, shape = read_motion_header(store)
+        out: dict[str, Any] = {"attrs": _attrs_json(attrs), **asdict(read_shifts(store))}
+        if shape is not None:
+            out["shape"] = shape
         return out
 
     return ctx.cached(("motion", s.name), make)
@@ -54,12 +53,8 @@ def load_summary(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
         store = s.dir / "summary.zarr"
         if not store.is_dir():
             return None
-        g = open_group(store, mode="r")
-        out: dict[str, Any] = {"attrs": _attrs_json(g.attrs)}
-        for name in ("mean", "local_corr", "pnr"):
-            if name in g:
-                out[name] = np.asarray(g[name])
-        return out
+        images, attrs = read_summary_images(store, ("mean", "local_corr", "pnr"))
+        return {"attrs": _attrs_json(attrs), **images}
 
     return ctx.cached(("summary", s.name), make)
 

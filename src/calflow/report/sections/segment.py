@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
-import numpy as np
 
-from calflow.io import open_group
+from calflow.errors import CalflowInputError
 from calflow.report.page import (
     SEGMENTER_COLOUR,
     TRUTH_COLOUR,
@@ -24,6 +23,7 @@ from calflow.report.page import (
     section,
 )
 from calflow.report.sections.motion import load_summary
+from calflow.segment.footprints import read_labels
 
 
 def segmenter_source(ctx: ReportContext, attrs: dict[str, Any] | None = None) -> str | None:
@@ -58,9 +58,10 @@ def segment_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None
     store = s.dir / "footprints.zarr"
     if not store.is_dir():
         return None
-    g = open_group(store, mode="r")
-    labels = np.asarray(g["labels"])
-    attrs = _attrs_json(g.attrs)
+    labels, attrs = read_labels(store)
+    if labels is None:
+        raise CalflowInputError("missing arrays ['labels']", file=store, fix="rerun the stage that writes it")
+    attrs = _attrs_json(attrs)
     facts: list[tuple[str, str]] = [("cells found", fmt(int(attrs.get("n_components", labels.max()))))]
     source = segmenter_source(ctx, attrs)
     if source:
