@@ -64,3 +64,45 @@ run_script(SimpleNamespace(log=[{str(tmp_path / 'job.log')!r}], threads=1, rule=
     line = [ln for ln in (tmp_path / "job.log").read_text().splitlines() if "process CPU" in ln][0]
     child = float(line.split("(+ ")[1].split(" s in child processes")[0])
     assert child >= 0.25, line
+
+
+def test_forked_pool_workers_die_when_their_job_is_killed(tmp_path):
+    """A job killed (SIGKILL) while its forked workers run leaves none behind (the report's workers
+    used to stay, blocked on the result pipe); the pool itself works as a ProcessPoolExecutor."""
+    import signal
+    import time
+
+    pids = tmp_path / "pids"
+    proc = subprocess.Popen([sys.executable, "-c", f"""
+import os, time
+from calflow.runner import forked_pool
+def work(i):
+    open({str(pids)!r} + str(i), "w").write(str(os.getpid()))
+    time.sleep(600)
+pool = forked_pool(2)
+assert list(pool.map(abs, [-1, -2])) == [1, 2]
+pool.map(work, range(2))
+time.sleep(600)
+"""])
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("pids*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = [int(p.read_text() or 0) for p in tmp_path.glob("pids*")]
+    assert len(workers) == 2 and all(workers), "the workers did not start"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(")")[-1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [p for p in workers if alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"workers {left} outlived their killed job"

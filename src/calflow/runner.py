@@ -86,3 +86,31 @@ def exit_job_process() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool-worker initializer (Linux): the kernel sends SIGKILL to this process when its parent
+    dies, so a killed job (SIGKILL, OOM killer, a lost node's cleanup) leaves no worker behind. A
+    worker whose parent is already gone exits at once."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: no parent-death signal
+        return
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def forked_pool(workers: int) -> Any:
+    """A ``ProcessPoolExecutor`` of ``workers`` forked processes that die with this one.
+
+    Without it, a job killed while its workers run left them behind, blocked for ever on the
+    result pipe (measured: the report's two workers, 170 MB each, still there 17 minutes after a
+    SIGKILL of the report job)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_die_with_parent, initargs=(os.getpid(),))

@@ -63,10 +63,9 @@ def compare_conditions(sources: Mapping[str, Sequence[str | Path]], a: str, b: s
                                 fix="give sessions with a stim log and a targets table in both conditions")
     todo = [(name, list(stores)) for name, stores in sources.items() if stores]
     if workers > 1 and len(todo) > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from calflow.runner import forked_pool
 
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("fork")) as pool:
+        with forked_pool(min(workers, len(todo))) as pool:
             futures = [pool.submit(_analyse_stores, n, st, a, b, p, animal_groups) for n, st in todo]
             done = [f.result() for f in futures]
     else:

@@ -89,11 +89,10 @@ def render_report(ctx: ReportContext, *, progress: bool = False, workers: int = 
     macros = {n for n in dir(env.get_template(SECTIONS_TEMPLATE).module) if not n.startswith("_")}
     pool = None
     if workers > 1 and len(ctx.sessions) > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from calflow.runner import forked_pool
 
         _FORKED = (ctx, macros)
-        pool = ProcessPoolExecutor(min(workers, len(ctx.sessions)), mp_context=multiprocessing.get_context("fork"))
+        pool = forked_pool(min(workers, len(ctx.sessions)))
         pending = pool.map(_forked_session_page, range(len(ctx.sessions)))
     try:
         run = [r for spec in _sections("run") if (r := _build(spec, spec.key, macros, ctx))]
