@@ -107,11 +107,11 @@ def read_gradcam_arrays(store: str | Path, names: tuple[str, ...] = ()) -> tuple
     """The attrs of a gradcam store and only its arrays ``names`` (an optional array the store lacks,
     e.g. ``trace_corr``, is left out), for readers that need neither the trial maps nor the rest."""
     g = open_group(store)
-    have = set(g.array_keys())
+    have = [k for k in names if k in g]  # membership only: listing the group opens every array's metadata
     missing = [k for k in names if k not in have and k not in OPTIONAL]
     if missing:
         raise CalflowInputError(f"missing arrays {missing}", file=store, fix="re-run the gradcam stage")
-    return dict(g.attrs), {k: np.asarray(g[k][:]) for k in names if k in have}
+    return dict(g.attrs), {k: np.asarray(g[k][:]) for k in have}
 
 
 def read_gradcam(store: str | Path) -> GradcamMaps:

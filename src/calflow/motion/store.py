@@ -125,12 +125,13 @@ def read_images(store: str | Path) -> MotionImages:
     return _images(require_arrays(store, IMAGE_ARRAYS))
 
 
-def read_motion_header(store: str | Path) -> tuple[dict[str, Any], tuple[int, ...] | None]:
-    """The attrs of motion.zarr and the shape of its movie (None without one), reading no array data
-    (CalflowInputError if the store does not open)."""
-    group = require_arrays(store, ())
+def read_shifts_header(store: str | Path) -> tuple[MotionShifts, dict[str, Any], tuple[int, ...] | None]:
+    """:func:`read_shifts`, the attrs of motion.zarr and its movie's shape (None without one), in one
+    opening of the store and without reading the movie or the images (CalflowInputError as
+    :func:`read_shifts`)."""
+    group = require_arrays(store, SHIFT_ARRAYS)
     shape = tuple(int(n) for n in group["movie"].shape) if "movie" in group else None
-    return dict(group.attrs), shape
+    return _shifts(group), dict(group.attrs), shape
 
 
 def read_motion(store: str | Path) -> MotionRecord:

@@ -1,6 +1,6 @@
 """Motion and summary sections: readers of ``motion.zarr`` / ``summary.zarr`` shared with other
 sections (:func:`load_motion`, :func:`load_summary`, :func:`motion_metrics`, through the stages'
-readers :func:`calflow.motion.store.read_shifts` / :func:`~calflow.summary.store.read_summary_images`), the motion and
+readers :func:`calflow.motion.store.read_shifts_header` / :func:`~calflow.summary.store.read_summary_images`), the motion and
 summary-image sections, and the comparison with a simulated session's ground truth (section
 ``truth``, from rule ``evaluate_truth``'s ``truth_eval.json`` / ``.npz``: :func:`load_truth_eval`)."""
 
@@ -12,7 +12,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from calflow.motion.store import read_motion_header, read_shifts
+from calflow.motion.store import read_shifts_header
 from calflow.report.page import (
     TRUTH_COLOUR,
     Figure,
@@ -39,8 +39,8 @@ def load_motion(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
         store = s.dir / "motion.zarr"
         if not store.is_dir():
             return None
-        attrs, shape = read_motion_header(store)
-        out: dict[str, Any] = {"attrs": _attrs_json(attrs), **asdict(read_shifts(store))}
+        shifts, attrs, shape = read_shifts_header(store)
+        out: dict[str, Any] = {"attrs": _attrs_json(attrs), **asdict(shifts)}
         if shape is not None:
             out["shape"] = shape
         return out
