@@ -10,8 +10,7 @@ imported on first use: importing :mod:`calflow.classify.params` (the workflow do
 keys, when it parses) does not import torch.
 """
 
-import importlib
-from typing import Any
+from calflow.lazy import lazy_exports
 
 # name -> module it is defined in
 _EXPORTS = {
@@ -32,16 +31,4 @@ _SUBMODULES = ("data", "model", "params", "stage", "train")
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f"{__name__}.{name}")
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS, *_SUBMODULES})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)

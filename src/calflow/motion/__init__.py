@@ -13,8 +13,7 @@ importing :mod:`calflow.motion.store` does not import torch, nor does ``plot_mot
 load before it is used.
 """
 
-import importlib
-from typing import Any
+from calflow.lazy import lazy_exports
 
 # name -> module it is defined in
 _EXPORTS = {
@@ -35,16 +34,4 @@ _SUBMODULES = ("params", "patches", "plots", "quality", "register", "stage", "st
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f"{__name__}.{name}")
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS, *_SUBMODULES})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)
