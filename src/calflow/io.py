@@ -277,6 +277,18 @@ class MovieWriter:
             self.close()
 
 
+def write_group(out_store: str | Path, attrs: Mapping[str, Any], arrays: Mapping[str, np.ndarray | None],
+                dims: Mapping[str, tuple[str, ...]]) -> None:
+    """A store of small arrays at ``out_store``, whole or not at all (:func:`atomic_output`): the group's
+    ``attrs``, then every array of ``dims`` (name -> xarray dims, in that order) whose value in
+    ``arrays`` is not None."""
+    with atomic_output(out_store) as tmp:
+        zarr.open_group(tmp, mode="w", zarr_format=3).attrs.update(dict(attrs))
+        for name, names in dims.items():
+            if arrays.get(name) is not None:
+                write_array(tmp, name, arrays[name], names)
+
+
 def write_array(
     store: str | Path,
     name: str,

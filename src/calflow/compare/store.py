@@ -17,6 +17,22 @@ from calflow.errors import CalflowInputError
 from calflow.io import atomic_output, open_group
 
 
+class MapStoreAttrs:
+    """The attrs every map store has (``gradcam.zarr``, ``gradcam_shuffled.zarr``,
+    ``stim_maps.zarr``), as properties of a dataclass with an ``attrs`` mapping."""
+
+    attrs: Mapping[str, Any]
+
+    @property
+    def session(self) -> str:
+        return str(self.attrs["session"])
+
+    @property
+    def patterns(self) -> list[str]:
+        """The patterns' names (target ids joined by ``+``), in the order of the pattern axis."""
+        return list(self.attrs["patterns"])
+
+
 @dataclass(frozen=True)
 class SessionMaps:
     """One session's map store: its held-out trial maps and the attrs the comparison uses.

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
+from calflow.compare.store import MapStoreAttrs
 from calflow.errors import CalflowInputError
-from calflow.io import atomic_output, open_group, write_array
+from calflow.io import open_group, write_group
 
 # name -> xarray dims, in the order they are written; the trace arrays only with a cnmf store
 ARRAYS = {
@@ -38,7 +38,7 @@ OPTIONAL = ("trace_corr", "trace_component")
 
 
 @dataclass(frozen=True, eq=False)
-class GradcamMaps:
+class GradcamMaps(MapStoreAttrs):
     """One session's maps, named as stored. Layer-resolution maps (ly, lx), display maps (y, x):
 
     pattern_maps (pattern) signed mean over the pattern's held-out trials, float32 (NaN without
@@ -70,14 +70,6 @@ class GradcamMaps:
     trace_corr: np.ndarray | None = field(default=None)
     trace_component: np.ndarray | None = field(default=None)
 
-    @property
-    def session(self) -> str:
-        return str(self.attrs["session"])
-
-    @property
-    def patterns(self) -> list[str]:
-        """The patterns' names (target ids joined by ``+``), in the order of the pattern axis."""
-        return list(self.attrs["patterns"])
 
     @property
     def method(self) -> str:
@@ -94,13 +86,7 @@ class GradcamMaps:
 
 def write_gradcam(out_store: str | Path, maps: GradcamMaps) -> None:
     """``maps`` -> ``out_store`` (written to a temporary sibling, moved into place when complete)."""
-    with atomic_output(out_store) as tmp:
-        g = zarr.open_group(tmp, mode="w", zarr_format=3)
-        g.attrs.update(dict(maps.attrs))
-        for name, dims in ARRAYS.items():
-            data = getattr(maps, name)
-            if data is not None:
-                write_array(tmp, name, data, dims)
+    write_group(out_store, maps.attrs, {k: getattr(maps, k) for k in ARRAYS}, ARRAYS)
 
 
 def read_gradcam_arrays(store: str | Path, names: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
+from calflow.compare.store import MapStoreAttrs
 from calflow.errors import CalflowInputError
-from calflow.io import atomic_output, open_group, write_array
+from calflow.io import open_group, write_group
 
 # name -> xarray dims, in the order they are written
 ARRAYS = {
@@ -29,7 +29,7 @@ ARRAYS = {
 
 
 @dataclass(frozen=True, eq=False)
-class StimMaps:
+class StimMaps(MapStoreAttrs):
     """One session's STA maps, named as stored: trial_maps (trial, ly, lx) float32 dF (movie units);
     trial_pattern (trial,) index into the patterns; trial_fold (trial,) zeros; trial_start (trial,)
     first stimulated frame; pattern_maps (pattern, ly, lx) float32 mean per pattern; pattern_trials
@@ -46,23 +46,11 @@ class StimMaps:
     pattern_trials: np.ndarray
     zncc: np.ndarray
 
-    @property
-    def session(self) -> str:
-        return str(self.attrs["session"])
-
-    @property
-    def patterns(self) -> list[str]:
-        """The patterns' names (target ids joined by ``+``), in the order of the pattern axis."""
-        return list(self.attrs["patterns"])
 
 
 def write_stim_maps(out_store: str | Path, maps: StimMaps) -> None:
     """``maps`` -> ``out_store`` (written to a temporary sibling, moved into place when complete)."""
-    with atomic_output(out_store) as tmp:
-        g = zarr.open_group(tmp, mode="w", zarr_format=3)
-        g.attrs.update(dict(maps.attrs))
-        for name, dims in ARRAYS.items():
-            write_array(tmp, name, getattr(maps, name), dims)
+    write_group(out_store, maps.attrs, {k: getattr(maps, k) for k in ARRAYS}, ARRAYS)
 
 
 def read_stim_maps(store: str | Path) -> StimMaps:
