@@ -7,12 +7,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from calflow.device import resolve_device
 from calflow.params import check_fields, from_section, invalid, param
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class MotionParams:
         if self.overlap >= self.patch_size:
             raise invalid("motion", "overlap", self.overlap, f"must be smaller than patch_size ({self.patch_size})",
                           "use about patch_size / 2")
-        if self.device == "cuda" and not torch.cuda.is_available():
+        if self.device == "cuda" and not _cuda_available():
             raise invalid("motion", "device", self.device, "CUDA was requested but torch sees no GPU",
                           "use device: auto (GPU when present, CPU otherwise)")
 
@@ -74,3 +75,10 @@ class MotionParams:
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device, key="motion.device")
+
+
+def _cuda_available() -> bool:
+    """Whether torch sees a GPU (torch imported here, so the section's checks stay torch-free otherwise)."""
+    import torch
+
+    return bool(torch.cuda.is_available())
