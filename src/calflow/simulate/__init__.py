@@ -42,7 +42,7 @@ from calflow.simulate.files import GENERATOR as GENERATOR
 from calflow.simulate.files import SESSION_FILES, load_ground_truth, save_ground_truth, write_session
 from calflow.simulate.model import _stim_drive as _stim_drive
 from calflow.simulate.model import evoked_calcium, simulate
-from calflow.simulate.motion_field import dense_displacement, true_displacement
+from calflow.simulate.motion_field import dense_displacement, fov_footprints, true_displacement
 from calflow.simulate.params import NUISANCE, SimParams, draw_nuisance, study_params
 from calflow.simulate.params import UINT16_MAX as UINT16_MAX
 from calflow.simulate.render import iter_movie, render_frames
@@ -57,6 +57,7 @@ __all__ = [
     "dense_displacement",
     "draw_nuisance",
     "evoked_calcium",
+    "fov_footprints",
     "iter_movie",
     "load_ground_truth",
     "main_simulate",

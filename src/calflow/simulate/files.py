@@ -44,6 +44,13 @@ GENERATOR = "calflow.simulate"
 
 def _gt_arrays(truth: GroundTruth) -> dict[str, np.ndarray]:
     """Every ground-truth array except the dense footprints (documented in docs/simulate.md)."""
+    out = _gt_arrays_base(truth)
+    if truth.present is not None:  # only with turnover, so sessions without it keep their files
+        out["present"] = np.asarray(truth.present, bool)
+    return out
+
+
+def _gt_arrays_base(truth: GroundTruth) -> dict[str, np.ndarray]:
     p = truth.params
     T = truth.n_frames
     gy, gx = p.nonrigid_grid
@@ -184,6 +191,7 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
         cell_scale=a.get("cell_scale"), bleach=a.get("bleach"), artifact=a.get("artifact"),
         stim_drive=a.get("stim_drive"), fov_offset=a.get("fov_offset"),
         fov_rotation_deg=float(a["fov_rotation_deg"]) if "fov_rotation_deg" in a else 0.0,
+        present=a.get("present"),
     )
 
 

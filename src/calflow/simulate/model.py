@@ -289,8 +289,20 @@ def simulate(params: SimParams | None = None, seed: int = 0, *, anatomy_seed: in
 
     # cells
     centers, radii, axes, angles, partner = _place_cells(p, _rng(aseed, "layout"))
+    if p.warp_px > 0:
+        centers = _warp_centers(p, centers, axes, _rng(seed, "warp"))
     boxes = [_footprint_box(p, centers[k], radii[k], axes[k], angles[k]) for k in range(K)]
     f0 = _lognormal(_rng(aseed, "brightness"), p.cell_brightness, p.brightness_cv, K).astype(np.float32)
+
+    present = None
+    if p.turnover > 0:  # cells of the animal absent in this session (at least one cell stays)
+        n_gone = min(int(round(p.turnover * K)), K - 1)
+        present = np.ones(K, bool)
+        present[_rng(seed, "turnover").choice(K, n_gone, replace=False)] = False
+    change = None
+    if p.brightness_change_cv > 0:
+        change = _lognormal(_rng(seed, "cell_change"), 1.0, p.brightness_change_cv, K).astype(np.float32)
+        f0 = f0 * change
 
     # targets, stimulation schedule, connectivity
     rng_stim = _rng(aseed, "stim")
@@ -331,6 +343,11 @@ def simulate(params: SimParams | None = None, seed: int = 0, *, anatomy_seed: in
     calcium = np.empty((K, T), np.float32)
     for k in range(K):
         calcium[k] = signal.lfilter([weight[k]], [1.0, -g[k, 0], -g[k, 1]], spikes[k].astype(np.float64))
+    if change is not None:
+        calcium *= change[:, None]
+    if present is not None:  # absent cells give no light: no resting fluorescence, no calcium
+        f0 = np.where(present, f0, 0).astype(np.float32)
+        calcium[~present] = 0
 
     # motion
     gy, gx = p.nonrigid_grid
@@ -413,7 +430,21 @@ def simulate(params: SimParams | None = None, seed: int = 0, *, anatomy_seed: in
         trial_stop=t_stop, trial_pattern=t_pat, trial_block=t_block, stim=stim, delay_frames=delay,
         cell_scale=cell_scale, bleach=bleach.astype(np.float32), artifact=artifact, stim_drive=stim_drive,
         fov_offset=np.array(p.fov_offset, np.float64), fov_rotation_deg=float(p.fov_rotation_deg),
+        present=present,
     )
+
+
+def _warp_centers(p: SimParams, centers: np.ndarray, axes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Cell centres (K, 2) moved by a smooth static warp: a natural cubic spline through a 3x3 grid of
+    control displacements (std ``warp_px``, mean removed so the warp adds no net shift), kept inside the FOV."""
+    Y, X = p.height, p.width
+    ctrl = p.warp_px * rng.standard_normal((3, 3, 2))
+    ctrl -= ctrl.mean(axis=(0, 1), keepdims=True)
+    by = CubicSpline(np.linspace(0.0, Y - 1.0, 3), np.eye(3), bc_type="natural")(centers[:, 0])  # (K, 3)
+    bx = CubicSpline(np.linspace(0.0, X - 1.0, 3), np.eye(3), bc_type="natural")(centers[:, 1])
+    d = np.einsum("ki,kj,ijc->kc", by, bx, ctrl)
+    margin = (axes[:, 0] + 2 * p.edge_softness + 1)[:, None]
+    return np.clip(centers + d, margin, np.array([Y - 1.0, X - 1.0]) - margin)
 
 
 class _Static:

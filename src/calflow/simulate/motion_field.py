@@ -118,3 +118,20 @@ def dense_displacement(truth: GroundTruth, t: int, *, coords: str = "world", sta
     yy, xx = np.mgrid[0:Y, 0:X]
     pts = np.column_stack([yy.ravel(), xx.ravel()]).astype(np.float64)
     return true_displacement(truth, int(t), pts, coords=coords)[0].reshape(Y, X, 2)
+
+
+def fov_footprints(truth: GroundTruth) -> np.ndarray:
+    """Footprints (K, Y, X) float32 as they appear in this session's frames before within-session
+    motion (the static FOV placement applied: ``fov(p) = world(p - S(p))``); what a motion-corrected
+    session's segmentation sees. Absent cells (turnover, ``truth.present``) are all zeros."""
+    fps = truth.footprints
+    if truth.present is not None:
+        fps[~np.asarray(truth.present, bool)] = 0
+    static = truth._static_field
+    if static is None:
+        return fps
+    from scipy import ndimage
+
+    Y, X = truth.params.height, truth.params.width
+    coords = np.mgrid[0:Y, 0:X].astype(np.float64) - static
+    return np.stack([ndimage.map_coordinates(f, coords, order=1, mode="constant", output=np.float32) for f in fps])

@@ -41,6 +41,9 @@ _STREAMS = {
     "connectivity": 12,
     "noise": 13,
     "nuisance": 14,
+    "turnover": 15,
+    "warp": 16,
+    "cell_change": 17,
 }
 _PAIR_FIELDS = ("nonrigid_grid", "fov_offset")  # tuple fields: lists in JSON / to_dict
 
@@ -154,6 +157,13 @@ class SimParams:
     offtarget_radius_px: float = _p(0.0, "off-target excitation radius r in px: non-target cells get "
                                          "offtarget_gain * stim_gain * exp(-d^2 / 2r^2) Hz, d <= 3r; 0 = none")
     offtarget_gain: float = _p(0.5, "off-target drive at distance 0 as a fraction of stim_gain")
+    # across days (defaults: none; the sessions of one animal share anatomy_seed, see docs/simulate.md)
+    turnover: float = _p(0.0, "fraction of the animal's cells absent (no fluorescence) in this session, drawn "
+                              "from the session seed: cells appearing/disappearing between days")
+    warp_px: float = _p(0.0, "std in px of a smooth static warp of the cell layout in this session (3x3 "
+                             "control grid, cubic spline, drawn from the session seed); 0 = none")
+    brightness_change_cv: float = _p(0.0, "per-cell session factor on f0 and calcium (log-normal, mean 1, "
+                                          "this cv; drawn from the session seed); 0 = none")
 
     @property
     def pairs_count(self) -> int:
@@ -277,6 +287,10 @@ class SimParams:
              "use a small re-placement, e.g. (1.0, -0.5) px")
         need(abs(self.fov_rotation_deg) <= 30, "fov_rotation_deg", "must be in [-30, 30] degrees",
              "use a small rotation, e.g. 0.5")
+        need(0 <= self.turnover <= 0.9, "turnover", "must be in [0, 0.9]", "use e.g. 0.1 (10% of the cells absent)")
+        need(0 <= self.warp_px <= min(self.height, self.width) / 16, "warp_px",
+             f"must be in [0, {min(self.height, self.width) / 16:g}] px (a 16th of the FOV)", "use e.g. 1.0 px")
+        need(0 <= self.brightness_change_cv <= 1, "brightness_change_cv", "must be in [0, 1]", "use e.g. 0.2")
         for name in ("bleach_tau_s", "stim_artifact", "offtarget_radius_px", "offtarget_gain"):
             need(getattr(self, name) >= 0, name, "must be >= 0", f"set {name} to 0 (none) or a positive value")
         if self.motion:

@@ -77,6 +77,7 @@ class GroundTruth:
     stim_drive: np.ndarray | None = None  # (K, N) float64 Hz of extra rate of cell k while target j is stimulated
     fov_offset: np.ndarray | None = None  # (2,) float64 static (dy, dx) px of the session's FOV
     fov_rotation_deg: float = 0.0  # static rotation of the content about the FOV centre, degrees
+    present: np.ndarray | None = None  # (K,) bool: cell k gives light in this session (None = all; turnover)
 
     # -- derived -------------------------------------------------------------------------
 
@@ -138,6 +139,8 @@ class GroundTruth:
         labels = np.zeros((Y, X), np.uint16)
         best = np.zeros((Y, X), np.float32)
         for k, (y0, x0, box) in enumerate(self.boxes):
+            if self.present is not None and not self.present[k]:
+                continue  # absent in this session (turnover): not in the label image
             region = ndimage.binary_fill_holes(box >= 0.5)
             value = np.where(region, np.maximum(box, 1e-6) * self.f0[k], 0).astype(np.float32)
             sl = (slice(y0, y0 + box.shape[0]), slice(x0, x0 + box.shape[1]))

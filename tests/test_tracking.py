@@ -1,0 +1,122 @@
+"""Cross-session tracking: simulator turnover/warp/brightness, registration, matching, union, store."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy import ndimage
+
+from calflow.errors import CalflowInputError
+from calflow.simulate import SimParams, fov_footprints, render_frames, simulate
+from calflow.tracking.match import assign, choose_threshold, match_union, pair_scores, warp_footprints
+from calflow.tracking.params import TrackingParams
+from calflow.tracking.register import map_points, register, warp_to
+from calflow.tracking.stage import track_footprints
+from calflow.tracking.store import read_tracking, write_tracking
+
+BASE = SimParams(n_frames=60, height=64, width=64, n_cells=16, radius_min=3.5, radius_max=4.5, n_targets=0,
+                 motion=False)
+
+
+def _session(s: int, **kw):
+    p = dataclasses.replace(BASE, **kw)
+    t = simulate(p, 100 + s, anatomy_seed=7)
+    img = render_frames(t, 0, p.n_frames).astype(np.float32).mean(0)
+    fp = fov_footprints(t)
+    ids = np.flatnonzero(t.present) if t.present is not None else np.arange(t.n_cells)
+    return img, sp.csr_matrix(fp[ids].reshape(len(ids), -1)), ids, t
+
+
+def test_across_day_knobs_default_off_and_change_only_their_part():
+    a = simulate(BASE, 1, anatomy_seed=7)
+    b = simulate(dataclasses.replace(BASE, turnover=0.25, warp_px=1.5, brightness_change_cv=0.3), 1, anatomy_seed=7)
+    assert a.present is None and b.present is not None and (~b.present).sum() == 4
+    assert np.array_equal(a.spikes, b.spikes)  # activity streams untouched
+    assert (b.f0[~b.present] == 0).all() and (b.calcium[~b.present] == 0).all()
+    moved = np.linalg.norm(b.centers - a.centers, axis=1)
+    assert 0 < moved.max() < 8 and not np.allclose(b.f0[b.present] / a.f0[b.present], 1)
+    assert set(np.unique(b.masks())) - {0} == set(np.flatnonzero(b.present) + 1)
+    with pytest.raises(CalflowInputError, match="turnover"):
+        dataclasses.replace(BASE, turnover=0.95).validate()
+
+
+def test_registration_recovers_a_known_affine_warp():
+    img, *_ = _session(0)
+    ang = np.deg2rad(1.5)
+    R = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
+    c = np.array([31.5, 31.5])
+    yy, xx = np.mgrid[0:64, 0:64].astype(float)
+    pts = np.stack([yy.ravel(), xx.ravel()], 1)
+    # the session shows reference point p at F(p) = c + R (p - c) + (2.3, -1.7): session(q) = ref(F^-1(q))
+    inv = (pts - c - np.array([2.3, -1.7])) @ R + c
+    moved = ndimage.map_coordinates(img, inv.T.reshape(2, 64, 64), order=3, mode="nearest")
+    reg = register(img, moved, TrackingParams(transform="affine", patch_size=32))
+    assert reg.kind == "affine"
+    inner = (yy > 8) & (yy < 55) & (xx > 8) & (xx < 55)
+    true = (pts - c) @ R.T + c + np.array([2.3, -1.7])
+    err = np.linalg.norm(map_points(reg.to_session, pts) - true, axis=1).reshape(64, 64)
+    assert np.median(err[inner]) < 0.5
+    back = warp_to(moved, reg.to_session)  # the session resampled onto the reference grid
+    assert np.corrcoef(back[inner], img[inner])[0, 1] > 0.95
+
+
+def test_threshold_sits_between_the_modes_and_falls_back():
+    rng = np.random.default_rng(0)
+    s = np.concatenate([rng.normal(0.2, 0.08, 60), rng.normal(0.9, 0.04, 40)])
+    t = choose_threshold(s, TrackingParams())
+    assert t.method == "mixture" and 0.4 < t.value < 0.8
+    assert choose_threshold(s[:5], TrackingParams()).method == "fixed (fallback)"
+    assert choose_threshold(s, TrackingParams(threshold="fixed", fixed_threshold=0.3)).value == 0.3
+
+
+def test_assignment_is_one_to_one_and_respects_threshold():
+    score = np.array([[0.9, 0.8, np.nan], [0.85, np.nan, np.nan], [np.nan, np.nan, 0.3]])
+    assert sorted(assign(score, 0.5)) == [(0, 1, 0.8), (1, 0, 0.85)]
+
+
+def test_tracking_matches_simulated_sessions_with_turnover_and_keeps_unmatched_cells():
+    knobs = {"turnover": 0.2, "warp_px": 1.0, "brightness_change_cv": 0.2}
+    sessions = [_session(0, **knobs, fov_offset=(0.0, 0.0)),
+                _session(1, **knobs, fov_offset=(2.0, -1.5), fov_rotation_deg=0.8)]
+    res = track_footprints([s[0] for s in sessions], [s[1] for s in sessions], {"patch_size": 32}, seed=0)
+    u = res["union"]
+    ids = [s[2] for s in sessions]
+    pred = {(int(ids[0][a]), int(ids[1][b])) for a, b in u.members if a >= 0 and b >= 0}
+    true = set(ids[0]) & set(ids[1])
+    assert pred == {(i, i) for i in true}
+    # every detected cell is in the union exactly once; cells of one session only are kept
+    for s in (0, 1):
+        col = u.members[:, s]
+        assert sorted(col[col >= 0]) == list(range(len(ids[s])))
+    assert len(u.members) == len(set(ids[0]) | set(ids[1]))
+    assert u.footprints.shape == (len(u.members), 64 * 64)
+
+
+def test_warped_footprints_and_scores():
+    A = np.zeros((2, 32, 32), np.float32)
+    A[0, 5:10, 5:10] = 1
+    A[1, 20:26, 20:26] = 1
+    M = sp.csr_matrix(A.reshape(2, -1))
+    g = np.mgrid[0:32, 0:32].astype(float)
+    W = warp_footprints(M, (32, 32), g + np.array([1.0, 0.0])[:, None, None])  # content moves up 1 px
+    score, iou, d = pair_scores(M, W, 32, TrackingParams())
+    assert np.isclose(d[0, 0], 1.0) and np.isnan(score[0, 1]) and iou[0, 0] > 0.5
+    u = match_union([M, W], 32, 0.5, TrackingParams())
+    assert u.members.tolist() == [[0, 0], [1, 1]]
+
+
+def test_store_round_trip_and_bad_store(tmp_path):
+    u = sp.csr_matrix(np.eye(3, 16, dtype=np.float32))
+    g = np.zeros((2, 2, 4, 4))
+    write_tracking(tmp_path / "t.zarr", union=u, centroids=np.zeros((3, 2)), members=np.array([[0, -1], [1, 0], [-1, 1]]),
+                   scores=np.full((3, 2), np.nan), to_session=g, to_reference=g, rigid_shift=np.zeros((2, 2)),
+                   affine=np.stack([np.eye(3)] * 2), candidate_scores=np.zeros(0), reference_image=np.zeros((4, 4)),
+                   attrs={"animal": "m1", "sessions": ["a", "b"], "reference": "a", "frame_shape": [4, 4],
+                          "threshold": 0.5})
+    t = read_tracking(tmp_path / "t.zarr")
+    assert t.sessions == ("a", "b") and t.n_cells == 3 and (t.union != u).nnz == 0 and t.union_dense().shape == (3, 4, 4)
+    with pytest.raises(CalflowInputError):
+        read_tracking(tmp_path / "missing.zarr")
