@@ -27,6 +27,8 @@ include: "workflow/rules/virtual_stain.smk"
 include: "workflow/rules/classify_common.smk"
 include: "workflow/rules/classify.smk"
 include: "workflow/rules/compare.smk"
+include: "workflow/rules/tracking_common.smk"
+include: "workflow/rules/tracking.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -51,6 +53,7 @@ rule all:
         else [],
         expand("results/{session}/stim_maps.zarr", session=CLASSIFY_SESSIONS),
         [f"results/compare/{a}_vs_{b}.json" for a, b in COMPARE_PAIRS],
+        tracking_targets(),
 
 
 onsuccess:

@@ -153,7 +153,7 @@ def test_bad_stim_log_in_sheet_stops_early(tmp_path):
 # deliberately not fields of the class (key -> why). Sections without a Params class: NO_PARAMS.
 SECTION_EXCEPTIONS = {
     "ingest": {}, "motion": {}, "summary": {}, "keyframes": {}, "segment": {}, "segment.corr_pnr": {},
-    "cnmf": {}, "decode": {}, "gradcam": {}, "compare": {}, "stim_maps": {},
+    "cnmf": {}, "decode": {}, "gradcam": {}, "compare": {}, "stim_maps": {}, "tracking": {},
     "classify": {"profile": "resolved by load_config into the keys it sets (apply_profile), not a classifier key"},
     "virtual_stain": {"sheet": "the workflow reads the sheet (its datasets are the jobs); not a stage param",
                       "demo": "the demo simulator's PairParams, a free-form object (test_free_form_sections_build_their_classes)"},
@@ -184,12 +184,13 @@ def _params_classes() -> dict:
     from calflow.segment.params import CorrPnrParams, SegmentParams
     from calflow.stim_maps import StimMapsParams
     from calflow.summary import SummaryParams
+    from calflow.tracking.params import TrackingParams
     from calflow.virtual_stain.stage import VirtualStainParams
 
     return {"ingest": IngestParams, "motion": MotionParams, "summary": SummaryParams, "keyframes": KeyframeParams,
             "segment": SegmentParams, "segment.corr_pnr": CorrPnrParams, "cnmf": CNMFParams, "decode": DecodeParams,
             "virtual_stain": VirtualStainParams, "classify": ClassifyParams, "gradcam": GradcamParams,
-            "compare": CompareParams, "stim_maps": StimMapsParams}
+            "compare": CompareParams, "stim_maps": StimMapsParams, "tracking": TrackingParams}
 
 
 def _schema_section(section: str) -> dict:

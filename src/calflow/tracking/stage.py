@@ -126,8 +126,10 @@ def reextract_session(tracking_store: str | Path, session: str, movie_store: str
                       cnmf: Mapping[str, Any] | None = None, fps: float | None = None, seed: int = 0) -> dict[str, Any]:
     """CNMF of one session seeded by the animal's union footprints (no merging, no added components), so
     that component i of ``out_store`` (a cnmf.zarr, docs/cnmf.md) is union cell ``seed_index[i]``."""
-    from calflow.cnmf.params import CNMFParams
-    from calflow.cnmf.stage import run_cnmf
+    from calflow.cnmf.stage import (  # CNMFParams through stage: its module is being renamed
+        CNMFParams,
+        run_cnmf,
+    )
 
     t = read_tracking(tracking_store)
     seeds = session_seeds(tracking_store, session)
@@ -135,3 +137,13 @@ def reextract_session(tracking_store: str | Path, session: str, movie_store: str
                                                      "source": str(tracking_store)})
     p = replace(CNMFParams.from_config(cnmf), merge_threshold=1.0, add_components=0, backend="calflow")
     return run_cnmf(movie_store, seeds_store, out_store, params=p, summary_store=summary_store, fps=fps, seed=seed)
+
+
+def plot_animal(tracking_store: str | Path, summary_stores: Sequence[str | Path], out_png: str | Path) -> Path:
+    """The animal's figure (:func:`calflow.tracking.plots.plot_tracking`) from its stores."""
+    from calflow.summary.store import read_summary_images
+    from calflow.tracking.plots import plot_tracking
+
+    t = read_tracking(tracking_store)
+    image = str(t.attrs.get("image", "mean"))
+    return plot_tracking(t, [read_summary_images(s, (image,))[0][image] for s in summary_stores], out_png)
