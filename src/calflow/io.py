@@ -259,6 +259,42 @@ class MovieWriter:
         self._pos += n
         self._buf, self._buf_len = [], 0
 
+    def adopt_chunks(self, source: str | Path) -> None:
+        """Append the frames of the movie store ``source`` by taking its encoded chunk files as they are
+        (hard links; a byte copy where the filesystem refuses links): nothing is decoded or held in
+        memory. ``source`` must have this movie's frame shape, dtype, chunk length and codecs, and
+        start on a chunk boundary of this movie (no frames buffered by :meth:`write`); it is a whole
+        number of chunks long unless it ends this movie."""
+        src = open_group(source, mode="r")[MOVIE_VAR]
+        n = int(src.shape[0])
+        mine, theirs = self._array.metadata, src.metadata
+        problem = (
+            "frames are pending from write()" if self._buf_len
+            else f"starts at frame {self._pos}, not on a chunk boundary" if self._pos % self.chunk_frames
+            else f"frame shape {src.shape[1:]} != {self.shape[1:]}" if tuple(src.shape[1:]) != self.shape[1:]
+            else f"dtype {src.dtype} != {self.dtype}" if src.dtype != self.dtype
+            else f"{src.chunks[0]} frames a chunk, not {self.chunk_frames}" if src.chunks[0] != self.chunk_frames
+            else "other codecs" if theirs.to_dict()["codecs"] != mine.to_dict()["codecs"]
+            else f"{n} frames after frame {self._pos} of {self.shape[0]}" if self._pos + n > self.shape[0]
+            or (n % self.chunk_frames and self._pos + n != self.shape[0])
+            else None
+        )
+        if problem:
+            raise ValueError(f"{source}: cannot adopt its chunks into {self.store}: {problem}")
+        first = self._pos // self.chunk_frames
+        for idx, key in _chunk_keys(src):
+            dst = self.store / MOVIE_VAR / mine.encode_chunk_key((first + idx[0],) + idx[1:])
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                dst.unlink()
+            try:
+                os.link(Path(source) / MOVIE_VAR / key, dst)
+            except OSError as err:
+                if isinstance(err, FileNotFoundError):
+                    raise
+                shutil.copyfile(Path(source) / MOVIE_VAR / key, dst)
+        self._pos += n
+
     def close(self) -> None:
         if self._buf_len:
             self._flush(self._buf_len)
