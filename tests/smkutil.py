@@ -32,7 +32,7 @@ def run_snakemake(workdir: Path, *args: str, timeout: int = 600, cores: int | No
     return proc
 
 
-_JOB = re.compile(r"^(?:local)?rule (\S+):\n((?:[ \t]+.*\n?)*)", re.M)
+_JOB = re.compile(r"^(?:local)?(?:rule|checkpoint) (\S+):\n((?:[ \t]+.*\n?)*)", re.M)
 
 
 def planned_jobs(output: str) -> list[tuple[str, dict[str, str]]]:

@@ -7,7 +7,9 @@ See docs/motion.md. Submodules, each importing only those before it: :mod:`~calf
 :mod:`~calflow.motion.register` (FFT correlation, sub-pixel peaks, warps),
 :mod:`~calflow.motion.template`, :mod:`~calflow.motion.quality` (crispness, correlation),
 :mod:`~calflow.motion.store` (motion.zarr's writer and typed readers, without torch),
-:mod:`~calflow.motion.stage` (:func:`correct_motion`, what the workflow rule calls) and
+:mod:`~calflow.motion.split` (the plan and part stores of a split run, ``motion.split_frames`` > 0),
+:mod:`~calflow.motion.stage` (:func:`correct_motion`, what the workflow rule calls, and the split run's
+``motion_template`` / ``motion_chunk`` / ``motion_gather``) and
 :mod:`~calflow.motion.plots` (figures). The names below are re-exported here, imported on first use:
 importing :mod:`calflow.motion.store` does not import torch, nor does ``plot_motion``'s matplotlib
 load before it is used.
@@ -26,10 +28,12 @@ _EXPORTS = {
     **dict.fromkeys(("IMAGE_ARRAYS", "SHIFT_ARRAYS", "SHIFT_CONVENTION", "MotionImages", "MotionRecord",
                      "MotionShifts", "movie_writer", "read_images", "read_motion", "read_shifts",
                      "write_attrs", "write_motion"), "calflow.motion.store"),
-    "correct_motion": "calflow.motion.stage",
+    **dict.fromkeys(("correct_motion", "motion_template", "motion_chunk", "motion_gather"), "calflow.motion.stage"),
+    **dict.fromkeys(("SplitPlan", "plan_split", "read_plan", "read_template_store", "check_parts"),
+                    "calflow.motion.split"),
     "plot_motion": "calflow.motion.plots",
 }
-_SUBMODULES = ("params", "patches", "plots", "quality", "register", "stage", "store", "template")
+_SUBMODULES = ("params", "patches", "plots", "quality", "register", "split", "stage", "store", "template")
 
 __all__ = sorted(_EXPORTS)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from calflow.device import resolve_device
-from calflow.params import check_fields, from_section, invalid, param
+from calflow.params import check_fields, from_section, invalid, param, workflow_keys
 
 if TYPE_CHECKING:
     import torch
@@ -35,6 +35,10 @@ class MotionParams:
     field_interpolation: cubic | linear (patch grid -> dense field). output_dtype: input | float32.
     num_threads: torch CPU threads (0 = auto: usable cores - 1, the last core runs the overlapped
     zarr reading/compression). seed: fixes any randomness (ties, GPU).
+    split_frames: 0 = one motion job per session; N > 0 = scatter-gather, a template job, chunk jobs of
+    N frames each (rounded up to whole raw.zarr chunks) and a gather (:mod:`calflow.motion.split`). The
+    workflow reads it: it is not in the rule's params, nor in :meth:`to_dict` (``motion_params``), so
+    the result does not depend on it.
     """
 
     max_shift: int = param(15, ge=1)
@@ -55,6 +59,7 @@ class MotionParams:
     output_dtype: str = param("input", choices=("input", "float32"))
     num_threads: int = param(0, ge=0, runtime=True)
     seed: int = param(0, ge=0)
+    split_frames: int = param(0, ge=0, workflow=True)
 
     def __post_init__(self) -> None:
         check_fields(self, "motion")
@@ -71,7 +76,9 @@ class MotionParams:
         return from_section(cls, "motion", config)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The keys that shape the result (stored as ``motion_params``): all but the workflow's."""
+        skip = workflow_keys(type(self))
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device, key="motion.device")
