@@ -51,11 +51,11 @@ def motion_chunk_runtime(wildcards, input, attempt):
 
 
 def motion_gather_mem_mb(wildcards, input, attempt):
-    # per-frame arrays, float64 sums and one decoded chunk at a time
+    # per-frame arrays, float64 sums and one chunk file at a time
     t, frame_mb = _frame_mb(input)
     return int(attempt * (1000 + 4 * frame_mb * 2 + 100 * frame_mb))
 
 
 def motion_gather_runtime(wildcards, input, attempt):
     t, frame_mb = _frame_mb(input)
-    return _runtime_min(t * frame_mb / 500, attempt)  # decoding every chunk once (checksums), ~500 MB/s
+    return _runtime_min(t * frame_mb / 500, attempt)  # reading every chunk file once (checksums)

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from numcodecs.checksum32 import crc32c_checksum
 
 from calflow.errors import CalflowInputError
 from calflow.io import MOVIE_VAR, MovieReader, atomic_output, open_group, write_array
@@ -150,12 +151,32 @@ class PartRecord:
     attrs: Mapping[str, Any]
 
 
+def _verify_chunks(reader: MovieReader) -> None:
+    """Every movie chunk of ``reader`` is intact: its CRC-32C (the last codec of calflow's stores, the
+    checksum of the encoded bytes) is recomputed from the file, without decompressing; a store without
+    that codec is decoded chunk by chunk instead. A bad chunk is one CalflowInputError naming it."""
+    array = open_group(reader.store, mode="r")[MOVIE_VAR]
+    codecs = array.metadata.to_dict()["codecs"]
+    if crc32c_checksum is None or not codecs or codecs[-1].get("name") != "crc32c":
+        for _ in reader.iter_blocks(reader.chunk_frames):  # zarr checks what its codecs can
+            pass
+        return
+    for idx in np.ndindex(*array.cdata_shape):
+        key = array.metadata.encode_chunk_key(idx)
+        data = (reader.store / MOVIE_VAR / key).read_bytes()
+        if len(data) < 4 or np.uint32(crc32c_checksum(data[:-4])).tobytes() != data[-4:]:
+            a = idx[0] * reader.chunk_frames
+            b = min(a + reader.chunk_frames, reader.shape[0]) - 1
+            raise CalflowInputError(f"chunk {MOVIE_VAR}/{key} (frames {a}-{b}) is corrupt (CRC-32C checksum mismatch)",
+                                    file=reader.store, fix="delete the store and rerun the stage that writes it")
+
+
 def check_parts(parts: Sequence[str | Path], template: TemplateRecord, *, dtype: np.dtype,
                 frame_shape: tuple[int, int], verify_chunks: bool = True) -> list[PartRecord]:
     """Check that ``parts`` are the plan's chunks 0..n-1, in order, complete and made with ``template``;
-    return their small arrays (the movies are not loaded: with ``verify_chunks`` each movie chunk is
-    decoded once, one at a time, so a missing or corrupt chunk is found here). The first problem is
-    one CalflowInputError naming the part and the fix; nothing is written."""
+    return their small arrays. The movies are not loaded: every chunk file must be present and, with
+    ``verify_chunks``, its checksum is recomputed (:func:`_verify_chunks`). The first problem is one
+    CalflowInputError naming the part and the fix; nothing is written."""
     plan = template.plan
     sha = template.attrs["template_sha256"]
     if len(parts) != plan.n_chunks:
@@ -189,8 +210,7 @@ def check_parts(parts: Sequence[str | Path], template: TemplateRecord, *, dtype:
         try:
             reader = MovieReader(part)  # every chunk file present (or one line naming the missing one)
             if verify_chunks:
-                for _ in reader.iter_blocks(reader.chunk_frames):  # decodes (checksums) one chunk at a time
-                    pass
+                _verify_chunks(reader)
         except CalflowInputError as err:
             raise CalflowInputError(f"part {k}: {err.problem}", file=part, fix=fix) from err
         if reader.shape != (n, *frame_shape) or reader.dtype != dtype:
