@@ -264,3 +264,36 @@ def test_every_kind_of_bad_input_is_one_clear_line_and_leaves_no_output(tmp_path
         call()
     assert_one_clear_line(err.value, file, *where)
     assert {p.name for p in tmp_path.iterdir()} == before, "the failed step left an output behind"
+
+
+JSON_READERS = {
+    "decode.json": ("calflow.decode.store", "read_decode", "decode stage"),
+    "classifier metrics.json": ("calflow.classify.store", "read_classifier_metrics", "train_classifier stage"),
+    "segmenter_metrics.json": ("calflow.segment.store", "read_segmenter_metrics", "train_segmenter stage"),
+    "segment_eval.json": ("calflow.segment.store", "read_segment_eval", "evaluate_segment stage"),
+    "virtual_stain metrics.json": ("calflow.virtual_stain.store", "read_virtual_stain_metrics", "virtual_stain stage"),
+    "comparison JSON": ("calflow.compare.store", "read_comparison", "compare stage"),
+}
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbled", "not an object", "empty object"])
+@pytest.mark.parametrize("name", list(JSON_READERS))
+def test_every_stage_json_reader_turns_a_damaged_file_into_one_line_naming_it(tmp_path, name, damage):
+    """The typed readers of the stages' JSON outputs (what the report, compare and NWB read): a
+    missing, truncated, non-object or (where keys are required) key-less file is one
+    CalflowInputError naming the file and the stage to rerun, never a KeyError/JSONDecodeError."""
+    import importlib
+
+    module, func, stage = JSON_READERS[name]
+    read = getattr(importlib.import_module(module), func)
+    path = tmp_path / "out.json"
+    if damage != "missing":
+        path.write_text({"garbled": '{"status": "ok", "classes": [', "not an object": "[1, 2]",
+                         "empty object": "{}"}[damage])
+    if damage == "empty object" and name == "comparison JSON":
+        assert read(path) == {}  # the comparison has no required key
+        return
+    with pytest.raises(CalflowInputError) as err:
+        read(path)
+    msg = str(err.value)
+    assert str(path) in msg and stage in msg and "\n" not in msg

@@ -174,7 +174,7 @@ CLASS_ONLY_VALUES = {("segment", "task"): {"semantic": "a library task (foregrou
 
 def _params_classes() -> dict:
     from calflow.classify.params import ClassifyParams
-    from calflow.cnmf.config import CNMFParams
+    from calflow.cnmf.params import CNMFParams
     from calflow.compare import CompareParams
     from calflow.decode import DecodeParams
     from calflow.gradcam import GradcamParams
@@ -317,7 +317,7 @@ def test_free_form_sections_build_their_classes():
 
 def test_one_error_format_for_bad_values():
     from calflow.classify.params import ClassifyParams
-    from calflow.cnmf.config import CNMFParams
+    from calflow.cnmf.params import CNMFParams
 
     with pytest.raises(CalflowInputError) as err:
         ClassifyParams.from_config({"dropout": 0.97})

@@ -251,12 +251,12 @@ def test_rule_timings_statuses(tree):
 def test_report_imports_neither_the_simulator_nor_the_evaluations(tree, tmp_path):
     """The report reads truth_eval.json / .npz (rule evaluate_truth): importing it, and building the
     tree's page with its ground-truth sections, loads neither the simulator, the CNMF accuracy check
-    (which streams the movie) nor torch."""
+    (which streams the movie), torch nor scikit-learn (decode.json is read by calflow.decode.store)."""
     import json
     import sys
 
     code = ("import json, sys; import calflow.report as rp; "
-            "loaded = lambda: sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or "
+            "loaded = lambda: sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'sklearn') or "
             "m.startswith(('calflow.simulate', 'calflow.cnmf.accuracy'))); "
             "after_import = loaded(); "
             "rp.build_report(sys.argv[1], sys.argv[2], sessions=json.loads(sys.argv[3])); "

@@ -168,6 +168,38 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     os.replace(tmp, path)
 
 
+def write_json(path: str | Path, obj: Any, *, indent: int = 2) -> None:
+    """``obj`` as indented JSON (NaN allowed, a trailing newline), written atomically
+    (:func:`atomic_output`). Every stage's JSON output (decode.json, metrics.json, ...) goes through here."""
+    import json
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent, allow_nan=True) + "\n")
+
+
+def read_json(path: str | Path, *, what: str, fix: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The JSON object in ``path`` (a stage's JSON output, ``what`` names it in messages).
+
+    A missing, unreadable or non-object file, or one without a key of ``required``, is one
+    :class:`CalflowInputError` naming the file and ``fix`` (e.g. "rerun the decode stage")."""
+    import json
+
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise CalflowInputError(f"{what} not found", file=path, fix=fix) from err
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CalflowInputError(f"cannot parse {what} ({err})", file=path, fix=fix) from err
+    if not isinstance(obj, dict):
+        raise CalflowInputError(f"{what} does not hold a JSON object", file=path, fix=fix)
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise CalflowInputError(f"{what} lacks {', '.join(map(repr, missing))} (written by an older calflow?)",
+                                file=path, fix=fix)
+    return obj
+
+
 class MovieWriter:
     """Write a (time, y, x) movie into a zarr v3 store frame-chunk by frame-chunk.
 

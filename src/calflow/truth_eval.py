@@ -17,14 +17,13 @@ at module import.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from calflow.io import atomic_output, open_group
+from calflow.io import atomic_output, open_group, read_json, write_json
 
 if TYPE_CHECKING:
     from calflow.simulate import GroundTruth
@@ -156,8 +155,7 @@ def evaluate_session(truth_file: str | Path, motion_store: str | Path, cnmf_stor
         arrays["labels"] = labels
     with atomic_output(out_npz) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **arrays)
-    with atomic_output(out_json) as tmp:
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(out_json, result, indent=1)
     motion, cnmf = result["motion"] or {}, result["cnmf"] or {}
     log.info("%s: shift error %s px RMS, CNMF median r with the true calcium %s", session or truth_file,
              f"{motion['rmse']:.3f}" if "rmse" in motion else "-",
@@ -174,7 +172,7 @@ def read_truth_eval(out_json: str | Path) -> dict[str, Any] | None:
     out_json = Path(out_json)
     if not out_json.is_file():
         return None
-    result = json.loads(out_json.read_text())
+    result = read_json(out_json, what="truth_eval.json", fix="rerun the evaluate_truth stage (delete the file first)")
     npz = out_json.with_suffix(".npz")
     arrays: dict[str, np.ndarray] = {}
     if npz.is_file():

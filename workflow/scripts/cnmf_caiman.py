@@ -1,6 +1,6 @@
 """Thin wrapper: snakemake rule `cnmf_caiman` (cnmf.backend: caiman) -> calflow.cnmf.caiman.run_caiman."""
 from calflow.cnmf.caiman import run_caiman
-from calflow.cnmf.config import CNMFParams
+from calflow.cnmf.params import CNMFParams
 from calflow.runner import run_script
 
 

@@ -1,7 +1,7 @@
 """Thin wrapper: snakemake rule `decode` -> calflow.decode.decode_session."""
 import logging
 
-from calflow.decode import decode_session
+from calflow.decode.stage import decode_session
 from calflow.runner import run_script
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch
 from calflow.classify.data import SessionData, load_session, shuffle_trial_labels
 from calflow.classify.model import save_fold_models
 from calflow.classify.params import ClassifyParams
+from calflow.classify.store import write_classifier_outputs
 from calflow.classify.train import (
     ACCURACY_BOOTSTRAP,
     frame_metrics,
@@ -46,7 +46,6 @@ from calflow.classify.train import (
 from calflow.compare import clustered_accuracy
 from calflow.device import resolve_device
 from calflow.errors import CalflowInputError
-from calflow.io import atomic_output
 from calflow.stimulation import NONE, Targets, read_targets
 
 log = logging.getLogger("calflow.classify")
@@ -225,8 +224,5 @@ def _train_loaded(data: Sequence[SessionData], entries: Sequence[Mapping[str, An
         metrics["control_rule"] = ("trained on shuffled trial labels (each trial labelled with another trial's "
                                    "pattern of the same session); test metrics against the stim log's labels, "
                                    "test_vs_shuffled_labels against the labels it was trained on")
-    with atomic_output(out_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2))
-    with atomic_output(out_dir / "predictions.npz") as tmp, open(tmp, "wb") as f:  # a file: no ".npz" appended
-        np.savez_compressed(f, **preds)
+    write_classifier_outputs(out_dir, metrics, preds)
     return metrics

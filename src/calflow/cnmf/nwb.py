@@ -26,7 +26,6 @@ streamed in blocks (hdmf ``GenericDataChunkIterator``).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import uuid
@@ -518,6 +517,7 @@ def _add_classification(nwb: Any, session: str, gradcam: str | Path | None,
     from pynwb.base import Images
     from pynwb.image import GrayscaleImage
 
+    from calflow.classify.store import read_classifier_metrics
     from calflow.io import open_group
 
     module = nwb.create_processing_module(
@@ -525,7 +525,7 @@ def _add_classification(nwb: Any, session: str, gradcam: str | Path | None,
                                            "its Grad-CAM connectivity maps (docs/classify.md)")
     items = []
     if metrics_file:
-        m = json.loads(Path(metrics_file).read_text())
+        m = read_classifier_metrics(metrics_file)
         s = m.get("sessions", {}).get(session)
         if s:
             test = s["test"]

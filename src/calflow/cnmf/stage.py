@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from calflow.cnmf.config import CNMFParams
+from calflow.cnmf.params import CNMFParams
 from calflow.cnmf.store import write_cnmf
 from calflow.device import resolve_device
 from calflow.errors import CalflowInputError

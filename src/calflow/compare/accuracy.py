@@ -4,11 +4,12 @@ Reported beside the comparison; it is not evidence about connectivity."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from calflow.classify.store import read_classifier_metrics
 
 
 def clustered_accuracy(units: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]], *, n_bootstrap: int = 2000,
@@ -66,7 +67,7 @@ def accuracy_by_condition(metrics_files: Sequence[str | Path], *, n_bootstrap: i
     complete: dict[str, bool] = {}
     per_animal: dict[str, dict] = {}
     for f in metrics_files:
-        m = json.loads(Path(f).read_text())
+        m = read_classifier_metrics(f)
         group = str(m.get("group", f))
         for s in m["sessions"].values():
             t, c = s["test"], s["condition"]

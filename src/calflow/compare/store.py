@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from calflow.errors import CalflowInputError
-from calflow.io import atomic_output, open_group
+from calflow.io import open_group, read_json, write_json
 
 
 class MapStoreAttrs:
@@ -127,10 +126,9 @@ def load_source(name: str, stores: Sequence[str | Path]) -> Source:
 def write_comparison_json(result: Mapping[str, Any], out_json: str | Path) -> None:
     """The comparison's JSON (a result of calflow.compare.compare_conditions without its
     ``_matrices``), written atomically."""
-    with atomic_output(out_json) as tmp:
-        tmp.write_text(json.dumps(result, indent=2, allow_nan=True))
+    write_json(out_json, dict(result))
 
 
 def read_comparison(path: str | Path) -> dict[str, Any]:
     """A comparison JSON as :func:`write_comparison_json` wrote it."""
-    return json.loads(Path(path).read_text())
+    return read_json(path, what="the comparison JSON", fix="rerun the compare stage (delete the file first)")

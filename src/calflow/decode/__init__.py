@@ -8,43 +8,30 @@ out, then every classifier against a dummy, scored out of fold with p-values (do
 :mod:`~calflow.decode.cleaning` (spontaneous z-scoring and PCs), :mod:`~calflow.decode.classifiers`,
 :mod:`~calflow.decode.scoring` (folds, tests, p-values), :mod:`~calflow.decode.store` (cnmf.zarr
 in, decode.json), :mod:`~calflow.decode.plots` and :mod:`~calflow.decode.stage` (what the rule
-calls). scikit-learn, scipy and matplotlib are imported when first used, not here.
+calls). The names below are re-exported here and imported on first use, so importing a light submodule
+(:mod:`~calflow.decode.store`, which the report reads decode.json with) pulls in neither
+scikit-learn nor matplotlib.
 """
 
-from calflow.decode.classifiers import (
-    BATCH_LOGISTIC,
-    LOGISTIC_C,
-    fit_predict,
-    logistic_batch,
-    make_classifier,
-)
-from calflow.decode.cleaning import PC_FRAMES, PC_NEURONS, SD_FLOOR, Cleaning, spontaneous_cleaning
-from calflow.decode.params import CLASSIFIERS, CV_SCHEMES, SPONTANEOUS, TRACES, DecodeParams
-from calflow.decode.plots import confusion_figure
-from calflow.decode.scoring import (
-    FOLD_TEST_DRAWS,
-    fold_features,
-    fold_test,
-    make_folds,
-    score_classifiers,
-    wilson_ci,
-)
-from calflow.decode.stage import decode, decode_session
-from calflow.decode.store import decay_time_s, load_traces, read_decode, write_decode
-from calflow.decode.trials import (
-    SPONT_LABEL,
-    Trials,
-    read_trials,
-    response_matrix,
-    spontaneous_frames,
-    trials_from_truth,
-)
+from calflow.lazy import lazy_exports
 
-__all__ = [
-    "BATCH_LOGISTIC", "CLASSIFIERS", "CV_SCHEMES", "FOLD_TEST_DRAWS", "LOGISTIC_C", "PC_FRAMES", "PC_NEURONS",
-    "SD_FLOOR", "SPONTANEOUS", "SPONT_LABEL", "TRACES", "Cleaning", "DecodeParams", "Trials", "confusion_figure",
-    "decay_time_s", "decode", "decode_session", "fit_predict", "fold_features", "fold_test", "load_traces",
-    "logistic_batch", "make_classifier", "make_folds", "read_decode", "read_trials", "response_matrix",
-    "score_classifiers", "spontaneous_cleaning", "spontaneous_frames", "trials_from_truth", "wilson_ci",
-    "write_decode",
-]
+# name -> module it is defined in
+_EXPORTS = {
+    **dict.fromkeys(("BATCH_LOGISTIC", "LOGISTIC_C", "fit_predict", "logistic_batch", "make_classifier"),
+                    "calflow.decode.classifiers"),
+    **dict.fromkeys(("PC_FRAMES", "PC_NEURONS", "SD_FLOOR", "Cleaning", "spontaneous_cleaning"),
+                    "calflow.decode.cleaning"),
+    **dict.fromkeys(("CLASSIFIERS", "CV_SCHEMES", "SPONTANEOUS", "TRACES", "DecodeParams"), "calflow.decode.params"),
+    "confusion_figure": "calflow.decode.plots",
+    **dict.fromkeys(("FOLD_TEST_DRAWS", "fold_features", "fold_test", "make_folds", "score_classifiers", "wilson_ci"),
+                    "calflow.decode.scoring"),
+    **dict.fromkeys(("decode", "decode_session"), "calflow.decode.stage"),
+    **dict.fromkeys(("decay_time_s", "load_traces", "read_decode", "write_decode"), "calflow.decode.store"),
+    **dict.fromkeys(("SPONT_LABEL", "Trials", "read_trials", "response_matrix", "spontaneous_frames",
+                     "trials_from_truth"), "calflow.decode.trials"),
+}
+_SUBMODULES = ("classifiers", "cleaning", "params", "plots", "scoring", "stage", "store", "trials")
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)

@@ -4,7 +4,6 @@ read by :func:`read_decode` (the parsed result, keys in docs/decode.md)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import numpy as np
 
 from calflow.decode.params import TRACES
 from calflow.errors import CalflowInputError
-from calflow.io import atomic_output
+from calflow.io import read_json, write_json
 
 
 def _all_finite(x: np.ndarray, rows: int = 512) -> bool:
@@ -72,20 +71,10 @@ def decay_time_s(store: str | Path, idx: np.ndarray, fps: float) -> float | None
 
 def write_decode(out_json: str | Path, result: dict[str, Any]) -> None:
     """Write the result dict of :func:`calflow.decode.decode` to ``out_json`` (indented JSON, atomically)."""
-    with atomic_output(out_json) as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out_json, result)
 
 
 def read_decode(path: str | Path) -> dict[str, Any]:
     """The result dict of a decode.json (keys in docs/decode.md): ``status``, ``classes``,
     ``classifiers.{name}`` (accuracy, ci95, confusion, p_value, ...), ``params``, ..."""
-    path = Path(path)
-    try:
-        result = json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise CalflowInputError("decode.json not found", file=path, fix="run the decode stage") from err
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise CalflowInputError(f"cannot parse decode.json ({err})", file=path, fix="rerun the decode stage") from err
-    if not isinstance(result, dict):
-        raise CalflowInputError("decode.json does not hold a JSON object", file=path, fix="rerun the decode stage")
-    return result
+    return read_json(path, what="decode.json", fix="rerun the decode stage", required=("status",))

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Mapping, Sequence
@@ -25,9 +24,14 @@ from typing import Any
 import numpy as np
 
 from calflow.errors import CalflowInputError
-from calflow.io import atomic_output
 from calflow.metrics import evaluate_instances, masks_to_labels, read_masks
 from calflow.segment.data import DEFAULT_CHANNELS, Sample, load_inputs
+from calflow.segment.store import (
+    read_segment_eval,
+    write_evaluation_summary,
+    write_segment_eval,
+    write_segmenter_metrics,
+)
 
 # calflow.segment.train (and with it torch, ~1 CPU-s) is imported where training or its parameters
 # are used, not at module import: evaluate_session runs once per session and needs neither.
@@ -78,13 +82,6 @@ def train_params(section: Mapping[str, Any], seed: int = 0) -> dict:
     return p
 
 
-def _write_json(path: str | Path, obj: Any) -> None:
-    """``obj`` as JSON, written atomically (:func:`calflow.io.atomic_output`: a killed writer's temporary
-    is removed by the next writer)."""
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2))
-
-
 def train_from_sessions(sessions: Sequence[Mapping[str, str]], section: Mapping[str, Any], out_model: str | Path,
                         out_metrics: str | Path, *, checkpoint_dir: str | Path, seed: int = 0,
                         pretrained: str | None = None, source: str = "given",
@@ -108,7 +105,7 @@ def train_from_sessions(sessions: Sequence[Mapping[str, str]], section: Mapping[
         if source == "generalist":
             metrics["reason"] = "segment.init" if generalist_chosen else "no_masks"
             metrics["note"] = GENERALIST_CHOSEN_NOTE if generalist_chosen else GENERALIST_NOTE
-        _write_json(out_metrics, metrics)
+        write_segmenter_metrics(out_metrics, metrics)
         return metrics
     from calflow.segment.train import train
 
@@ -143,7 +140,7 @@ def train_from_sessions(sessions: Sequence[Mapping[str, str]], section: Mapping[
     result = train(tr, va, train_params(section, seed), checkpoint_dir, out_path=out_model, meta=meta,
                    init_weights=init_weights)
     metrics = {**meta, **result, "source": "trained", **({"init_note": init_note} if init_note else {})}
-    _write_json(out_metrics, metrics)
+    write_segmenter_metrics(out_metrics, metrics)
     return metrics
 
 
@@ -158,13 +155,13 @@ def evaluate_session(footprints_store: str | Path, masks: str | Path, out_json: 
     res = evaluate_instances(true, fp > 0, shape, iou_threshold=iou_threshold, max_distance=max_distance)
     out = {"session": session, "heldout": bool(heldout), "masks": str(masks), **res,
            "f1": res["iou"]["f1"], "n_true": int(true.shape[0]), "n_pred": int(fp.shape[0])}
-    _write_json(out_json, out)
+    write_segment_eval(out_json, out)
     return out
 
 
 def summarise_evaluations(files: Sequence[str | Path], out_json: str | Path) -> dict:
     """Mean F1 over held-out and over training sessions (from the per-session JSONs)."""
-    evals = [json.loads(Path(f).read_text()) for f in files]
+    evals = [read_segment_eval(f) for f in files]
     out: dict[str, Any] = {"sessions": {e["session"]: {k: e[k] for k in ("heldout", "f1")} | {
         "centroid_f1": e["centroid"]["f1"], "precision": e["iou"]["precision"], "recall": e["iou"]["recall"]}
         for e in evals}}
@@ -172,5 +169,5 @@ def summarise_evaluations(files: Sequence[str | Path], out_json: str | Path) -> 
         f1 = [e["f1"] for e in evals if e["heldout"] is sel]
         out[f"{name}_mean_f1"] = float(np.mean(f1)) if f1 else None
         out[f"{name}_n_sessions"] = len(f1)
-    _write_json(out_json, out)
+    write_evaluation_summary(out_json, out)
     return out

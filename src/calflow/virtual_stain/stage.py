@@ -171,6 +171,7 @@ def run_dataset(images: Sequence[Mapping[str, str]], out_dir: str | Path, params
     from calflow.io import atomic_output, write_array
     from calflow.virtual_stain.model import TrainConfig, predict, train_model
     from calflow.virtual_stain.search import search
+    from calflow.virtual_stain.store import write_virtual_stain_metrics
 
     p = from_section(VirtualStainParams, "virtual_stain", params)
     out_dir = Path(out_dir)
@@ -238,8 +239,7 @@ def run_dataset(images: Sequence[Mapping[str, str]], out_dir: str | Path, params
     with atomic_output(out_dir / "plots") as tmp:
         tmp.mkdir(parents=True)
         figures(result, test, probs, images, p, tmp)
-    with atomic_output(out_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    write_virtual_stain_metrics(out_dir / "metrics.json", result)
     return result
 
 

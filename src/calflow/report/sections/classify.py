@@ -4,12 +4,12 @@ session's Grad-CAM maps (``gradcam.zarr`` and its plots)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 
+from calflow.classify.store import read_classifier_metrics
 from calflow.gradcam.similarity import offdiag
 from calflow.gradcam.store import read_gradcam_arrays
 from calflow.report.page import (
@@ -28,7 +28,7 @@ from calflow.report.page import (
 def _classifier_metrics(ctx: ReportContext) -> list[dict[str, Any]]:
     """Every results/classifier/{group}/metrics.json (cached)."""
     def load() -> list[dict[str, Any]]:
-        return [json.loads(p.read_text()) for p in sorted((ctx.results / "classifier").glob("*/metrics.json"))]
+        return [read_classifier_metrics(p) for p in sorted((ctx.results / "classifier").glob("*/metrics.json"))]
 
     return ctx.cached(("classifier_metrics",), load)
 

@@ -3,9 +3,9 @@ accuracy per classifier against the dummy, and the confusion matrices."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from calflow.decode.store import read_decode
 from calflow.report.page import ReportContext, SessionInfo, Table, figure_from_png, fmt, section
 
 
@@ -23,7 +23,7 @@ def decode_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None:
     path = s.dir / "decode.json"
     if not path.is_file():
         return None
-    r = json.loads(path.read_text())
+    r = read_decode(path)
     p = r.get("params", {})
     facts = [
         ("trials decoded", f"{fmt(r.get('n_trials'))} of {fmt(r.get('n_trials_total'))}, {len(r.get('classes', []))} "

@@ -4,7 +4,6 @@ from, in words; also shown in the overview)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from calflow.report.page import (
 )
 from calflow.report.sections.motion import load_summary
 from calflow.segment.footprints import read_labels
+from calflow.segment.store import read_segment_eval, read_segmenter_metrics
 
 
 def segmenter_source(ctx: ReportContext, attrs: dict[str, Any] | None = None) -> str | None:
@@ -35,7 +35,7 @@ def segmenter_source(ctx: ReportContext, attrs: dict[str, Any] | None = None) ->
     path = ctx.results / "models" / "segmenter_metrics.json"
     if not path.is_file():
         return None
-    m = json.loads(path.read_text())
+    m = read_segmenter_metrics(path)
     source = m.get("source", "given" if m.get("pretrained") else "trained")
     if source == "generalist":
         why = ("used without fine-tuning (segment.init: generalist), the annotated sessions only score it"
@@ -69,7 +69,7 @@ def segment_section(ctx: ReportContext, s: SessionInfo) -> dict[str, Any] | None
     ev_path = s.dir / "segment_eval.json"
     truth = None
     if ev_path.is_file():
-        ev = json.loads(ev_path.read_text())
+        ev = read_segment_eval(ev_path)
         iou, cen = ev["iou"], ev["centroid"]
         facts += [
             ("annotated cells", fmt(iou["n_true"])),

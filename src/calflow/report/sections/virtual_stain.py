@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from calflow.report.page import ReportContext, Table, figure_from_png, fmt, section
+from calflow.virtual_stain.store import read_virtual_stain_metrics
 
 
 @section("virtual_stain", "Virtual staining", scope="run", order=55)
@@ -18,7 +18,7 @@ def virtual_stain_section(ctx: ReportContext) -> dict[str, Any] | None:
         return None
     rows, figures = [], []
     for path in runs:
-        m = json.loads(path.read_text())
+        m = read_virtual_stain_metrics(path)
         t = m["test"]
         rows.append([m.get("dataset", path.parent.name), fmt(m["n_train_images"]), fmt(m["n_test_images"]),
                      fmt(t["n_blocks"]), fmt(t["f1"], 3), fmt(t["accuracy"], 3), fmt(t["precision"], 3),
