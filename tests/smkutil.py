@@ -113,10 +113,12 @@ def _arrays(path: Path) -> dict[str, np.ndarray]:
     return {"pixels": tifffile.imread(path)}
 
 
-def assert_same_results(a: Path, b: Path, *, subset: bool = False) -> list[str]:
+def assert_same_results(a: Path, b: Path, *, subset: bool = False, skip: tuple[str, ...] = ()) -> list[str]:
     """Both results/ trees hold the same stores/files with bit-identical arrays (``subset``: every
-    one of b's is in a and equal); returns the names compared."""
-    fa, fb = result_files(a), result_files(b)
+    one of b's is in a and equal; ``skip``: glob patterns of names left out); returns the names compared."""
+    from fnmatch import fnmatch
+
+    fa, fb = ({k: v for k, v in result_files(x).items() if not any(fnmatch(k, g) for g in skip)} for x in (a, b))
     if subset:
         assert set(fb) <= set(fa), f"not in {a}: {sorted(set(fb) - set(fa))}"
     else:
