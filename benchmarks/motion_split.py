@@ -9,15 +9,16 @@ Measured (each job in its own Python process, as Snakemake runs it; wall, CPU an
 * the split path on the same movie: the template job, ``--chunks`` chunk jobs (one after another: this
   machine has 2 cores) and the gather; its motion.zarr is compared with the one-job path's, array by
   array;
-* a bare job start (``import torch`` and calflow's motion stage), and decoding raw.zarr once.
+* a bare job start (``import torch`` and calflow's motion stage), decoding raw.zarr once and checking the
+  CRC-32C of its chunk files once.
 
 Scaled to N = ``--target-frames`` (default 40,000) frames, from these measurements only:
 
 * per-frame registration time ``c`` = the chunk jobs' seconds inside the function / frames;
 * template job = its measured seconds - decoding the chunks its sample touched + decoding the chunks
   the same sample touches in N frames (``_read_sample`` decodes every chunk it takes a frame from);
-* gather = its measured seconds - decoding n frames + decoding N frames (it decodes every chunk once
-  to check it), the rest (linking chunks, small arrays, figures) taken as fixed;
+* gather = its measured seconds - checking n frames' chunk checksums + checking N frames' (it reads
+  every chunk file once), the rest (linking chunks, small arrays) taken as fixed;
 * K = 1 is the one-job path: job start + template + c * N. K > 1: job start + template, then K chunk
   jobs side by side, each job start + c * ceil(N / K) (on nodes as fast as this machine's one job),
   then job start + gather; ``--queue-s`` per job stage is added for the cluster's queueing and
@@ -73,11 +74,17 @@ def worker(args: argparse.Namespace) -> dict:
     d = Path(args.dir)
     if args.worker == "start":
         out = {}
-    elif args.worker == "decode":
+    elif args.worker == "decode":  # decoding every chunk (the template's sample) / checking every checksum (gather)
         from calflow.io import MovieReader
+        from calflow.motion.split import _verify_chunks
 
         r = MovieReader(d / "raw.zarr")
+        t = time.perf_counter()
         out = {"frames": sum(b.shape[0] for _, b in r.iter_blocks())}
+        out["decode_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _verify_chunks(r)
+        out["checksum_s"] = time.perf_counter() - t
     elif args.worker == "one":
         out = stage.correct_motion(d / "raw.zarr", d / "one.zarr", params=PARAMS, progress=False)
     elif args.worker == "template":
@@ -177,6 +184,8 @@ def main() -> None:
                     help="s per job stage for queueing and Snakemake's polling (0: none)")
     ap.add_argument("--tmp", type=Path, default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "motion_split.json")
+    ap.add_argument("--recompute", type=Path, default=None,
+                    help="recompute the estimate from this JSON's measurements (runs nothing)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -189,9 +198,27 @@ def main() -> None:
         args.result.write_text(json.dumps(res, default=str))
         return
 
-    n, n_target = args.frames, args.target_frames
-    split = math.ceil(n / args.chunks / CHUNK) * CHUNK
-    with tempfile.TemporaryDirectory(prefix="calflow-split-", dir=args.tmp) as tmpdir:
+    if args.recompute:  # the model again from a saved run's measurements (no jobs run)
+        measured = json.loads(args.recompute.read_text())["measured"]
+    else:
+        measured = measure(args.frames, args.chunks, args.tmp)
+    out = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_end": os.getloadavg()},
+           "measured": measured}
+    if args.recompute:
+        out["machine"] = json.loads(args.recompute.read_text())["machine"]
+    out["estimate"] = {"frames": args.target_frames, "queue_s_per_stage": args.queue_s,
+                       **{basis: estimate(measured, basis, args.target_frames, args.ks, args.queue_s)
+                          for basis in ("wall", "cpu")}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    report(out)
+    print(f"\nwrote {args.out}")
+
+
+def measure(n: int, chunks: int, tmp_root: Path | None) -> dict:
+    """Simulate the scaled movie and run every job on it (see the module doc)."""
+    split = math.ceil(n / chunks / CHUNK) * CHUNK
+    with tempfile.TemporaryDirectory(prefix="calflow-split-", dir=tmp_root) as tmpdir:
         tmp = Path(tmpdir)
         t0 = time.perf_counter()
         simulate(tmp / "raw.zarr", n)
@@ -203,64 +230,75 @@ def main() -> None:
             jobs[f"chunk{k}"] = run_job(f"chunk:{k}", tmp, "--index", str(k))
         jobs["gather"] = run_job("gather", tmp)
         identical = same_motion(tmp / "one.zarr", tmp / "split.zarr")
-    chunk_jobs = [jobs[f"chunk{k}"] for k in range(plan["n_chunks"])]
+    keep = ("wall_s", "inner_s", "import_s", "cpu_s", "vm_hwm_mib")
+    return {"frames": n, "frame_shape": [H, W], "chunk_frames": CHUNK, "split_frames": split,
+            "n_chunks": plan["n_chunks"], "params": PARAMS, "split_equals_one_job": identical,
+            "decode_s": jobs["decode"]["result"]["decode_s"], "checksum_s": jobs["decode"]["result"]["checksum_s"],
+            "jobs": {k: {x: v[x] for x in keep} for k, v in jobs.items()}}
 
-    # ---- the model (docstring): seconds per frame and fixed parts, from the measured jobs
+
+def estimate(m: dict, basis: str, n_target: int, ks: list[int], queue_s: float) -> dict:
+    """The model of the module doc on one basis: ``wall`` (each job's seconds inside its function, as
+    measured on this shared machine) or ``cpu`` (each job's CPU seconds less a bare job start's: its
+    torch thread plus its reading/compressing thread, what one job costs on an otherwise idle node)."""
+    n, jobs = m["frames"], m["jobs"]
+    chunk_jobs = [jobs[f"chunk{k}"] for k in range(m["n_chunks"])]
     start = jobs["start"]["wall_s"]  # a job's interpreter + imports
-    decode_per_frame = jobs["decode"]["inner_s"] / n
-    c = sum(j["inner_s"] for j in chunk_jobs) / n
+
+    def busy(j: dict) -> float:
+        return j["inner_s"] if basis == "wall" else j["cpu_s"] - jobs["start"]["cpu_s"]
+
+    decode, check = m["decode_s"] / n, m["checksum_s"] / n
+    c = sum(busy(j) for j in chunk_jobs) / n
     tf = 200  # motion.template_frames default
-    tpl_fixed = jobs["template"]["inner_s"] - decode_per_frame * CHUNK * chunks_touched(n, tf, CHUNK)
-    template = tpl_fixed + decode_per_frame * CHUNK * chunks_touched(n_target, tf, CHUNK)
-    gather_fixed = max(0.0, jobs["gather"]["inner_s"] - decode_per_frame * n)
-    gather = gather_fixed + decode_per_frame * n_target
-    one_model_n = tpl_fixed + decode_per_frame * CHUNK * chunks_touched(n, tf, CHUNK) + c * n
+    tpl_fixed = busy(jobs["template"]) - decode * CHUNK * chunks_touched(n, tf, CHUNK)
+    template = tpl_fixed + decode * CHUNK * chunks_touched(n_target, tf, CHUNK)
+    gather_fixed = max(0.0, busy(jobs["gather"]) - check * n)
+    gather = gather_fixed + check * n_target
     rows = []
-    for k in args.ks:
-        if k == 1:
-            wall = start + template + c * n_target + args.queue_s
-            cpu = wall - args.queue_s
-            stages = {"template": None, "chunk": None, "gather": None}
-        else:
-            frames_per_job = math.ceil(n_target / k / CHUNK) * CHUNK
-            chunk_wall = start + c * frames_per_job
-            wall = (start + template) + chunk_wall + (start + gather) + 3 * args.queue_s
-            cpu = (start + template) + k * start + c * n_target + (start + gather)
-            stages = {"template": start + template, "chunk": chunk_wall, "gather": start + gather}
-        rows.append({"k": k, "wall_s": wall, "job_seconds": cpu, "speedup": None, **stages})
+    for k in ks:
+        if k == 1:  # the one-job path
+            rows.append({"k": 1, "template": None, "chunk": None, "gather": None,
+                         "wall_s": start + template + c * n_target + queue_s,
+                         "job_seconds": start + template + c * n_target})
+            continue
+        frames_per_job = math.ceil(n_target / k / CHUNK) * CHUNK
+        stages = {"template": start + template, "chunk": start + c * frames_per_job, "gather": start + gather}
+        rows.append({"k": k, **stages, "wall_s": sum(stages.values()) + 3 * queue_s,
+                     "job_seconds": stages["template"] + k * start + c * n_target + stages["gather"]})
     for r in rows:
         r["speedup"] = rows[0]["wall_s"] / r["wall_s"]
+    return {"model": {"job_start_s": start, "register_s_per_frame": c, "decode_s_per_frame": decode,
+                      "checksum_s_per_frame": check, "template_fixed_s": tpl_fixed, "gather_fixed_s": gather_fixed,
+                      "one_job_model_at_measured_frames_s": tpl_fixed + decode * CHUNK * chunks_touched(n, tf, CHUNK)
+                      + c * n, "one_job_measured_s": busy(jobs["one"])},
+            "rows": rows}
 
-    out = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_end": os.getloadavg()},
-        "measured": {"frames": n, "frame_shape": [H, W], "chunk_frames": CHUNK, "split_frames": split,
-                     "n_chunks": plan["n_chunks"], "params": PARAMS, "split_equals_one_job": identical,
-                     "jobs": {k: {x: v[x] for x in ("wall_s", "inner_s", "import_s", "cpu_s", "vm_hwm_mib")}
-                              for k, v in jobs.items()}},
-        "model": {"job_start_s": start, "register_s_per_frame": c, "decode_s_per_frame": decode_per_frame,
-                  "template_fixed_s": tpl_fixed, "gather_fixed_s": gather_fixed,
-                  "one_job_model_at_measured_frames_s": one_model_n,
-                  "one_job_measured_inner_s": jobs["one"]["inner_s"]},
-        "estimate": {"frames": n_target, "queue_s_per_stage": args.queue_s, "rows": rows},
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
 
-    print(f"\nmeasured on {n} x {H} x {W} ({plan['n_chunks']} chunk jobs of {split} frames); split motion.zarr "
-          f"{'bit-identical to' if identical else 'DIFFERS from'} the one-job run")
+def report(out: dict) -> None:
+    m = out["measured"]
+    n = m["frames"]
+    print(f"\nmeasured on {n} x {H} x {W} ({m['n_chunks']} chunk jobs of {m['split_frames']} frames; load average at "
+          f"the end {out['machine']['load_avg_end'][0]:.1f}); split motion.zarr "
+          f"{'bit-identical to' if m['split_equals_one_job'] else 'DIFFERS from'} the one-job run")
     print(f"{'job':<10} {'wall s':>8} {'CPU s':>8} {'peak RSS MiB':>13}")
-    for name, j in jobs.items():
+    for name, j in m["jobs"].items():
         print(f"{name:<10} {j['wall_s']:8.1f} {j['cpu_s']:8.1f} {j['vm_hwm_mib']:13.0f}")
-    print(f"\nmodel: job start {start:.1f} s, registration {1e3 * c:.1f} ms/frame, decoding {1e3 * decode_per_frame:.2f} "
-          f"ms/frame, template fixed {tpl_fixed:.1f} s, gather fixed {gather_fixed:.1f} s; one job at {n} frames: "
-          f"model {one_model_n:.1f} s, measured {jobs['one']['inner_s']:.1f} s")
-    print(f"\nestimate for {n_target} x {H} x {W} (+{args.queue_s:.0f} s queueing per job stage):")
-    print(f"{'K':>3} {'template s':>11} {'chunk job s':>12} {'gather s':>9} {'wall':>9} {'job-hours':>10} {'speed-up':>9}")
-    for r in rows:
-        cols = [f"{r[s]:.0f}" if r[s] is not None else "-" for s in ("template", "chunk", "gather")]
-        print(f"{r['k']:>3} {cols[0]:>11} {cols[1]:>12} {cols[2]:>9} {_hm(r['wall_s']):>9} "
-              f"{r['job_seconds'] / 3600:10.2f} {r['speedup']:8.1f}x")
-    print(f"\nwrote {args.out}")
+    est = out["estimate"]
+    for basis in ("wall", "cpu"):
+        md, rows = est[basis]["model"], est[basis]["rows"]
+        print(f"\n[{basis} basis] job start {md['job_start_s']:.1f} s, registration {1e3 * md['register_s_per_frame']:.1f} "
+              f"ms/frame, decoding {1e3 * md['decode_s_per_frame']:.2f} ms/frame, checksums "
+              f"{1e3 * md['checksum_s_per_frame']:.2f} ms/frame, template fixed {md['template_fixed_s']:.1f} s, gather "
+              f"fixed {md['gather_fixed_s']:.1f} s; one job at {n} frames: model "
+              f"{md['one_job_model_at_measured_frames_s']:.1f} s, measured {md['one_job_measured_s']:.1f} s")
+        print(f"estimate for {est['frames']} x {H} x {W} (+{est['queue_s_per_stage']:.0f} s queueing per job stage):")
+        print(f"{'K':>3} {'template s':>11} {'chunk job s':>12} {'gather s':>9} {'wall':>9} {'job-hours':>10} "
+              f"{'speed-up':>9}")
+        for r in rows:
+            cols = [f"{r[s]:.0f}" if r[s] is not None else "-" for s in ("template", "chunk", "gather")]
+            print(f"{r['k']:>3} {cols[0]:>11} {cols[1]:>12} {cols[2]:>9} {_hm(r['wall_s']):>9} "
+                  f"{r['job_seconds'] / 3600:10.2f} {r['speedup']:8.1f}x")
 
 
 def _hm(seconds: float) -> str:
