@@ -120,3 +120,38 @@ def test_store_round_trip_and_bad_store(tmp_path):
     assert t.sessions == ("a", "b") and t.n_cells == 3 and (t.union != u).nnz == 0 and t.union_dense().shape == (3, 4, 4)
     with pytest.raises(CalflowInputError):
         read_tracking(tmp_path / "missing.zarr")
+
+
+def test_cell_statistics_response_and_target_correlation():
+    from calflow.tracking.crossday import SessionTraces, cell_statistics
+
+    rng = np.random.default_rng(0)
+    T = 400
+    stim = np.zeros(T, bool)
+    stim[::10] = True
+    target = rng.standard_normal(T)
+    dff = np.stack([target,  # the target cell
+                    target + 0.3 * rng.standard_normal(T),  # follows the target
+                    rng.standard_normal(T) + 2.0 * stim,  # responds to stimulation
+                    np.full(T, np.nan)])  # lost by the re-extraction
+    cents = np.array([[10.0, 10.0], [30.0, 30.0], [50.0, 10.0], [5.0, 50.0]])
+    st = cell_statistics(SessionTraces(dff, cents, stim, np.array([[11.0, 9.0]])), radius_px=4.0)
+    assert st["is_target"].tolist() == [True, False, False, False]
+    assert np.isnan(st["target_r"][0]) and st["target_r"][1] > 0.9 and abs(st["target_r"][2]) < 0.2
+    assert 1.5 < st["response"][2] < 2.5 and abs(st["response"][1]) < 0.5 and np.isnan(st["response"][3])
+
+
+def test_nested_test_weights_animals_not_cells():
+    from calflow.tracking.crossday import animal_changes, nested_test
+
+    changes = {"m1": np.full(50, 1.0), "m2": np.array([-1.0]), "m3": np.full(5, 0.5)}
+    out = nested_test(changes, n_bootstrap=200)
+    assert out["animals"] == ["m1", "m2", "m3"] and out["n_cells"] == [50, 1, 5]
+    assert np.isclose(out["effect"], (1.0 - 1.0 + 0.5) / 3)  # not the pooled-cell mean (0.93)
+    assert out["test"]["n"] == 3 and out["test"]["p"] == 1.0  # 3 animals: no sign pattern is rarer than 2/8
+    lo, hi = out["ci"]
+    assert lo <= out["effect"] <= hi
+    a = {"response": np.array([1.0, 2.0, np.nan]), "target_r": np.array([0.1, 0.2, 0.3])}
+    b = {"response": np.array([2.0, 2.0, 1.0]), "target_r": np.array([0.3, 0.2, 0.1])}
+    ch = animal_changes(a, b, np.array([True, False, True]))
+    assert ch["response"].tolist() == [1.0] and np.allclose(ch["target_r"], [0.2, -0.2])

@@ -116,6 +116,25 @@ def test_demo_conditions_share_anatomy_but_not_activity(finished_run):
     assert not np.array_equal(a["spikes"], b["spikes"])
 
 
+def test_tracking_unites_the_animals_sessions_and_re_extracts_them(finished_run):
+    """Rule track for animal a1 (two sessions; user1 alone is not tracked), track_traces for both
+    sessions (a trace for every union cell), track_crossday for A vs B (docs/tracking.md)."""
+    from calflow.tracking.crossday import read_crossday
+    from calflow.tracking.store import read_tracking
+
+    tmp, _, _ = finished_run
+    t = read_tracking(tmp / "results/tracking/a1/tracking.zarr")
+    assert t.sessions == ("a1_A", "a1_B") and t.reference == "a1_A" and t.members.shape == (t.n_cells, 2)
+    assert t.n_cells > 0 and (t.members >= 0).any(axis=1).all()
+    assert (tmp / "results/tracking/a1/tracking.png").is_file()
+    assert not (tmp / "results/tracking/user1").exists()
+    for s in t.sessions:
+        traces = open_group(tmp / f"results/tracking/a1/{s}/traces.zarr")
+        assert sorted(traces.attrs["seed_index"]) == list(range(t.n_cells))  # no merging, nothing added
+    r = read_crossday(tmp / "results/tracking/crossday_A_vs_B.json")
+    assert r["statistics"]["response"]["animals"] in (["a1"], [])
+
+
 def test_second_run_has_nothing_to_do(finished_run):
     tmp, _, _ = finished_run
     proc = snakemake(tmp, "-n")

@@ -23,6 +23,8 @@ REPORT_RUN_INPUTS = [
     lambda w: expand("results/{session}/gradcam.zarr", session=CLASSIFY_SESSIONS),
     lambda w: expand("results/{session}/plots/gradcam", session=CLASSIFY_SESSIONS),
     lambda w: [f"results/compare/{a}_vs_{b}.{ext}" for a, b in COMPARE_PAIRS for ext in ("json", "png")],
+    # cross-session tracking of every animal with two or more sessions (tracking.smk)
+    lambda w: tracking_targets(),
     # simulated sessions against their ground truth (evaluate.smk)
     lambda w: expand("results/{session}/truth_eval.{ext}", session=SIMULATED_SESSIONS, ext=("json", "npz")),
 ]

@@ -52,3 +52,23 @@ rule track_traces:
         seed=config["seed"],
     script:
         "../scripts/track_traces.py"
+
+
+rule track_crossday:
+    """Per-cell cross-day statistics of the tracked cells; animals as units, cells nested (sign-flip test)."""
+    input:
+        crossday_inputs,
+    output:
+        "results/tracking/crossday_{a}_vs_{b}.json",
+    log:
+        "results/logs/track_crossday/{a}_vs_{b}.log",
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    params:
+        animals=lambda w: crossday_animals(w.a, w.b),
+        seed=config["seed"],
+    script:
+        "../scripts/track_crossday.py"

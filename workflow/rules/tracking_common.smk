@@ -27,4 +27,54 @@ def tracking_targets():
     for a, ss in TRACKED.items():
         out += [f"results/tracking/{a}/tracking.zarr", f"results/tracking/{a}/tracking.png"]
         out += [f"results/tracking/{a}/{s}/traces.zarr" for s in ss]
+    return out + crossday_targets()
+
+
+def crossday_pairs():
+    """Condition pairs (a, b) of compare.pairs with at least one tracked animal recorded in both."""
+    out = []
+    for a, b in COMPARE_PAIRS:
+        if any(crossday_sessions(ss, a) and crossday_sessions(ss, b) for ss in TRACKED.values()):
+            out.append((a, b))
     return out
+
+
+def crossday_sessions(sessions, condition):
+    """The animal's sessions in ``condition`` that have a stim log and targets (sheet order)."""
+    return [
+        s
+        for s in sessions
+        if SESSIONS.loc[s, "condition"] == condition
+        and all(isinstance(SESSIONS.loc[s, c], str) and SESSIONS.loc[s, c] for c in ("stim_log", "targets"))
+    ]
+
+
+def crossday_animals(a, b):
+    """animal -> its tracking store and, per condition, the first session's traces, stim log, targets."""
+    out = {}
+    for animal, ss in TRACKED.items():
+        sa, sb = crossday_sessions(ss, a), crossday_sessions(ss, b)
+        if not (sa and sb):
+            continue
+        out[animal] = {"tracking": f"results/tracking/{animal}/tracking.zarr"}
+        for cond, s in ((a, sa[0]), (b, sb[0])):
+            out[animal][cond] = {
+                "session": s,
+                "traces": f"results/tracking/{animal}/{s}/traces.zarr",
+                "stim_log": SESSIONS.loc[s, "stim_log"],
+                "targets": SESSIONS.loc[s, "targets"],
+            }
+    return out
+
+
+def crossday_inputs(wildcards):
+    files = []
+    for entry in crossday_animals(wildcards.a, wildcards.b).values():
+        files.append(entry["tracking"])
+        for cond in (wildcards.a, wildcards.b):
+            files += [entry[cond]["traces"], entry[cond]["stim_log"], entry[cond]["targets"]]
+    return files
+
+
+def crossday_targets():
+    return [f"results/tracking/crossday_{a}_vs_{b}.json" for a, b in crossday_pairs()]

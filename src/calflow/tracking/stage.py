@@ -147,3 +147,4 @@ def plot_animal(tracking_store: str | Path, summary_stores: Sequence[str | Path]
     t = read_tracking(tracking_store)
     image = str(t.attrs.get("image", "mean"))
     return plot_tracking(t, [read_summary_images(s, (image,))[0][image] for s in summary_stores], out_png)
+

@@ -9,5 +9,6 @@ from calflow.report.sections import (  # noqa: F401 - imported to register their
     motion,
     overview,
     segment,
+    tracking,
     virtual_stain,
 )
