@@ -155,3 +155,34 @@ def test_nested_test_weights_animals_not_cells():
     b = {"response": np.array([2.0, 2.0, 1.0]), "target_r": np.array([0.3, 0.2, 0.1])}
     ch = animal_changes(a, b, np.array([True, False, True]))
     assert ch["response"].tolist() == [1.0] and np.allclose(ch["target_r"], [0.2, -0.2])
+
+
+def test_report_section_reads_the_tracking_outputs(tmp_path):
+    import json
+
+    from calflow.report.page import ReportContext
+    from calflow.report.sections.tracking import tracking_section
+    from calflow.tracking.plots import plot_tracking
+
+    knobs = {"turnover": 0.2, "warp_px": 1.0}
+    sessions = [_session(0, **knobs), _session(1, **knobs, fov_offset=(1.5, -1.0))]
+    res = track_footprints([s[0] for s in sessions], [s[1] for s in sessions], {"patch_size": 32})
+    u, thr, regs = res["union"], res["threshold"], res["registrations"]
+    d = tmp_path / "tracking" / "m1"
+    write_tracking(d / "tracking.zarr", union=u.footprints, centroids=np.zeros((len(u.members), 2)),
+                   members=u.members, scores=u.scores, to_session=np.stack([r.to_session for r in regs]),
+                   to_reference=np.stack([r.to_reference for r in regs]), rigid_shift=np.zeros((2, 2)),
+                   affine=np.stack([r.affine for r in regs]), candidate_scores=res["candidate_scores"],
+                   reference_image=sessions[0][0],
+                   attrs={"animal": "m1", "sessions": ["m1_A", "m1_B"], "reference": "m1_A", "frame_shape": [64, 64],
+                          "threshold": thr.value, "threshold_method": thr.method, "n_per_session": [13, 13],
+                          "transforms": [r.kind for r in regs]})
+    plot_tracking(read_tracking(d / "tracking.zarr"), [s[0] for s in sessions], d / "tracking.png")
+    stat = {"animals": ["m1"], "animal_effect": [0.1], "n_cells": [9], "effect": 0.1, "ci": [0.0, 0.2],
+            "test": {"p": 1.0, "n": 1, "smallest_possible_p": 1.0}}
+    (tmp_path / "tracking" / "crossday_A_vs_B.json").write_text(json.dumps(
+        {"a": "A", "b": "B", "statistics": {"response": stat, "target_r": stat}, "animals": {}}))
+    out = tracking_section(ReportContext(results=tmp_path, sessions=[]))
+    assert out is not None and len(out["figures"]) == 1 and len(out["facts"]) == 2
+    assert out["tables"][0].rows[0][0] == "m1"
+    assert tracking_section(ReportContext(results=tmp_path / "none", sessions=[])) is None

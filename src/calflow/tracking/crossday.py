@@ -18,6 +18,7 @@ rule's env needs neither torch nor scikit-learn).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,8 @@ def cell_statistics(s: SessionTraces, radius_px: float = 6.0) -> dict[str, np.nd
     """Per cell (U,) ``response`` and ``target_r`` of one session (module doc); also ``is_target`` (U,)."""
     U = s.dff.shape[0]
     stim = np.asarray(s.stimulated, bool)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows (lost traces) give NaN, as meant
         resp = (np.nanmean(s.dff[:, stim], axis=1) if stim.any() else np.full(U, np.nan)) - (
             np.nanmean(s.dff[:, ~stim], axis=1) if (~stim).any() else np.full(U, np.nan))
     tc = target_cells(s.centroids, s.targets_yx, radius_px)
@@ -65,7 +67,9 @@ def cell_statistics(s: SessionTraces, radius_px: float = 6.0) -> dict[str, np.nd
     is_target[tc] = True
     r = np.full(U, np.nan)
     if tc.size:
-        ref = np.nanmean(s.dff[tc], axis=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ref = np.nanmean(s.dff[tc], axis=0)
         ref = ref - ref.mean()
         x = s.dff - s.dff.mean(axis=1, keepdims=True)
         den = np.sqrt((x * x).sum(axis=1) * (ref * ref).sum())
