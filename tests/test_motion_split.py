@@ -169,6 +169,8 @@ def test_workflow_split_run_equals_one_job_and_reruns_nothing(tmp_path, monkeypa
     in process on the same raw.zarr), the parts are removed, and a second run has nothing to do."""
     from smkutil import dry_run, planned_jobs, run_snakemake
 
+    from calflow.report.provenance import rule_timings
+
     frames, _ = rigid_movie(n=100, h=48, w=64, seed=5)
     tifffile.imwrite(tmp_path / "user.tif", np.clip(frames, 0, None).astype(np.uint16))
     motion = {**PARAMS, "split_frames": 50}
@@ -185,6 +187,11 @@ def test_workflow_split_run_equals_one_job_and_reruns_nothing(tmp_path, monkeypa
     assert read_plan(res / "motion_split" / "template.zarr").split_frames == 60
     assert sorted(p.name for p in (res / "motion_split").iterdir()) == ["template.zarr"]  # parts were temp()
     assert len(list((res / "plots" / "motion").glob("*.png"))) == 3
+    # one log per job where the report's timing table reads them (results/logs/{rule}/{name}.log)
+    logs = tmp_path / "results" / "logs"
+    assert sorted(p.name for p in (logs / "motion_chunk").iterdir()) == ["u1_chunk0.log", "u1_chunk1.log"]
+    assert {r["rule"] for r in rule_timings(logs) if r["status"] == "ok"} >= {"motion_template", "motion_chunk",
+                                                                               "motion_gather"}
     monkeypatch.chdir(tmp_path)  # raw.zarr's path as the rule gives it (motion.zarr's motion_source attr)
     correct_motion("results/u1/raw.zarr", "one.zarr", params={k: v for k, v in motion.items() if k != "split_frames"},
                    progress=False)

@@ -170,8 +170,8 @@ def slurm_run(slurm_cluster, tmp_path_factory):
 
 
 def rule_log(wd: Path, job: dict) -> Path:
-    """calflow's log of a job (results/logs/<rule>/<session>.log; a chunk job's is <session>/<chunk>.log)."""
-    name = f"{job['session']}/{job['chunk']}" if job.get("chunk") else job["session"] or job["rule"]
+    """calflow's log of a job (results/logs/<rule>/<session>.log; a chunk job's <session>_chunk<k>.log)."""
+    name = f"{job['session']}_chunk{job['chunk']}" if job.get("chunk") else job["session"] or job["rule"]
     return wd / "results" / "logs" / job["rule"] / f"{name}.log"
 
 

@@ -69,7 +69,7 @@ rule motion_chunk:
     output:
         store=temp(directory("results/{session}/motion_split/part{chunk}.zarr")),
     log:
-        "results/logs/motion_chunk/{session}/{chunk}.log",
+        "results/logs/motion_chunk/{session}_chunk{chunk}.log",
     wildcard_constraints:
         chunk=r"\d+",
     priority: 5
