@@ -91,7 +91,8 @@ class TemplateRecord:
     attrs: Mapping[str, Any]
 
 
-def _fix(path: Path, rule: str) -> str:
+def rerun_fix(path: Path, rule: str) -> str:
+    """The fix of a bad template or part store: delete it and let Snakemake make it again."""
     return f"delete {path} and rerun the workflow (Snakemake makes it again with rule {rule})"
 
 
@@ -106,7 +107,7 @@ def _open_template(path: Path) -> tuple[zarr.Group, SplitPlan]:
         plan = SplitPlan(**group.attrs["plan"])
     except Exception as err:  # noqa: BLE001 - zarr raises many types for broken stores
         raise CalflowInputError(f"not a readable motion template store ({type(err).__name__}: {err})",
-                                file=path, fix=_fix(path, "motion_template")) from err
+                                file=path, fix=rerun_fix(path, "motion_template")) from err
     return group, plan
 
 
@@ -119,11 +120,11 @@ def read_template_store(path: str | Path) -> TemplateRecord:
         template = np.asarray(group["template"][...], dtype=np.float32)
     except Exception as err:  # noqa: BLE001
         raise CalflowInputError(f"cannot read its template ({type(err).__name__}: {err})", file=path,
-                                fix=_fix(path, "motion_template")) from err
+                                fix=rerun_fix(path, "motion_template")) from err
     attrs = dict(group.attrs)
     if template_sha256(template) != attrs.get("template_sha256"):
         raise CalflowInputError("the template does not match its recorded SHA-256", file=path,
-                                fix=_fix(path, "motion_template"))
+                                fix=rerun_fix(path, "motion_template"))
     return TemplateRecord(template, plan, attrs)
 
 
@@ -187,7 +188,7 @@ def check_parts(parts: Sequence[str | Path], template: TemplateRecord, *, dtype:
     for k, part in enumerate(map(Path, parts)):
         start, stop = plan.bounds(k)
         n = stop - start
-        fix = _fix(part, "motion_chunk")
+        fix = rerun_fix(part, "motion_chunk")
         if not part.exists():
             raise CalflowInputError(f"part {k} of {plan.n_chunks} (frames {start}-{stop - 1}) is missing",
                                     file=part, fix=fix)

@@ -38,6 +38,7 @@ from calflow.motion.split import (
     check_parts,
     plan_split,
     read_template_store,
+    rerun_fix,
     write_part_arrays,
     write_template_store,
 )
@@ -349,12 +350,12 @@ def motion_chunk(raw_store: str | Path, template_store: str | Path, part_store: 
     tpl = read_template_store(template_store)
     if tpl.attrs.get("motion_params") != p.to_dict():
         raise CalflowInputError("the template was made with other motion parameters", file=template_store,
-                                fix=_split_fix(template_store, "motion_template"))
+                                fix=rerun_fix(template_store, "motion_template"))
     reader = _open_raw(raw_store)
     if reader.shape[0] != tpl.plan.n_frames:
         raise CalflowInputError(f"raw movie has {reader.shape[0]} frames, the template's plan "
                                 f"{tpl.plan.n_frames}", file=template_store,
-                                fix=_split_fix(template_store, "motion_template"))
+                                fix=rerun_fix(template_store, "motion_template"))
     if not 0 <= index < tpl.plan.n_chunks:
         raise CalflowInputError(f"chunk {index} does not exist: the plan has {tpl.plan.n_chunks}",
                                 file=template_store, fix="ask for chunks 0 to n_chunks - 1")
@@ -391,12 +392,12 @@ def motion_gather(raw_store: str | Path, template_store: str | Path, part_stores
     tpl = read_template_store(template_store)
     if tpl.attrs.get("motion_params") != p.to_dict():
         raise CalflowInputError("the template was made with other motion parameters", file=template_store,
-                                fix=_split_fix(template_store, "motion_template"))
+                                fix=rerun_fix(template_store, "motion_template"))
     reader = _open_raw(raw_store)
     n_t, h, w = reader.shape
     if n_t != tpl.plan.n_frames:
         raise CalflowInputError(f"raw movie has {n_t} frames, the template's plan {tpl.plan.n_frames}",
-                                file=template_store, fix=_split_fix(template_store, "motion_template"))
+                                file=template_store, fix=rerun_fix(template_store, "motion_template"))
     out_dtype = _out_dtype(reader, p)
     parts = check_parts(part_stores, tpl, dtype=out_dtype, frame_shape=(h, w), verify_chunks=verify_chunks)
     frames = _Frames(**{a: np.concatenate([r.frames[a] for r in parts]) for a in PART_FRAME_ARRAYS},
@@ -425,7 +426,3 @@ def _ordered_sum(arrays: list[np.ndarray]) -> np.ndarray:
     for a in arrays:
         total += a
     return total
-
-
-def _split_fix(path: Path, rule: str) -> str:
-    return f"delete {path} and rerun the workflow (Snakemake makes it again with rule {rule})"
