@@ -1,7 +1,7 @@
 """Thin wrapper: snakemake rule `compare` -> calflow.compare."""
 import logging
 
-from calflow.compare import compare_conditions, write_comparison
+from calflow.compare.stage import compare_conditions, write_comparison
 from calflow.runner import run_script
 
 

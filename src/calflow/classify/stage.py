@@ -43,7 +43,7 @@ from calflow.classify.train import (
     trial_counts,
     untrained_folds,
 )
-from calflow.compare import clustered_accuracy
+from calflow.compare.accuracy import clustered_accuracy
 from calflow.device import resolve_device
 from calflow.errors import CalflowInputError
 from calflow.stimulation import NONE, Targets, read_targets

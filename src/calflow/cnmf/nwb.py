@@ -224,10 +224,10 @@ def _new_file(session: str, condition: str, animal: str | None, group: str | Non
     from pynwb.file import Subject
     from pynwb.ophys import OpticalChannel
 
-    from calflow.io import open_group
+    from calflow.ingest.store import read_raw
 
     H, W = attrs["frame_shape"]
-    version = attrs.get("calflow_version") or (dict(open_group(raw).attrs).get("calflow_version") if raw else "")
+    version = attrs.get("calflow_version") or (read_raw(raw).calflow_version if raw else "")
     start = meta.get("session_start_time")
     if start is None:
         notes.append("session_start_time not given: written as 1970-01-01 UTC")
@@ -273,14 +273,13 @@ def _add_movie(nwb: Any, plane: Any, raw: str | Path, out_file: Path, opts: Mapp
     """The acquired movie as acquisition/TwoPhotonSeries (linked, copied from raw.zarr, or none: None)."""
     from pynwb.ophys import TwoPhotonSeries
 
-    from calflow.io import open_group
+    from calflow.ingest.store import read_raw
 
     if opts["movie"] == "none":
         return None
-    rg = open_group(raw)
-    raw_attrs = dict(rg.attrs)
-    T, H, W = rg["movie"].shape
-    spec = raw_attrs.get("source_spec") or raw_attrs.get("source")
+    info = read_raw(raw)
+    T, H, W = info.shape
+    spec = info.source_spec or info.source
     linked = _link_movie(str(spec), out_file, int(T)) if opts["movie"] == "link" and spec else None
     if linked is None:
         if opts["movie"] == "link":
@@ -295,7 +294,7 @@ def _add_movie(nwb: Any, plane: Any, raw: str | Path, out_file: Path, opts: Mapp
                else "an HDF5 external link to the source's dataset, in its (time, y, x) order")
     twop = TwoPhotonSeries(name="TwoPhotonSeries", imaging_plane=plane, rate=rate, unit="a.u.", dimension=[W, H],
                            description=f"the acquired movie ({how}); source {spec}, "
-                                       f"sha256 {raw_attrs.get('source_sha256', '?')}", **kw)
+                                       f"sha256 {info.source_sha256 or '?'}", **kw)
     nwb.add_acquisition(twop)
     return twop
 
@@ -309,10 +308,10 @@ def _add_motion(ophys: Any, motion: str | Path, twop: Any, corrected_movie: bool
     from pynwb.image import ImageSeries
     from pynwb.ophys import CorrectedImageStack, MotionCorrection
 
-    from calflow.io import open_group
+    from calflow.motion.store import read_shifts
 
-    mg = open_group(motion)
-    shifts = np.asarray(mg["rigid_shifts"][...], np.float64)          # (T, 2) (dy, dx) px
+    ms = read_shifts(motion)
+    shifts = np.asarray(ms.rigid_shifts, np.float64)          # (T, 2) (dy, dx) px
     xy = TimeSeries(name="xy_translation", data=-shifts[:, ::-1], unit="pixels", rate=rate,
                     description="(x, y) px that align each frame to the template: minus calflow's rigid "
                                 "shift (dx, dy), the displacement of the content")
@@ -326,12 +325,12 @@ def _add_motion(ophys: Any, motion: str | Path, twop: Any, corrected_movie: bool
     else:
         ophys.add(xy)
         items.append("xy_translation")
-    patch = np.asarray(mg["patch_shifts"][...], np.float64)             # (T, py, px, 2) (dy, dx)
+    patch = np.asarray(ms.patch_shifts, np.float64)             # (T, py, px, 2) (dy, dx)
     ophys.add(TimeSeries(name="patch_shifts", data=_io(patch, level), unit="pixels", rate=rate,
                          description="piecewise shifts (dy, dx) px per patch (time, patch_y, patch_x, axis), "
                                      "rigid + residual, calflow's convention (the displacement of the content); "
                                      "patch centres in motion_patches"))
-    cy, cx = np.asarray(mg["patch_centers_y"][...], np.float64), np.asarray(mg["patch_centers_x"][...], np.float64)
+    cy, cx = np.asarray(ms.patch_centers_y, np.float64), np.asarray(ms.patch_centers_x, np.float64)
     iy, ix = np.meshgrid(np.arange(len(cy)), np.arange(len(cx)), indexing="ij")
     patches = DynamicTable(name="motion_patches", description="patch grid of patch_shifts: one row per patch",
                            id=np.arange(iy.size))
@@ -349,18 +348,19 @@ def _add_summary(ophys: Any, summary: str | Path | None, motion: str | Path | No
     from pynwb.base import Images
     from pynwb.image import GrayscaleImage
 
-    from calflow.io import open_group
+    from calflow.motion.store import read_images
+    from calflow.summary.store import read_summary_images
 
     images = []
     if summary:
-        sg = open_group(summary)
-        for name in sorted(sg.array_keys()):
-            arr = np.asarray(sg[name][...])
+        found, _ = read_summary_images(summary)
+        for name in sorted(found):
+            arr = found[name]
             if arr.ndim == 2:
                 images.append(GrayscaleImage(name=name, data=arr.T, description=f"summary image '{name}' "
                                              "(summary.zarr) of the corrected movie, (x, y)"))
     if motion:
-        images.append(GrayscaleImage(name="motion_template", data=np.asarray(open_group(motion)["template"][...]).T,
+        images.append(GrayscaleImage(name="motion_template", data=np.asarray(read_images(motion).template).T,
                                      description="the motion-correction template, (x, y)"))
     if not images:
         return []
@@ -518,7 +518,7 @@ def _add_classification(nwb: Any, session: str, gradcam: str | Path | None,
     from pynwb.image import GrayscaleImage
 
     from calflow.classify.store import read_classifier_metrics
-    from calflow.io import open_group
+    from calflow.gradcam.store import read_gradcam_arrays
 
     module = nwb.create_processing_module(
         name="classification", description="stimulation classifier (cross-fitted CNN ensemble of the animal) and "
@@ -560,10 +560,9 @@ def _add_classification(nwb: Any, session: str, gradcam: str | Path | None,
                 module.add(ct)
             items.append("classifier_metrics")
     if gradcam:
-        g = open_group(gradcam)
-        ga = dict(g.attrs)
+        ga, g = read_gradcam_arrays(gradcam, ("pattern_maps", "pattern_trials", "zncc"))
         names = list(ga["patterns"])
-        maps = np.asarray(g["pattern_maps"][...])
+        maps = np.asarray(g["pattern_maps"])
         module.add(Images(name="GradCAM", description=f"Grad-CAM map per stimulation pattern (signed, "
                           f"{ga.get('method')}, layer {ga.get('layer')}, mean over held-out trials and "
                           f"{ga.get('members')} ensemble members), (x, y) at the layer's resolution "
@@ -575,9 +574,9 @@ def _add_classification(nwb: Any, session: str, gradcam: str | Path | None,
                           id=list(range(len(names))))
         zt.add_column(name="pattern", description="target ids joined by '+'", data=names)
         zt.add_column(name="n_trials", description="held-out trials of the pattern",
-                      data=np.asarray(g["pattern_trials"][...], np.int64))
+                      data=np.asarray(g["pattern_trials"], np.int64))
         zt.add_column(name="zncc", description="ZNCC with every pattern, in row order",
-                      data=np.asarray(g["zncc"][...], np.float64))
+                      data=np.asarray(g["zncc"], np.float64))
         module.add(zt)
         items += ["GradCAM", "GradCAM_ZNCC"]
     return items

@@ -22,8 +22,9 @@ from calflow.cnmf.params import CNMFParams
 from calflow.cnmf.store import write_cnmf
 from calflow.device import resolve_device
 from calflow.errors import CalflowInputError
-from calflow.io import MovieReader, open_group
+from calflow.io import MovieReader
 from calflow.segment.footprints import read_footprints
+from calflow.summary.store import read_summary_images
 
 log = logging.getLogger("calflow.cnmf")
 
@@ -70,7 +71,7 @@ def run_cnmf(movie_store: str | Path, footprints_store: str | Path, out_store: s
     seeds = load_seeds(footprints_store, (H, W))
     mean = None
     if summary_store is not None:
-        mean = np.asarray(open_group(summary_store)["mean"][:], np.float32)
+        mean = np.asarray(read_summary_images(summary_store, ("mean",))[0]["mean"], np.float32)
         if mean.shape != (H, W) or not np.isfinite(mean).all():
             raise CalflowInputError(f"mean image of shape {mean.shape} (or not finite) for frames {(H, W)}",
                                     file=summary_store, fix="rerun rule summary")

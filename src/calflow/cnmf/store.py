@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 import zarr
 
-from calflow.io import atomic_output, open_group, write_array
+from calflow.io import atomic_output, open_group, require_arrays, write_array
 
 
 def _centroids(A: sp.csr_matrix, width: int) -> np.ndarray:
@@ -66,3 +66,12 @@ def read_cnmf(store: str | Path) -> dict[str, Any]:
     return out
 
 
+
+
+def read_cnmf_arrays(store: str | Path, names: tuple[str, ...],
+                     optional: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The attrs of a cnmf.zarr and only its arrays ``names`` (plus those of ``optional`` it holds),
+    for readers that need a few traces rather than the whole store; a store that does not open or
+    lacks one of ``names`` is one CalflowInputError line."""
+    g = require_arrays(store, names)
+    return dict(g.attrs), {k: np.asarray(g[k][...]) for k in (*names, *(o for o in optional if o in g))}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from calflow.compare import zncc_matrix  # noqa: F401 - the one definition (no torch there)
+from calflow.compare.zncc import zncc_matrix  # noqa: F401 - the one definition (no torch there)
 
 
 def zncc(a: np.ndarray, b: np.ndarray) -> float:

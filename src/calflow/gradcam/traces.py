@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calflow.errors import CalflowInputError
-from calflow.io import open_group
+from calflow.cnmf.store import read_cnmf_arrays
 
 
 def cnmf_target_correlation(store: str | Path, target_yx: np.ndarray, max_distance: float = 6.0,
@@ -19,15 +18,10 @@ def cnmf_target_correlation(store: str | Path, target_yx: np.ndarray, max_distan
     Returns ``component`` (N,) int64 (-1 where no accepted component lies within
     ``max_distance`` px) and ``corr`` (N, N) Pearson r of their ``trace`` rows (NaN where missing).
     """
-    g = open_group(store)
-    names = set(g.array_keys())
-    for need in ("centroids", trace):
-        if need not in names:
-            raise CalflowInputError(f"cnmf store has no '{need}' array", file=store,
-                                    fix="re-run the cnmf stage (see the cnmf.zarr contract)")
-    cents = np.asarray(g["centroids"][:], np.float64)
-    accepted = np.asarray(g["accepted"][:], bool) if "accepted" in names else np.ones(len(cents), bool)
-    traces = np.asarray(g[trace][:], np.float64)
+    _, g = read_cnmf_arrays(store, ("centroids", trace), optional=("accepted",))
+    cents = np.asarray(g["centroids"], np.float64)
+    accepted = np.asarray(g["accepted"], bool) if "accepted" in g else np.ones(len(cents), bool)
+    traces = np.asarray(g[trace], np.float64)
     comp = np.full(len(target_yx), -1, np.int64)
     for j, yx in enumerate(np.asarray(target_yx, np.float64)):
         d = np.hypot(*(cents - yx).T)

@@ -23,7 +23,6 @@ import numpy as np
 from scipy import ndimage
 
 from calflow.errors import CalflowInputError
-from calflow.io import open_group
 from calflow.segment.params import DEFAULT_CHANNELS as DEFAULT_CHANNELS  # the segment.channels default
 
 SUMMARY_CHANNELS = ("mean", "max", "std", "local_corr", "pnr")
@@ -41,16 +40,20 @@ def normalise(img: np.ndarray) -> np.ndarray:
 def load_inputs(summary_store: str | Path, keyframes_store: str | Path | None,
                 channels: tuple[str, ...] | list[str] = DEFAULT_CHANNELS) -> np.ndarray:
     """(C, H, W) normalised input stack of one session."""
+    from calflow.keyframes.store import read_keyframes
+    from calflow.summary.store import read_summary_images
+
     out = []
-    summ = open_group(summary_store)
-    kf = open_group(keyframes_store) if keyframes_store is not None else None
+    summ = read_summary_images(summary_store, tuple(ch for ch in channels if ch in SUMMARY_CHANNELS))[0]
+    kf = (read_keyframes(keyframes_store) if keyframes_store is not None
+          and any(ch in KEYFRAME_CHANNELS for ch in channels) else None)
     for ch in channels:
         if ch in SUMMARY_CHANNELS:
-            out.append(np.asarray(summ[ch][:]))
+            out.append(np.asarray(summ[ch]))
         elif ch in KEYFRAME_CHANNELS:
             if kf is None:
                 raise CalflowInputError(f"input channel '{ch}' needs keyframes.zarr", fix="add the keyframes store")
-            out.append(np.asarray(kf[KEYFRAME_CHANNELS[ch]][:]))
+            out.append(np.asarray(getattr(kf, KEYFRAME_CHANNELS[ch])))
         else:
             raise CalflowInputError(f"unknown segmenter input channel '{ch}'",
                                     fix=f"use {', '.join(SUMMARY_CHANNELS + tuple(KEYFRAME_CHANNELS))}")

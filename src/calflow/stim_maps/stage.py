@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from calflow.compare import pattern_maps, zncc_matrix
+from calflow.compare.zncc import pattern_maps, zncc_matrix
 from calflow.errors import CalflowInputError
 from calflow.io import MovieReader
 from calflow.stim_maps.params import StimMapsParams
