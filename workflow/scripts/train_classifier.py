@@ -14,11 +14,11 @@ def main(smk):
             e["footprints"] = smk.input.footprints[i]
         entries.append(e)
     out_dir = str(smk.output.model).rsplit("/", 1)[0]
-    # scratch_dir is not a param (changing it must not re-run the job): read from the config
-    section = {**smk.params.classify, "scratch_dir": smk.config.get("classify", {}).get("scratch_dir", "")}
     control = str(smk.output.control_model).rsplit("/", 1)[0] if "control_model" in smk.output.keys() else None
-    m = train_group(entries, entries[0]["targets"], section, out_dir, seed=int(smk.params.seed),
-                    group=smk.wildcards.group, control_dir=control, control_members=int(smk.params.control_members))
+    # scratch_dir is not a rule param (moving it must not re-run the job): it comes from the config
+    m = train_group(entries, entries[0]["targets"], smk.params.classify, out_dir, seed=int(smk.params.seed),
+                    group=smk.wildcards.group, control_dir=control, control_members=int(smk.params.control_members),
+                    scratch_dir=smk.config.get("classify", {}).get("scratch_dir", ""))
     for s, v in m["sessions"].items():
         logging.getLogger("calflow.classify").info("%s: held-out accuracy %s, train %s", s, v["test"]["accuracy"],
                                                    v["train_accuracy"])

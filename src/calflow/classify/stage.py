@@ -63,7 +63,7 @@ ACCURACY_CI_METHOD = (f"95% percentile interval of {ACCURACY_BOOTSTRAP} bootstra
 def train_group(entries: Sequence[Mapping[str, Any]], targets_path: str | Path, section: Mapping[str, Any] | ClassifyParams,
                 out_dir: str | Path, *, seed: int = 0, group: str = "", stop_at: int | None = None,
                 shuffle_labels: bool = False, control_dir: str | Path | None = None,
-                control_members: int = 1) -> dict:
+                control_members: int = 1, scratch_dir: str | None = None) -> dict:
     """Train the cross-fitted classifier of one target group and write its outputs.
 
     ``entries``: one mapping per session (session, condition, motion, stim_log, targets,
@@ -74,11 +74,15 @@ def train_group(entries: Sequence[Mapping[str, Any]], targets_path: str | Path, 
     ``control_dir``: after the real classifier, also that control (``control_members`` members, all
     else as the real one) into ``control_dir``, with the same files; the same models and metrics as
     a second call with ``shuffle_labels`` would give. Returns the real classifier's metrics.
+    ``scratch_dir``: overrides the section's ``classify.scratch_dir`` (the workflow passes it apart from
+    the rule's params, so that moving the scratch directory does not re-run training).
     """
     if shuffle_labels and control_dir is not None:
         raise ValueError("shuffle_labels trains the control alone into out_dir; control_dir trains both")
     cfg = dict(section) if not isinstance(section, ClassifyParams) else dataclasses.asdict(section)
     cfg["seed"] = int(cfg.get("seed", 0)) + int(seed)
+    if scratch_dir is not None:
+        cfg["scratch_dir"] = scratch_dir
     p = ClassifyParams.from_config(cfg)
     if p.num_threads:
         torch.set_num_threads(p.num_threads)
