@@ -101,6 +101,8 @@ class Sample:
     cue: np.ndarray | None = None
     labels: np.ndarray | None = None
     name: str = ""
+    frames: np.ndarray | None = None  # (T, H, W) frame stack for the detr trace term (keyframes or movie)
+    traces: np.ndarray | None = None  # (max label, T) target traces, row id - 1 = label id (None: mask averages)
 
     @classmethod
     def from_labels(cls, image: np.ndarray, labels: np.ndarray, name: str = "", instance: bool = True) -> Sample:
@@ -110,10 +112,12 @@ class Sample:
 
     def crop(self, ys: slice, xs: slice) -> Sample:
         """A sub-region (for train/validation splits of one field of view); labels are relabelled."""
-        labels = None
+        labels, traces = None, None
         if self.labels is not None:
             from skimage.segmentation import relabel_sequential
 
-            labels = relabel_sequential(self.labels[ys, xs])[0]
+            labels, _, inverse = relabel_sequential(self.labels[ys, xs])
+            if self.traces is not None:  # row i - 1 of the crop's traces = the cell now labelled i
+                traces = self.traces[np.asarray(inverse(np.arange(1, int(labels.max()) + 1)), np.int64) - 1]
         return Sample(self.image[:, ys, xs], self.fg[ys, xs], None if self.cue is None else self.cue[ys, xs],
-                      labels, self.name)
+                      labels, self.name, None if self.frames is None else self.frames[:, ys, xs], traces)

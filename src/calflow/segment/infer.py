@@ -116,7 +116,11 @@ def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> tupl
 
 def segment_image(model: torch.nn.Module, arch: Mapping[str, Any], image: np.ndarray,
                   post: Mapping[str, Any], device: torch.device | str = "cpu", tta: bool = False) -> dict:
-    """Probability, cue and instance labels of one (C, H, W) image."""
+    """Probability, cue and instance labels of one (C, H, W) image (``detr``: no cue, no TTA)."""
+    if arch.get("kind") == "detr":
+        from calflow.segment.detr import segment_image_detr
+
+        return segment_image_detr(model, arch, image, post, device)
     out = predict(model, image, depth=int(arch.get("depth", 3)), device=device, tta=tta)
     prob = out[0]
     cue = out[1] if out.shape[0] > 1 else None

@@ -12,7 +12,7 @@ of ``2**depth`` inside :func:`calflow.segment.infer.predict`; the networks thems
   resolution; the heads' outputs are **summed** (plus a full-resolution 1x1 head on scale 0).
   The deconvolution kernel sizes are the knob the EM study tuned (default 2 x stride).
 
-:func:`build_model` makes either from a plain dict (``arch``), which is what checkpoints store.
+:func:`build_model` makes either (or the set-prediction ``detr`` of :mod:`calflow.segment.detr`) from a plain dict (``arch``), which is what checkpoints store.
 """
 
 from __future__ import annotations
@@ -105,12 +105,17 @@ class DCN(nn.Module):
 
 
 def build_model(arch: Mapping[str, Any]) -> nn.Module:
-    """``arch``: {"kind": "unet"|"dcn", "in_channels", "out_channels", "base", "depth", "deconv_kernels"}."""
+    """``arch``: {"kind": "unet"|"dcn", "in_channels", "out_channels", "base", "depth", "deconv_kernels"},
+    or {"kind": "detr", ...} (:func:`calflow.segment.detr.build_detr`)."""
     kind = arch.get("kind", "unet")
+    if kind == "detr":
+        from calflow.segment.detr import build_detr
+
+        return build_detr(arch)
     common = {"in_channels": int(arch["in_channels"]), "out_channels": int(arch["out_channels"]),
               "base": int(arch.get("base", 16)), "depth": int(arch.get("depth", 3))}
     if kind == "unet":
         return UNet(**common)
     if kind == "dcn":
         return DCN(**common, deconv_kernels=arch.get("deconv_kernels"))
-    raise ValueError(f"unknown network kind {kind!r} (use 'unet' or 'dcn')")
+    raise ValueError(f"unknown network kind {kind!r} (use 'unet', 'dcn' or 'detr')")

@@ -46,10 +46,12 @@ class CorrPnrParams:
 class TrainKeys:
     """The ``segment`` section's network and training keys."""
 
-    network: str = param("unet", choices=("unet", "dcn"))
+    network: str = param("unet", choices=("unet", "dcn", "detr"))
     base_channels: int = param(16, ge=1)
     depth: int = param(3, ge=1, le=6)
     deconv_kernels: tuple[int, ...] = param((), ge=2)  # dcn only; () = 2 x stride per scale
+    queries: int = param(32, ge=1)  # detr only: cell masks predicted per patch_size tile
+    trace_weight: float = param(0.0, ge=0)  # detr only: weight of the trace term (1 - r of extracted traces)
     # instance (fg + distance cue) | semantic (fg only: a library task, e.g. the EM benchmark; the
     # workflow's segment rule needs the cue, so the schema allows instance only)
     task: str = param("instance", choices=("instance", "semantic"))
@@ -71,6 +73,9 @@ class TrainKeys:
         if self.patch_size % 2**self.depth:
             raise invalid("segment", "patch_size", self.patch_size, f"must be a multiple of 2**depth = {2**self.depth}",
                           f"use a multiple of {2**self.depth}, e.g. 64")
+        if self.network == "detr" and self.patch_size % 8:
+            raise invalid("segment", "patch_size", self.patch_size, "must be a multiple of 8 for network: detr",
+                          "use a multiple of 8, e.g. 64")
 
 
 @dataclass(frozen=True)

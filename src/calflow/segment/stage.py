@@ -66,6 +66,14 @@ INIT_FIX = "give a file written by calflow, or set segment.init: scratch"
 log = logging.getLogger("calflow.segment")
 
 
+def keyframe_stack(keyframes_store: str | Path) -> np.ndarray:
+    """(T, H, W) float32 keyframes of a session, robustly normalised (the detr trace term's frames)."""
+    from calflow.keyframes.store import read_keyframes
+    from calflow.segment.data import normalise
+
+    return normalise(np.asarray(read_keyframes(keyframes_store).frames, np.float32))
+
+
 def train_params(section: Mapping[str, Any], seed: int = 0) -> dict:
     """The TrainParams fields of a ``segment`` config section.
 
@@ -117,6 +125,8 @@ def train_from_sessions(sessions: Sequence[Mapping[str, str]], section: Mapping[
         h, w = image.shape[1:]
         labels = masks_to_labels(read_masks(s["masks"], (h, w)), (h, w))
         sample = Sample.from_labels(image, labels, s["session"])
+        if section.get("network") == "detr" and float(section.get("trace_weight", 0.0)) > 0:
+            sample.frames = keyframe_stack(s["keyframes"])  # trace term: the annotations' mask-averaged traces
         cut = int(round(w * (1 - frac)))
         if frac > 0 and 0 < cut < w:
             tr.append(sample.crop(slice(None), slice(0, cut)))

@@ -52,6 +52,7 @@ from calflow.metrics import match_iou, pixel_iou
 from calflow.params import from_section, param, runtime_keys
 from calflow.segment.data import Sample, dihedral
 from calflow.segment.infer import instances_from_maps, predict, read_segmenter
+from calflow.segment.matching import LossWeights, batch_loss
 from calflow.segment.model import build_model
 from calflow.segment.params import TrainKeys
 
@@ -78,6 +79,9 @@ class TrainParams(TrainKeys):
         return from_section(cls, "segment", config)
 
     def arch(self, in_channels: int) -> dict:
+        if self.network == "detr":  # embedding width 2 x base_channels; tiles of patch_size at inference
+            return {"kind": "detr", "in_channels": int(in_channels), "dim": 2 * self.base_channels,
+                    "queries": self.queries, "window": 8, "tile": self.patch_size}
         a = {"kind": self.network, "in_channels": int(in_channels), "out_channels": 2 if self.task == "instance" else 1,
              "base": self.base_channels, "depth": self.depth}
         if self.network == "dcn":
@@ -97,16 +101,21 @@ def _fingerprint(p: TrainParams, train: Sequence[Sample], val: Sequence[Sample],
     h = hashlib.sha256(json.dumps(keep, sort_keys=True, default=list).encode())
     h.update(init)
     for s in [*train, *val]:
-        for a in (s.image, s.fg, s.cue):
+        for a in (s.image, s.fg, s.cue, s.frames, s.traces):
             if a is not None:
                 h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()[:16]
 
 
-def _batch(samples: Sequence[Sample], p: TrainParams, it: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _batch(samples: Sequence[Sample], p: TrainParams, it: int, sets: dict | None = None,
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Inputs (B, C, P, P), fg and cue (B, 1, P, P) of iteration ``it``'s crops. ``sets`` (a dict, for
+    the detr network) receives "labels" (B, P, P) int64, "frames" and "traces" (per crop or None)
+    of the same crops; it draws nothing from the generator, so the crops are the same either way."""
     rng = np.random.default_rng([p.seed, it])
     sizes = np.array([s.fg.size for s in samples], dtype=float)
     xs, fgs, cues = [], [], []
+    labs, frames, traces = [], [], []
     for _ in range(p.batch_size):
         s = samples[int(rng.choice(len(samples), p=sizes / sizes.sum()))]
         _, h, w = s.image.shape
@@ -116,11 +125,15 @@ def _batch(samples: Sequence[Sample], p: TrainParams, it: int) -> tuple[torch.Te
         sl = (slice(y0, y0 + ps), slice(x0, x0 + ps))
         img, fg = s.image[:, sl[0], sl[1]], s.fg[sl]
         cue = s.cue[sl] if s.cue is not None else None
+        lab = s.labels[sl] if sets is not None and s.labels is not None else None
+        fr = s.frames[:, sl[0], sl[1]] if sets is not None and s.frames is not None else None
         if img.shape[1] < ps or img.shape[2] < ps:  # image smaller than a patch: reflect-pad
             pad = ((0, ps - img.shape[1]), (0, ps - img.shape[2]))
             img = np.pad(img, ((0, 0), *pad), mode="reflect")
             fg = np.pad(fg, pad, mode="reflect")
             cue = np.pad(cue, pad, mode="reflect") if cue is not None else None
+            lab = np.pad(lab, pad, mode="constant") if lab is not None else None  # a mirrored cell is not a cell
+            fr = np.pad(fr, ((0, 0), *pad), mode="reflect") if fr is not None else None
         k = int(rng.integers(0, 8))
         gain = rng.uniform(1 - p.contrast, 1 + p.contrast, size=(img.shape[0], 1, 1))
         offset = rng.uniform(-p.brightness, p.brightness, size=(img.shape[0], 1, 1))
@@ -135,6 +148,12 @@ def _batch(samples: Sequence[Sample], p: TrainParams, it: int) -> tuple[torch.Te
         fgs.append(dihedral(fg, k))
         if cue is not None:
             cues.append(dihedral(cue, k))
+        if sets is not None:
+            labs.append(dihedral(lab, k) if lab is not None else np.zeros((ps, ps), np.int64))
+            frames.append(None if fr is None else torch.from_numpy(dihedral(fr, k).astype(np.float32)))
+            traces.append(None if s.traces is None else torch.from_numpy(np.asarray(s.traces, np.float32)))
+    if sets is not None:
+        sets.update(labels=torch.from_numpy(np.stack(labs).astype(np.int64)), frames=frames, traces=traces)
     x = torch.from_numpy(np.stack(xs).astype(np.float32))
     fg_t = torch.from_numpy(np.stack(fgs)[:, None].astype(np.float32))
     cue_t = torch.from_numpy(np.stack(cues)[:, None].astype(np.float32)) if cues else None
@@ -151,6 +170,8 @@ def evaluate(model: nn.Module, samples: Sequence[Sample], p: TrainParams, device
     With ``tune_post`` (instance task) the probability and cue thresholds are chosen from a small
     grid to maximise the mean F1 on these images; the chosen ones are returned as ``post``.
     """
+    if p.network == "detr":
+        return _evaluate_detr(model, samples, p, device)
     outs = [predict(model, s.image, depth=p.depth, device=device, tta=tta) for s in samples]
     model.train()
     if p.task != "instance":
@@ -163,6 +184,26 @@ def evaluate(model: nn.Module, samples: Sequence[Sample], p: TrainParams, device
     for post in grid:
         scores = [match_iou(s.labels, instances_from_maps(o[0], o[1], **post))["f1"]
                   for s, o in zip(samples, outs, strict=True)]
+        score = float(np.mean(scores)) if scores else 0.0
+        if best is None or score > best["score"]:
+            best = {"score": score, "per_image": [float(v) for v in scores], "post": post}
+    return best
+
+
+DETR_SCORE_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def _evaluate_detr(model: nn.Module, samples: Sequence[Sample], p: TrainParams, device: torch.device) -> dict:
+    """:func:`evaluate` for the detr network: objectness thresholds (``prob_threshold``) from a grid."""
+    from calflow.segment.detr import instances_from_sets, predict_sets
+
+    sets = [predict_sets(model, s.image, tile=p.patch_size, device=device) for s in samples]
+    model.train()
+    grid = [dict(p.post)] + ([{**p.post, "prob_threshold": a} for a in DETR_SCORE_GRID] if p.tune_post else [])
+    best = None
+    for post in grid:
+        scores = [match_iou(s.labels, instances_from_sets(sc, mk, s.labels.shape, **post)[0])["f1"]
+                  for s, (sc, mk) in zip(samples, sets, strict=True)]
         score = float(np.mean(scores)) if scores else 0.0
         if best is None or score > best["score"]:
             best = {"score": score, "per_image": [float(v) for v in scores], "post": post}
@@ -216,6 +257,9 @@ def train(train_samples: Sequence[Sample], val_samples: Sequence[Sample], params
         else:
             log.info("ignoring %s: it belongs to other data or settings", last)
     bce = nn.BCEWithLogitsLoss()
+    weights = LossWeights(trace_weight=p.trace_weight)
+    if p.network == "detr" and p.task != "instance":
+        raise CalflowInputError("network: detr predicts cell instances", fix="use task: instance with network: detr")
     model.train()
     t0 = time.perf_counter()
     it = int(state["iteration"])
@@ -229,12 +273,18 @@ def train(train_samples: Sequence[Sample], val_samples: Sequence[Sample], params
     while it < end and not plateau():
         for g in opt.param_groups:
             g["lr"] = float(sched_lr(it))
-        x, fg, cue = _batch(train_samples, p, it)
+        sets: dict | None = {} if p.network == "detr" else None
+        x, fg, cue = _batch(train_samples, p, it, sets)
         x, fg = x.to(device), fg.to(device)
         out = model(x)
-        loss = bce(out[:, :1], fg)
-        if cue is not None and p.task == "instance":
-            loss = loss + p.cue_weight * bce(out[:, 1:2], cue.to(device))
+        if sets is not None:
+            loss = batch_loss(out, sets["labels"].to(device), weights,
+                              [None if f is None else f.to(device) for f in sets["frames"]],
+                              [None if t is None else t.to(device) for t in sets["traces"]])["loss"]
+        else:
+            loss = bce(out[:, :1], fg)
+            if cue is not None and p.task == "instance":
+                loss = loss + p.cue_weight * bce(out[:, 1:2], cue.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
