@@ -7,8 +7,8 @@ A session's footprints (CSR (K, Y*X), one row per cell) are resampled onto the r
 the binary masks (weights >= ``mask_threshold`` of the peak) and d the distance of the weighted
 centroids in px. The threshold comes from the distribution of those scores (:func:`choose_threshold`):
 same-cell pairs score high and neighbouring different cells low, so a two-component Gaussian mixture
-(scikit-learn) fits the two modes and the threshold is where the two weighted densities cross between
-their means (CellReg models its similarity distributions the same way). Then
+(scikit-learn) finds the two modes and the threshold is the valley of the score density between them
+(CellReg and Track2p also take their thresholds from the score distributions). Then
 :func:`scipy.optimize.linear_sum_assignment` pairs cells one-to-one on the scores (:func:`match_union`);
 a pair below the threshold is no match, and an unmatched cell starts a union cell of its own.
 """
@@ -108,9 +108,12 @@ class Threshold:
 def choose_threshold(scores: np.ndarray, p: TrackingParams, *, seed: int = 0) -> Threshold:
     """The threshold between the different-cell and same-cell modes of candidate-pair ``scores`` (n,).
 
-    ``threshold: mixture`` fits a two-component Gaussian mixture and returns the score between the two
-    means where the weighted component densities are equal. It falls back to ``fixed_threshold`` with
-    fewer than 8 scores, or when the modes do not separate (means closer than 0.1 or the crossing
+    ``threshold: mixture`` fits a two-component Gaussian mixture to find the two modes and returns the
+    valley between them: the minimum of the scores' kernel density estimate (scipy ``gaussian_kde``,
+    Scott's bandwidth) between the two means. (The equal-density point of the two Gaussians was tried
+    first: the same-cell mode is narrow and the different-cell one wide, which put that point next to
+    the same-cell mode and lost true matches; docs/tracking.md.) It falls back to ``fixed_threshold``
+    with fewer than 8 scores, or when the modes do not separate (means closer than 0.1 or the valley
     outside (0.05, 0.95)).
     """
     nan2 = np.full(2, np.nan)
@@ -130,11 +133,10 @@ def choose_threshold(scores: np.ndarray, p: TrackingParams, *, seed: int = 0) ->
     w = gm.weights_.ravel()[order]
     if mu[1] - mu[0] < 0.1:
         return Threshold(p.fixed_threshold, "fixed (fallback)", mu, sd, w)
-    x = np.linspace(mu[0], mu[1], 2001)
-    dens = w[:, None] / sd[:, None] * np.exp(-0.5 * ((x[None] - mu[:, None]) / sd[:, None]) ** 2)
-    diff = dens[1] - dens[0]
-    cross = np.flatnonzero(np.diff(np.sign(diff)) > 0)
-    value = float(x[cross[0] + 1]) if cross.size else float(x[np.argmin(np.abs(diff))])
+    from scipy.stats import gaussian_kde
+
+    x = np.linspace(mu[0], mu[1], 501)
+    value = float(x[np.argmin(gaussian_kde(s)(x))])  # the valley of the score density between the modes
     if not 0.05 < value < 0.95:
         return Threshold(p.fixed_threshold, "fixed (fallback)", mu, sd, w)
     return Threshold(value, "mixture", mu, sd, w)
