@@ -138,3 +138,28 @@ def test_corr_pnr_method_needs_no_segmenter(tmp_path):
     write_workdir(tmp_path, cfg, [demo_row("a1_A", "A"), no_masks_row("a2_B", "B")])
     jobs = [rule for rule, _ in dry_run(tmp_path)]
     assert "segment" in jobs and "cnmf" in jobs and "train_segmenter" not in jobs
+
+
+def test_detr_network_trains_and_segments_through_the_same_rules(seg_run):
+    """segment.network: detr (with the trace term on the keyframes) through train_segmenter and segment:
+    the same footprints.zarr contract as the U-Net's, instances from the query sets (no cue)."""
+    tmp, _ = seg_run
+    cfg = {**SEG_CONFIG, "segment": {**SEG_CONFIG["segment"], "network": "detr", "init": "scratch", "queries": 8,
+                                     "trace_weight": 0.5}}
+    write_workdir(tmp, cfg, [demo_row("a1_A", "A"), demo_row("a2_B", "B")])
+    try:
+        snakemake(tmp, "results/models/segment_evaluation.json")
+        r = tmp / "results"
+        blob = load_weights(r / "models" / "segmenter.pt")
+        assert blob["arch"]["kind"] == "detr" and blob["arch"]["queries"] == 8
+        metrics = json.loads((r / "models" / "segmenter_metrics.json").read_text())
+        assert metrics["iterations"] == 20 and metrics["arch"]["kind"] == "detr"
+        for s in ("a1_A", "a2_B"):
+            fp, attrs = read_footprints(r / s / "footprints.zarr")
+            assert fp.shape[1] == 64 * 64 and attrs["arch"]["kind"] == "detr"
+            g = open_group(r / s / "footprints.zarr")
+            labels = np.asarray(g["labels"][:])
+            assert labels.max() == fp.shape[0] and g["centroids"].shape == (fp.shape[0], 2) and "cue" not in g
+            assert 0 <= json.loads((r / s / "segment_eval.json").read_text())["f1"] <= 1
+    finally:
+        write_workdir(tmp, SEG_CONFIG, [demo_row("a1_A", "A"), demo_row("a2_B", "B")])
