@@ -5,6 +5,7 @@ deconvolution kernel sweep); BBBC039 nuclei F1; demo inference frames/s.
 
     snakemake --cores 2                       # the demo first: its held-out evaluation is read here
     python benchmarks/segment.py [--threads 1] [--s2p-python /tmp/s2p-venv/bin/python] [--only nf,speed,isbi,bbbc]
+    python benchmarks/segment.py --only detr [--detr-iterations 400]   # U-Net vs detr (with/without trace term)
 
 Prints a table and writes benchmarks/out/segment.json. Nothing here is asserted by tests.
 
@@ -397,6 +398,136 @@ def bench_bbbc(iterations: int) -> dict:
             "per_image": scores, "train_seconds": res["seconds"]}
 
 
+def _sim_session(seed: int, n_frames: int = 300, trace_step: int = 3):
+    """A simulated 128 x 128 session: inputs through the pipeline's summary + keyframes code, labels, the
+    movie (float32), and every ``trace_step``-th frame (normalised) with the true calcium for the trace term."""
+    from calflow.io import MovieWriter
+    from calflow.keyframes import compute_keyframes
+    from calflow.segment.data import Sample, load_inputs, normalise
+    from calflow.simulate import SimParams, render_frames, simulate
+    from calflow.summary import compute_summary
+
+    truth = simulate(SimParams(n_frames=n_frames, height=128, width=128, n_cells=40, n_targets=0, motion=False,
+                               fps=10.0), seed=seed)
+    movie = render_frames(truth, threads=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        with MovieWriter(tmp / "m.zarr", movie.shape, movie.dtype, fps=10.0, chunk_frames=100) as w:
+            w.write(movie)
+        compute_summary(tmp / "m.zarr", tmp / "s.zarr")
+        compute_keyframes(tmp / "m.zarr", tmp / "k.zarr", {"n_keyframes": 50})
+        image = load_inputs(tmp / "s.zarr", tmp / "k.zarr")
+    labels = truth.masks().astype(np.int32)
+    s = Sample.from_labels(image, labels, f"sim{seed}")
+    s.frames = normalise(movie[::trace_step].astype(np.float32))
+    s.traces = np.asarray(truth.calcium[:, ::trace_step], np.float32)
+    return s, movie.astype(np.float32), np.asarray(truth.calcium, np.float32)
+
+
+def _trace_r(true_labels, pred_labels, weights, movie, calcium) -> list[float]:
+    """Pearson r of each IoU-matched predicted cell's trace (its footprint weights x movie) with its true calcium."""
+    import scipy.sparse as sp
+
+    from calflow.metrics import match_iou
+
+    ti = [k for k in np.unique(true_labels) if k > 0]
+    pi = [k for k in np.unique(pred_labels) if k > 0]
+    if not ti or not pi:
+        return []
+    tm = sp.csr_matrix(np.stack([(true_labels == k).ravel() for k in ti]))
+    pm = sp.csr_matrix(np.stack([(pred_labels == k).ravel() for k in pi]))
+    flat = movie.reshape(len(movie), -1)
+    out = []
+    for a, b in match_iou(tm, pm, shape=true_labels.shape)["pairs"]:
+        w = np.where(pred_labels.ravel() == pi[b], weights.ravel(), 0.0)
+        tr = flat @ w / max(w.sum(), 1e-9)
+        out.append(float(np.corrcoef(tr, calcium[ti[a] - 1])[0, 1]))
+    return out
+
+
+DETR_VARIANTS = {"unet": {"network": "unet"}, "detr": {"network": "detr", "trace_weight": 0.0},
+                 "detr_trace": {"network": "detr", "trace_weight": 0.5}}
+
+
+def bench_detr(iterations: int, variants: tuple[str, ...] = tuple(DETR_VARIANTS), parts: tuple[str, ...] = ("sim", "nf"),
+               ) -> dict:
+    """U-Net vs detr (without / with the trace term), trained from scratch with the same settings:
+    simulated sessions (train seeds 0-3, checkpoint seed 10, held-out seeds 20-22: F1 and median trace r
+    against the true calcium) and neurofinder-left (the nf split: F1 on the test rows); inference frames/s."""
+    from calflow.metrics import labels_to_masks, masks_to_labels, match_iou, read_neurofinder_regions
+    from calflow.segment.data import Sample, load_inputs
+    from calflow.segment.infer import load_segmenter, segment_image
+    from calflow.segment.stage import keyframe_stack
+    from calflow.segment.train import train
+
+    base = {"iterations": iterations, "patience": 0, "val_every": max(iterations // 8, 1), "patch_size": 64,
+            "batch_size": 4, "lr": 2e-3, "device": "cpu", "seed": 0, "queries": 32,
+            "post": {"prob_threshold": 0.5, "cue_threshold": 0.5, "min_size": 10}}
+    t0 = time.perf_counter()
+    sims = {seed: _sim_session(seed) for seed in (0, 1, 2, 3, 10, 20, 21, 22)} if "sim" in parts else {}
+    out: dict = {"params": base, "split": {"train_seeds": [0, 1, 2, 3], "checkpoint_seeds": [10],
+                                           "heldout_seeds": [20, 21, 22]},
+                 "simulate_seconds": time.perf_counter() - t0, "sim": {}, "nf": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tr, va = [sims[k][0] for k in (0, 1, 2, 3) if k in sims], [sims[k][0] for k in (10,) if k in sims]
+        for name in variants if "sim" in parts else ():
+            res = train(tr, va, {**base, **DETR_VARIANTS[name]}, tmp / name, out_path=tmp / f"{name}.pt", resume=False)
+            key = f"{name}_{iterations}it"
+            model, info = load_segmenter(tmp / f"{name}.pt")
+            f1, rs, secs, frames = [], [], 0.0, 0
+            for seed in (20, 21, 22):
+                s, movie, calcium = sims[seed]
+                t1 = time.perf_counter()
+                seg = segment_image(model, info["arch"], s.image, info["meta"]["post"], tta=False)
+                secs += time.perf_counter() - t1
+                frames += len(movie)
+                f1.append(match_iou(s.labels, seg["labels"])["f1"])
+                rs += _trace_r(s.labels, seg["labels"], seg["probability"], movie, calcium)
+            out["sim"][key] = {"heldout_f1": float(np.mean(f1)), "per_session_f1": f1,
+                                "median_trace_r": float(np.median(rs)) if rs else None, "n_matched": len(rs),
+                                "frames_per_s_inference_no_tta": frames / secs, "train_seconds": res["seconds"],
+                                "best_iteration": res["best_iteration"], "post": info["meta"]["post"],
+                                "arch": res["arch"]}
+            print(f"  sim {key}: F1 {np.mean(f1):.3f} median r {out['sim'][key]['median_trace_r']} "
+                  f"({res['seconds']:.0f} s)", file=sys.stderr)
+        d = DATA / "neurofinder-left"
+        if "nf" not in parts:
+            return out
+        if not d.exists():
+            out["nf"] = {"skipped": f"{d} not found"}
+            return out
+        import tifffile
+
+        from calflow.io import MovieWriter
+        from calflow.keyframes import compute_keyframes
+        from calflow.summary import compute_summary
+
+        movie = tifffile.imread(d / "movie.tif")
+        shape = movie.shape[1:]
+        true = read_neurofinder_regions(d / "regions.json", shape)
+        with MovieWriter(tmp / "m.zarr", movie.shape, movie.dtype, fps=7.0, chunk_frames=50) as w:
+            w.write(movie)
+        compute_summary(tmp / "m.zarr", tmp / "s.zarr")
+        compute_keyframes(tmp / "m.zarr", tmp / "k.zarr", {"n_keyframes": 50})
+        full = Sample.from_labels(load_inputs(tmp / "s.zarr", tmp / "k.zarr"), masks_to_labels(true, shape))
+        full.frames = keyframe_stack(tmp / "k.zarr")  # real data: the annotations' mask-averaged keyframe traces
+        tr, va = [full.crop(slice(0, 288), slice(None))], [full.crop(slice(288, 352), slice(None))]
+        test = (slice(352, None), slice(None))
+        for name in variants:
+            res = train(tr, va, {**base, **DETR_VARIANTS[name]}, tmp / f"nf_{name}", out_path=tmp / f"nf_{name}.pt",
+                        resume=False)
+            model, info = load_segmenter(tmp / f"nf_{name}.pt")
+            t1 = time.perf_counter()
+            seg = segment_image(model, info["arch"], full.image, info["meta"]["post"], tta=False)
+            sec = time.perf_counter() - t1
+            ev = _score_region(true, labels_to_masks(seg["labels"]), shape, test)
+            out["nf"][f"{name}_{iterations}it"] = {**ev, "f1": ev["iou"]["f1"], "train_seconds": res["seconds"],
+                               "frames_per_s_inference_no_tta": len(movie) / sec, "post": info["meta"]["post"]}
+            print(f"  nf {name}: test F1 {ev['iou']['f1']:.3f} ({res['seconds']:.0f} s)", file=sys.stderr)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
@@ -415,6 +546,9 @@ def main() -> None:
     ap.add_argument("--s2p-worker", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--speed-worker", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--speed-threads", type=int, default=2)
+    ap.add_argument("--detr-iterations", type=int, default=400, help="iterations of every network in --only detr")
+    ap.add_argument("--detr-variants", default=",".join(DETR_VARIANTS), help="networks of --only detr")
+    ap.add_argument("--detr-parts", default="sim,nf", help="data sets of --only detr")
     args = ap.parse_args()
     if args.speed_worker:
         speed_worker(*args.speed_worker[:3], int(args.speed_worker[3]))
@@ -438,11 +572,17 @@ def main() -> None:
                  "post": {"prob_threshold": 0.5, "cue_threshold": 0.5, "min_size": 10}}, args.cnmf_add,
                  tuple(args.nf_methods.split(","))),
              "speed": lambda: bench_speed(Path(args.generalist), args.speed_threads),
-             "isbi": lambda: bench_isbi(args.isbi_iterations, sweep), "bbbc": lambda: bench_bbbc(args.bbbc_iterations)}
+             "isbi": lambda: bench_isbi(args.isbi_iterations, sweep), "bbbc": lambda: bench_bbbc(args.bbbc_iterations),
+             "detr": lambda: bench_detr(args.detr_iterations, tuple(args.detr_variants.split(",")),
+                                        tuple(args.detr_parts.split(",")))}
     for key, fn in steps.items():
         if key in only:
             t0 = time.perf_counter()
-            results[key] = fn()
+            new = fn()
+            if key == "detr" and isinstance(results.get(key), dict):  # runs of other variants/lengths add up
+                for part in ("sim", "nf"):
+                    new[part] = {**results[key].get(part, {}), **new.get(part, {})}
+            results[key] = new
             results[key]["benchmark_seconds"] = time.perf_counter() - t0
             results[key].setdefault("threads", args.threads)
             path.write_text(json.dumps(results, indent=2, default=float))
@@ -479,6 +619,13 @@ def print_table(r: dict) -> None:
     if "frames_per_s_keyframes_plus_segment" in r.get("infer", {}):
         rows.append(("inference 900x128x128 (keyframes + segment, TTA), frames/s",
                      f"{r['infer']['frames_per_s_keyframes_plus_segment']:.0f}", ""))
+    for name, v in r.get("detr", {}).get("sim", {}).items():
+        rows.append((f"simulated held-out seeds 20-22, {name}: F1 / median trace r / frames/s (no TTA)",
+                     f"{v['heldout_f1']:.3f} / {v['median_trace_r'] or 0:.3f} / {v['frames_per_s_inference_no_tta']:.0f}", ""))
+    for name, v in r.get("detr", {}).get("nf", {}).items():
+        if isinstance(v, dict) and "f1" in v:
+            rows.append((f"neurofinder-left test rows, {name} (same iterations): F1 (IoU / centroid)",
+                         f"{v['f1']:.3f} / {v['centroid']['f1']:.3f}", ""))
     w = max(len(a) for a, _, _ in rows) if rows else 10
     for a, b, c in rows:
         print(f"{a:<{w}}  {b:>15}  {c}")
