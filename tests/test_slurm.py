@@ -183,6 +183,9 @@ def scontrol(job_id: str) -> dict[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.slurm
+# whichever of the slurm_run tests runs first pays for the fixtures: the local tiny run (unless an
+# earlier test made it) and the SLURM run; 900 s was exceeded at load average 5-9 on 2 cores
+@pytest.mark.timeout(1800)
 def test_every_job_ran_as_a_slurm_job_and_completed(slurm_run, tiny_run):
     wd, out, jobs = slurm_run
     local_rules = {j["rule"] for j in jobs if j["local"]}
@@ -215,6 +218,7 @@ def _local_jobs(workdir: Path):
 
 @pytest.mark.slow
 @pytest.mark.slurm
+@pytest.mark.timeout(1800)
 def test_gpu_requests_are_granted_a_gpu(slurm_run):
     wd, _, jobs = slurm_run
     wanted = gpu_rules()
@@ -236,6 +240,7 @@ def test_gpu_requests_are_granted_a_gpu(slurm_run):
 
 @pytest.mark.slow
 @pytest.mark.slurm
+@pytest.mark.timeout(1800)
 def test_slurm_results_equal_the_local_run(slurm_run, tiny_run):
     wd, _, _ = slurm_run
     # motion_split/ holds the split run's template stores (its parts were temp()): the one-job run has none
@@ -247,6 +252,7 @@ def test_slurm_results_equal_the_local_run(slurm_run, tiny_run):
 
 @pytest.mark.slow
 @pytest.mark.slurm
+@pytest.mark.timeout(1800)
 def test_second_slurm_run_submits_nothing(slurm_run):
     wd, _, _ = slurm_run
     proc = run_snakemake(wd, "--profile", str(PROFILE), *LOCAL_CLUSTER_ARGS, cores=None, timeout=300)
