@@ -186,3 +186,20 @@ def test_report_section_reads_the_tracking_outputs(tmp_path):
     assert out is not None and len(out["figures"]) == 1 and len(out["facts"]) == 2
     assert out["tables"][0].rows[0][0] == "m1"
     assert tracking_section(ReportContext(results=tmp_path / "none", sessions=[])) is None
+
+
+def test_sessions_of_different_frame_sizes_are_one_clear_error(tmp_path):
+    from calflow.io import atomic_output
+    from calflow.summary.store import SUMMARY_ARRAYS, write_summary
+    from calflow.tracking.stage import track_animal
+
+    stores = []
+    for name, shape in (("a", (32, 32)), ("b", (40, 32))):
+        path = tmp_path / f"{name}.zarr"
+        with atomic_output(path) as tmp:
+            write_summary(tmp, {k: np.zeros(shape, np.float32) for k in SUMMARY_ARRAYS}, n_frames=10, fps=10.0,
+                          movie_store="m.zarr", source="m.tif")
+        stores.append(path)
+    with pytest.raises(CalflowInputError, match="b.zarr.*frames of \\[40, 32\\] px") as err:
+        track_animal("m1", ["a", "b"], stores, [tmp_path / "x", tmp_path / "y"], tmp_path / "t.zarr")
+    assert "Fix:" in str(err.value) and not (tmp_path / "t.zarr").exists()
