@@ -155,8 +155,7 @@ def slurm_run(slurm_cluster, tmp_path_factory):
     config = tiny_config()
     config["motion"].update(SPLIT)
     write_workdir(wd, config, TINY_SESSIONS)
-    proc = run_snakemake(wd, "--profile", str(PROFILE), *LOCAL_CLUSTER_ARGS, cores=None, timeout=1200)
-    out = proc.stdout + proc.stderr
+    out = _run_recording_jobs(wd, timeout=1200)
     submitted = {int(j): (s, Path(log)) for j, s, log in _SUBMITTED.findall(out)}
     jobs = []
     for m in _BLOCK.finditer(out):
@@ -175,10 +174,49 @@ def rule_log(wd: Path, job: dict) -> Path:
     return wd / "results" / "logs" / job["rule"] / f"{name}.log"
 
 
+# slurmctld forgets a finished job after MinJobAge (300 s in slurm-local.sh) and this cluster has no
+# accounting: a SLURM run longer than that (a loaded machine) would lose its first jobs' records, so the
+# run is watched and every job's last record kept here (job id -> scontrol fields)
+_RECORDS: dict[str, dict[str, str]] = {}
+
+
+def _record_jobs() -> None:
+    text = subprocess.run(["scontrol", "-o", "show", "job", "-d"], capture_output=True, text=True,
+                          timeout=30).stdout
+    for line in text.splitlines():
+        rec = dict(re.findall(r"(\w+)=(\S*)", line))
+        if rec.get("JobId"):
+            _RECORDS[rec["JobId"]] = rec
+
+
+def _run_recording_jobs(wd: Path, timeout: int) -> str:
+    """The SLURM run (as smkutil.run_snakemake, which must succeed), recording the jobs every 10 s."""
+    import sys
+
+    from smkutil import SNAKEFILE
+
+    cmd = ["timeout", "-k", "15", str(timeout), sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d",
+           str(wd), "--profile", str(PROFILE), *LOCAL_CLUSTER_ARGS]
+    out_file = wd.parent / f"{wd.name}.snakemake.out"  # a file: a pipe nobody reads while polling would block
+    with open(out_file, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, text=True)
+        while proc.poll() is None:
+            _record_jobs()
+            time.sleep(10)
+    _record_jobs()
+    out = out_file.read_text()
+    if proc.returncode != 0:
+        raise AssertionError(f"the SLURM run failed ({proc.returncode}):\n{out[-8000:]}")
+    return out
+
+
 def scontrol(job_id: str) -> dict[str, str]:
-    text = subprocess.run(["scontrol", "show", "job", "-d", job_id], capture_output=True, text=True,
-                          check=True, timeout=30).stdout
-    return dict(re.findall(r"(\w+)=(\S*)", text))
+    """The job's SLURM record: live if slurmctld still has it, else the last one recorded during the run."""
+    proc = subprocess.run(["scontrol", "show", "job", "-d", job_id], capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0 and job_id in _RECORDS:
+        return _RECORDS[job_id]
+    proc.check_returncode()
+    return dict(re.findall(r"(\w+)=(\S*)", proc.stdout))
 
 
 @pytest.mark.slow
