@@ -135,6 +135,24 @@ def test_tracking_unites_the_animals_sessions_and_re_extracts_them(finished_run)
     assert r["statistics"]["response"]["animals"] in (["a1"], [])
 
 
+def test_tracking_can_be_switched_off(finished_run):
+    """tracking.enabled: false plans no tracking job (e.g. for an animal whose sessions image different
+    fields of view); the same forced dry run with the default plans them."""
+    from smkutil import planned_jobs
+
+    tmp, _, _ = finished_run
+    plans = {}
+    for enabled in ("true", "false"):
+        extra = tmp / f"tracking_{enabled}.yaml"
+        extra.write_text(f"tracking:\n  enabled: {enabled}\n")
+        proc = snakemake(tmp, "-n", "--forceall", "--configfile", "config/config.yaml", str(extra))
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-2000:]
+        plans[enabled] = {rule for rule, _ in planned_jobs(out)}
+    assert {"track", "track_traces"} <= plans["true"] and "report" in plans["false"]
+    assert not {r for r in plans["false"] if r.startswith("track")}
+
+
 def test_second_run_has_nothing_to_do(finished_run):
     tmp, _, _ = finished_run
     proc = snakemake(tmp, "-n")

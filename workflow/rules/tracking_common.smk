@@ -3,7 +3,10 @@ TRACKING = config["tracking"]
 
 
 def tracked_animals():
-    """animal -> its sessions in sheet order, for every animal with two or more sessions."""
+    """animal -> its sessions in sheet order, for every animal with two or more sessions (none when
+    tracking.enabled is false)."""
+    if not TRACKING["enabled"]:
+        return {}
     groups = {}
     for s in SESSION_NAMES:
         groups.setdefault(str(SESSIONS.loc[s, "animal"]), []).append(s)

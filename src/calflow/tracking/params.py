@@ -16,6 +16,8 @@ from calflow.params import check_fields, from_section, invalid, param
 class TrackingParams:
     """``tracking`` config section (px are pixels of the reference session's frames)."""
 
+    enabled: bool = param(True, workflow=True,
+                          fix="use true (track every animal with two or more sessions) or false (no tracking rules)")
     reference: str = param("first", choices=("first", "middle"),
                            fix="use first (the animal's first session in the sheet) or middle")
     image: str = param("mean", choices=("mean", "local_corr", "max"), fix="use mean, local_corr or max")

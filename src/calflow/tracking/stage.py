@@ -85,7 +85,8 @@ def track_animal(animal: str, sessions: Sequence[str], summary_stores: Sequence[
         if img.shape != shape:
             raise CalflowInputError(f"frames of {list(img.shape)} px, but the animal's first session's are "
                                     f"{list(shape)}", file=store,
-                                    fix="track only sessions of one field of view and frame size (same animal)")
+                                    fix="track only sessions of one field of view and frame size (same animal), or set "
+                                        "tracking.enabled: false")
     fps, comp = zip(*(_session_footprints(c, shape, p.accepted_only) for c in cnmf_stores), strict=True)
     res = track_footprints(images, list(fps), p, seed=seed)
     u, thr, regs = res["union"], res["threshold"], res["registrations"]
