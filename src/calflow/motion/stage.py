@@ -339,6 +339,22 @@ def motion_template(raw_store: str | Path, template_store: str | Path, *,
     return plan
 
 
+def _template_for(raw_store: str | Path, template_store: str | Path, p: MotionParams):
+    """(the template store's record, the raw movie's reader) of a split run's chunk or gather job, after
+    checking that the template was made with ``p`` and planned for this movie's frame count."""
+    template_store = Path(template_store)
+    tpl = read_template_store(template_store)
+    if tpl.attrs.get("motion_params") != p.to_dict():
+        raise CalflowInputError("the template was made with other motion parameters", file=template_store,
+                                fix=rerun_fix(template_store, "motion_template"))
+    reader = _open_raw(Path(raw_store))
+    if reader.shape[0] != tpl.plan.n_frames:
+        raise CalflowInputError(f"raw movie has {reader.shape[0]} frames, the template's plan "
+                                f"{tpl.plan.n_frames}", file=template_store,
+                                fix=rerun_fix(template_store, "motion_template"))
+    return tpl, reader
+
+
 def motion_chunk(raw_store: str | Path, template_store: str | Path, part_store: str | Path, index: int, *,
                  params: MotionParams | Mapping[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
     """Chunk job ``index`` of a split run: register and warp its frames (the plan's ``bounds(index)``)
@@ -346,16 +362,7 @@ def motion_chunk(raw_store: str | Path, template_store: str | Path, part_store: 
     shifts, correlations and sums to ``part_store`` (atomically; :mod:`calflow.motion.split`)."""
     t_start = time.perf_counter()
     p = MotionParams.from_config(params)
-    raw_store, template_store = Path(raw_store), Path(template_store)
-    tpl = read_template_store(template_store)
-    if tpl.attrs.get("motion_params") != p.to_dict():
-        raise CalflowInputError("the template was made with other motion parameters", file=template_store,
-                                fix=rerun_fix(template_store, "motion_template"))
-    reader = _open_raw(raw_store)
-    if reader.shape[0] != tpl.plan.n_frames:
-        raise CalflowInputError(f"raw movie has {reader.shape[0]} frames, the template's plan "
-                                f"{tpl.plan.n_frames}", file=template_store,
-                                fix=rerun_fix(template_store, "motion_template"))
+    tpl, reader = _template_for(raw_store, template_store, p)
     if not 0 <= index < tpl.plan.n_chunks:
         raise CalflowInputError(f"chunk {index} does not exist: the plan has {tpl.plan.n_chunks}",
                                 file=template_store, fix="ask for chunks 0 to n_chunks - 1")
@@ -389,15 +396,8 @@ def motion_gather(raw_store: str | Path, template_store: str | Path, part_stores
     t_start = time.perf_counter()
     p = MotionParams.from_config(params)
     raw_store, template_store = Path(raw_store), Path(template_store)
-    tpl = read_template_store(template_store)
-    if tpl.attrs.get("motion_params") != p.to_dict():
-        raise CalflowInputError("the template was made with other motion parameters", file=template_store,
-                                fix=rerun_fix(template_store, "motion_template"))
-    reader = _open_raw(raw_store)
+    tpl, reader = _template_for(raw_store, template_store, p)
     n_t, h, w = reader.shape
-    if n_t != tpl.plan.n_frames:
-        raise CalflowInputError(f"raw movie has {n_t} frames, the template's plan {tpl.plan.n_frames}",
-                                file=template_store, fix=rerun_fix(template_store, "motion_template"))
     out_dtype = _out_dtype(reader, p)
     parts = check_parts(part_stores, tpl, dtype=out_dtype, frame_shape=(h, w), verify_chunks=verify_chunks)
     frames = _Frames(**{a: np.concatenate([r.frames[a] for r in parts]) for a in PART_FRAME_ARRAYS},
