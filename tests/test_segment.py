@@ -29,12 +29,7 @@ def blobs(seed: int, n: int = 6, size: int = 48):
     return np.stack([img, img ** 2]).astype(np.float32), lab
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_dihedral_group_is_complete_and_invertible():

@@ -27,12 +27,7 @@ DETR = {"network": "detr", "base_channels": 16, "queries": 12, "patch_size": 48,
         "post": {"prob_threshold": 0.5, "cue_threshold": 0.5, "min_size": 5}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def discs(n: int = 4, size: int = 32) -> np.ndarray:

@@ -23,12 +23,7 @@ BBBC039 = ROOT.parent / "shared" / "data" / "bbbc039-subset20"
 SCHEMAS = ROOT / "workflow" / "schemas"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_cut_and_rebuild_are_exact_inverses():
