@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -265,3 +266,37 @@ def test_several_non_tiff_files_are_refused(tmp_path, movie):
     np.save(tmp_path / "b.npy", movie)
     with pytest.raises(CalflowInputError, match="several files are supported for TIFF only"):
         ingest(f"{tmp_path / 'a.npy'};{tmp_path / 'b.npy'}", tmp_path / "raw.zarr", fps=10)
+
+
+def test_movie_store_is_the_layout_xarray_writes(tmp_path):
+    """MovieWriter makes its stores with zarr alone (no dask/xarray import at start-up); every
+    zarr.json must equal what ``xarray.Dataset.to_zarr`` writes for the same movie, so xarray users
+    and older calflow stores read them alike."""
+    import subprocess
+    import sys
+
+    import xarray as xr
+
+    from calflow.io import MOVIE_VAR, MovieWriter, store_codecs
+
+    data = np.arange(250 * 6 * 5, dtype=np.uint16).reshape(250, 6, 5)
+    with MovieWriter(tmp_path / "ours.zarr", data.shape, data.dtype, fps=20.0, chunk_frames=100,
+                     attrs={"source": "x.tif"}) as w:
+        w.write(data)
+    ds = xr.Dataset({MOVIE_VAR: (("time", "y", "x"), data)},
+                    coords={"time": ("time", np.arange(250) / 20.0, {"units": "s"})},
+                    attrs={"fps": 20.0, "source": "x.tif"})
+    ds.to_zarr(tmp_path / "xr.zarr", zarr_format=3, consolidated=False,
+               encoding={MOVIE_VAR: {"chunks": (100, 6, 5), "compressors": store_codecs(), "fill_value": None}})
+    for meta in ("zarr.json", "time/zarr.json", f"{MOVIE_VAR}/zarr.json"):
+        ours = json.loads((tmp_path / "ours.zarr" / meta).read_text())
+        ours.get("attributes", {}).pop("calflow_all_chunks_written", None)
+        assert ours == json.loads((tmp_path / "xr.zarr" / meta).read_text()), meta
+    back = xr.open_zarr(tmp_path / "ours.zarr", consolidated=False)
+    np.testing.assert_array_equal(back[MOVIE_VAR].values, data)
+    assert back["time"].attrs["units"] == "s" and float(back["time"][-1]) == 249 / 20.0
+    code = ("import sys, numpy as np; from calflow.io import MovieWriter; "
+            f"w = MovieWriter({str(tmp_path / 'lean.zarr')!r}, (3, 4, 4), 'uint8', fps=1.0); "
+            "w.write(np.zeros((3, 4, 4), np.uint8)); w.close(); "
+            "print(sorted(m for m in ('dask', 'xarray') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
