@@ -177,7 +177,7 @@ def test_import_scan_follows_calflow_and_skips_optional_imports():
     """The scan above is not vacuous: motion's script reaches torch through calflow.motion.stage,
     matplotlib through calflow.motion.plots; runner.py's optional torch import is not counted."""
     found = third_party_imports(ROOT / "workflow" / "scripts" / "motion.py")
-    assert {"torch", "zarr", "numpy", "matplotlib", "xarray", "dask"} <= set(found)
+    assert {"torch", "zarr", "numpy", "matplotlib", "xarray"} <= set(found)
     assert found["torch"] == "src/calflow/motion/stage.py" and found["matplotlib"] == "src/calflow/figures.py"
     ingest = third_party_imports(ROOT / "workflow" / "scripts" / "ingest.py")
     assert {"tifffile", "h5py", "pynwb", "zarr"} <= set(ingest) and "torch" not in ingest

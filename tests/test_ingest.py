@@ -50,7 +50,7 @@ def test_tiff_roundtrip_attrs_and_chunks(tmp_path, movie):
     assert info["frames"] == 53
 
 
-@pytest.mark.parametrize("kw", [{"bigtiff": True}, {"compression": "zlib"}, {"imagej": True}])
+@pytest.mark.parametrize("kw", [{"bigtiff": True}, {"compression": "zlib"}, {"compression": "packbits"}, {"imagej": True}])
 def test_tiff_variants(tmp_path, movie, kw):
     path = tmp_path / "m.tif"
     tifffile.imwrite(path, movie, **kw)
