@@ -2,7 +2,7 @@
 
 Runs the workflow on a small copy of the demo (the demo's config, the sessions of ``--animals``,
 default two animals = four sessions) once per device, with every stage's ``device`` key
-(motion, segment, cnmf, classify, virtual_stain) set to that device, and prints each rule's wall
+(motion, segment, cnmf, classify, gradcam, virtual_stain) set to that device, and prints each rule's wall
 time per job from the jobs' own logs (``calflow.runner``: "rule ... finished in ... s"), CPU
 beside CUDA. Without a CUDA device it says so and runs the CPU side only (``--devices cpu`` is the
 default there), so the script itself is exercised on any machine:
@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DEVICE_SECTIONS = ("motion", "segment", "cnmf", "classify", "virtual_stain")
+DEVICE_SECTIONS = ("motion", "segment", "cnmf", "classify", "gradcam", "virtual_stain")
 _FINISHED = re.compile(r"INFO: rule (\S+) finished in ([\d.]+) s")
 
 

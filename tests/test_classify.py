@@ -563,6 +563,30 @@ def test_one_gradcam_call_with_the_control_writes_both_stores_as_separate_calls_
         for key in a.array_keys():
             np.testing.assert_array_equal(np.asarray(a[key][:]), np.asarray(b[key][:]), err_msg=f"{kind}: {key}")
 
+def test_gradcam_device_key_chooses_where_the_networks_run(trained, tmp_path, monkeypatch):
+    """gradcam.device: the fold models are loaded onto the resolved device (auto = cpu here, the same
+    maps as cpu); cuda without a GPU is one error naming the key, before any store is written."""
+    import calflow.gradcam.stage as gstage
+
+    _, entries, out, _ = trained
+    seen = []
+    real_load = gstage.load_fold_models
+    monkeypatch.setattr(gstage, "load_fold_models", lambda path, device="cpu": seen.append(str(device)) or
+                        real_load(path, device))
+    gc.session_gradcam(entries[0], out / "model.pt", {"device": "cpu"}, tmp_path / "cpu.zarr")
+    gc.session_gradcam(entries[0], out / "model.pt", {}, tmp_path / "auto.zarr")
+    assert seen == ["cpu", "cuda" if torch.cuda.is_available() else "cpu"]
+    if not torch.cuda.is_available():
+        a, b = open_group(tmp_path / "cpu.zarr"), open_group(tmp_path / "auto.zarr")
+        for key in a.array_keys():
+            np.testing.assert_array_equal(np.asarray(a[key][:]), np.asarray(b[key][:]), err_msg=key)
+        with pytest.raises(CalflowInputError, match=r"gradcam\.device"):
+            gc.session_gradcam(entries[0], out / "model.pt", {"device": "cuda"}, tmp_path / "cuda.zarr")
+        assert not (tmp_path / "cuda.zarr").exists()
+    with pytest.raises(CalflowInputError, match="device"):
+        gc.session_gradcam(entries[0], out / "model.pt", {"device": "tpu"}, tmp_path / "tpu.zarr")
+
+
 def test_gradcam_matches_captum_layer_gradcam():
     from captum.attr import LayerAttribution, LayerGradCam
 

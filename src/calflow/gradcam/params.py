@@ -26,6 +26,8 @@ class GradcamParams:
     # which layer-resolution maps ZNCC compares: signed | relu (Grad-CAM as displayed)
     zncc_map: str = param("signed", choices=("signed", "relu"))
     batch_size: int = param(64, ge=1)
+    # where the backward passes run: auto = the GPU when torch sees one (same code path on the CPU)
+    device: str = param("auto", choices=("auto", "cpu", "cuda"), runtime=True)
 
     def __post_init__(self) -> None:
         check_fields(self, "gradcam")

@@ -15,6 +15,7 @@ import numpy as np
 from calflow.classify.data import load_session
 from calflow.classify.model import load_fold_models
 from calflow.classify.params import ClassifyParams
+from calflow.device import resolve_device
 from calflow.errors import CalflowInputError
 from calflow.gradcam.cam import display_maps, pattern_means, pattern_name, trial_maps
 from calflow.gradcam.params import GradcamParams
@@ -48,7 +49,8 @@ def session_gradcam(entry: Mapping[str, Any], model_path: str | Path, section: M
     p = GradcamParams.from_config(section)
     targets = read_targets(entry["targets"])
     runs = [(model_path, out_store)] + ([(control_model, control_store)] if control_model else [])
-    loaded = [(path, store, *_load_checked(path, targets, entry)) for path, store in runs]
+    device = resolve_device(p.device, key="gradcam.device")
+    loaded = [(path, store, *_load_checked(path, targets, entry, device)) for path, store in runs]
     cp = loaded[0][3]
     for path, _, _, other, _ in loaded[1:]:
         if _session_params(other) != _session_params(cp):
@@ -66,9 +68,10 @@ def session_gradcam(entry: Mapping[str, Any], model_path: str | Path, section: M
     return {**out[0], "control": out[1]} if len(out) > 1 else out[0]
 
 
-def _load_checked(model_path: str | Path, targets: Any, entry: Mapping[str, Any]) -> tuple[list, ClassifyParams, dict]:
+def _load_checked(model_path: str | Path, targets: Any, entry: Mapping[str, Any],
+                  device: Any = "cpu") -> tuple[list, ClassifyParams, dict]:
     """A group's fold models, their ClassifyParams and info, after checking the targets table is theirs."""
-    models, info = load_fold_models(model_path)
+    models, info = load_fold_models(model_path, device)
     meta = info["meta"]
     if targets.ids != list(meta["target_ids"]):
         raise CalflowInputError(f"target ids {targets.ids} differ from the classifier's {meta['target_ids']}",
