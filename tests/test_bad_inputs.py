@@ -273,6 +273,7 @@ JSON_READERS = {
     "segment_eval.json": ("calflow.segment.store", "read_segment_eval", "evaluate_segment stage"),
     "virtual_stain metrics.json": ("calflow.virtual_stain.store", "read_virtual_stain_metrics", "virtual_stain stage"),
     "comparison JSON": ("calflow.compare.store", "read_comparison", "compare stage"),
+    "cross-day comparison JSON": ("calflow.tracking.crossday", "read_crossday", "track_crossday stage"),
 }
 
 

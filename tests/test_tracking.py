@@ -122,6 +122,40 @@ def test_store_round_trip_and_bad_store(tmp_path):
         read_tracking(tmp_path / "missing.zarr")
 
 
+@pytest.mark.parametrize("damage", ["not a store", "array missing", "attribute missing", "array truncated"])
+def test_a_damaged_tracking_store_is_one_line_naming_it_and_the_stage(tmp_path, damage):
+    """What track_traces, track_crossday and the report read: a damaged tracking.zarr is one
+    CalflowInputError naming the store (and, where calflow wrote it, the track stage), never a
+    KeyError / ValueError from zarr or scipy."""
+    import shutil
+
+    import zarr
+
+    test_store_round_trip_and_bad_store(tmp_path)  # writes a valid t.zarr
+    store = tmp_path / "t.zarr"
+    if damage == "not a store":
+        shutil.rmtree(store)
+        store.mkdir()
+        (store / "zarr.json").write_text("{garbled")
+    elif damage == "array missing":
+        shutil.rmtree(store / "affine")
+    elif damage == "attribute missing":
+        g = zarr.open_group(store, mode="r+")
+        attrs = dict(g.attrs)
+        del attrs["A_shape"]
+        g.attrs.clear()
+        g.attrs.update(attrs)
+    else:  # the CSR pointers no longer fit the data
+        g = zarr.open_group(store, mode="r+")
+        g.create_array("A_indptr", data=np.array([0, 5], np.int64), dimension_names=("cell_ptr",), overwrite=True)
+    with pytest.raises(CalflowInputError) as err:
+        read_tracking(store)
+    msg = str(err.value)
+    assert str(store) in msg and "\n" not in msg and "rerun" in msg
+    if damage in ("attribute missing", "array truncated"):
+        assert "track stage" in msg
+
+
 def test_cell_statistics_response_and_target_correlation():
     from calflow.tracking.crossday import SessionTraces, cell_statistics
 

@@ -182,15 +182,9 @@ def _finite(x: Any) -> Any:
 
 
 def read_crossday(path: str | Path) -> dict[str, Any]:
-    """Read a ``crossday_{a}_vs_{b}.json`` (:func:`crossday_compare`); one CalflowInputError line if unreadable."""
-    import json
+    """Read a ``crossday_{a}_vs_{b}.json`` (:func:`crossday_compare`); a missing, garbled or key-less file
+    is one CalflowInputError line naming it (:func:`calflow.io.read_json`)."""
+    from calflow.io import read_json
 
-    from calflow.errors import CalflowInputError
-
-    try:
-        out = json.loads(Path(path).read_text())
-        _ = out["a"], out["b"], out["statistics"], out["animals"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise CalflowInputError(f"not a readable cross-day comparison ({type(err).__name__}: {err})", file=path,
-                                fix="rerun rule track_crossday") from err
-    return out
+    return read_json(path, what="cross-day comparison", fix="rerun the track_crossday stage",
+                     required=("a", "b", "statistics", "animals"))

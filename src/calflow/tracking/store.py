@@ -14,7 +14,11 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from calflow.errors import CalflowInputError
 from calflow.io import atomic_output, require_arrays, write_array, write_group
+
+_TRACKING_ATTRS = ("animal", "sessions", "reference", "frame_shape", "A_shape", "threshold")
+_RERUN_TRACK = "rerun the track stage (delete the store first)"
 
 TRACKING_DIMS = {
     "A_data": ("nnz",),
@@ -90,9 +94,16 @@ class Tracking:
 def read_tracking(store: str | Path) -> Tracking:
     """Read tracking.zarr; a store that does not open or lacks an array is one CalflowInputError line."""
     g = require_arrays(store, tuple(TRACKING_DIMS))
-    a = {name: np.asarray(g[name][...]) for name in TRACKING_DIMS}
     attrs = dict(g.attrs)
-    union = sp.csr_matrix((a["A_data"], a["A_indices"], a["A_indptr"]), shape=tuple(attrs["A_shape"]))
+    missing = [k for k in _TRACKING_ATTRS if k not in attrs]
+    if missing:
+        raise CalflowInputError(f"tracking store lacks attributes {missing}", file=store, fix=_RERUN_TRACK)
+    try:
+        a = {name: np.asarray(g[name][...]) for name in TRACKING_DIMS}
+        union = sp.csr_matrix((a["A_data"], a["A_indices"], a["A_indptr"]), shape=tuple(attrs["A_shape"]))
+    except Exception as err:  # noqa: BLE001 - zarr and scipy raise many types for damaged arrays
+        raise CalflowInputError(f"damaged tracking store ({type(err).__name__}: {str(err)[:120]})", file=store,
+                                fix=_RERUN_TRACK) from err
     return Tracking(animal=str(attrs["animal"]), sessions=tuple(attrs["sessions"]), reference=str(attrs["reference"]),
                     frame_shape=tuple(attrs["frame_shape"]), union=union, centroids=a["centroids"],
                     members=a["members"], scores=a["scores"], to_session=a["to_session"],
