@@ -97,6 +97,18 @@ def _load_sheet(d: Path, *rows: str, head: str = SHEET_HEAD):
     return (lambda: load_sessions(path, base_dir=d)), path
 
 
+def _nwb_metadata(d: Path, column: str, value: str, defaults: dict | None = None):
+    """The NWB metadata of a sheet (a column of calflow.nwb_metadata.METADATA_COLUMNS), checked as the
+    workflow checks it before any job starts; ``defaults``: config nwb.defaults (named config.yaml)."""
+    from calflow.config import load_sessions
+    from calflow.nwb_metadata import check_sheet_metadata
+
+    path = _sheet(d, f"a\tm.tif\tA\t30\t{value}", head=f"session\tmovie\tcondition\tfps\t{column}")
+    config = d / "config.yaml"
+    return (lambda: check_sheet_metadata(load_sessions(path, base_dir=d), {"defaults": defaults or {}},
+                                         sheet_file=path, config_file=config)), (config if defaults else path)
+
+
 def _config(d: Path, text: str):
     from calflow.config import load_config
 
@@ -179,6 +191,16 @@ CASES = {
     "sheet: no rows": (lambda d: _load_sheet(d), ["no rows"]),
     "sheet: animal in two groups": (lambda d: _load_sheet(d, "a_1\tm.tif\tA\t30\t\t\t\ta\tCFA", "a_2\tm.tif\tB\t30\t\t\t\ta\tveh"),
                                     ["row 3", "field 'group'"]),
+    # NWB metadata columns of the sheet and config nwb.defaults (checked before any job starts)
+    "sheet: NWB sex not M/F/U/O": (lambda d: _nwb_metadata(d, "sex", "X"), ["row 2", "field 'sex'"]),
+    "sheet: NWB age not ISO 8601": (lambda d: _nwb_metadata(d, "age", "60 days"), ["row 2", "field 'age'", "P90D"]),
+    "sheet: NWB start time not a date": (lambda d: _nwb_metadata(d, "session_start_time", "yesterday"),
+                                         ["row 2", "field 'session_start_time'"]),
+    "sheet: NWB species not a binomial": (lambda d: _nwb_metadata(d, "species", "unicorn"), ["row 2", "field 'species'"]),
+    "sheet: NWB wavelength not a number": (lambda d: _nwb_metadata(d, "excitation_lambda", "blue"),
+                                           ["row 2", "field 'excitation_lambda'"]),
+    "config: nwb.defaults age not ISO 8601": (lambda d: _nwb_metadata(d, "sex", "F", {"age": "sixty"}),
+                                              ["field 'nwb.defaults.age'"]),
     # config
     "config: unknown key": (lambda d: _config(d, "motion: {max_shfit: 3}\n"), ["field 'motion'", "max_shfit"]),
     "config: wrong type": (lambda d: _config(d, "motion: {max_shift: large}\n"), ["field 'motion.max_shift'"]),
