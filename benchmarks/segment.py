@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -585,7 +586,13 @@ def main() -> None:
             results[key] = new
             results[key]["benchmark_seconds"] = time.perf_counter() - t0
             results[key].setdefault("threads", args.threads)
-            path.write_text(json.dumps(results, indent=2, default=float))
+            # merge into the file as it is now (another run may have written its parts meanwhile), atomically
+            on_disk = json.loads(path.read_text()) if path.exists() else {}
+            on_disk[key] = results[key]
+            results = on_disk
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(results, indent=2, default=float))
+            os.replace(tmp, path)
             print(f"{key} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     print_table(results)
 
