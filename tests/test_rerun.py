@@ -147,3 +147,36 @@ def test_new_session_runs_only_its_jobs_and_the_aggregating_ones(workdir):
     assert new_session_rules == per_session["a1_A"] - {"track_traces"}
     assert {r for r, wc in jobs if "session" not in wc} <= aggregating
     assert {"all", "evaluate_truth"} <= {r for r, _ in jobs}  # one evaluation job for every simulated session
+
+
+def test_moving_a_project_that_holds_the_checkout_reruns_nothing(tmp_path):
+    """The demo's layout: the working directory is the checkout itself, so the bundled generalist is
+    a file of the project. Moving the project (``mv``) must not change any job's params or input
+    paths (they name the generalist relative to the working directory), so nothing re-runs."""
+    import shutil
+    import subprocess
+    import sys
+
+    from smkutil import ROOT
+
+    first = tmp_path / "lab" / "calflow"
+    first.mkdir(parents=True)
+    for part in ("Snakefile", "workflow", "envs", "src", "resources"):
+        (shutil.copytree if (ROOT / part).is_dir() else shutil.copy2)(ROOT / part, first / part)
+    config = tiny_config()
+    config["segment"].update(init="generalist", train_sessions=[])
+    write_workdir(first, config, TINY_SESSIONS)
+
+    def snakemake(project: Path, *args: str) -> str:
+        proc = subprocess.run(["timeout", "-k", "15", "300", sys.executable, "-m", "snakemake", "-s",
+                               str(project / "Snakefile"), "-d", str(project), "--cores", "1", *args,
+                               "results/models/segmenter.pt"], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    assert [rule for rule, _ in planned_jobs(snakemake(first))] == ["train_segmenter"]
+    moved = tmp_path / "elsewhere" / "calflow"
+    moved.parent.mkdir()
+    first.rename(moved)
+    out = snakemake(moved, "-n")
+    assert "Nothing to be done" in out and planned_jobs(out) == [], out[-2000:]

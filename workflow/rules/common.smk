@@ -15,6 +15,17 @@ from calflow.nwb_metadata import check_sheet_metadata, raw_metadata
 
 SCHEMAS = Path(workflow.basedir) / "workflow" / "schemas"
 
+
+def workdir_relative(path):
+    """``path`` relative to the working directory when it lies inside it, else as given: a param or
+    input naming a file of the checkout (the bundled generalist, the workflow directory) then does
+    not change when a project that holds the checkout (the demo) is moved, so nothing re-runs."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 # Jobs import calflow from this checkout, also inside per-rule conda envs (--sdm conda),
 # which hold the dependencies but not calflow itself.
 _SRC = str(Path(workflow.basedir) / "src")

@@ -25,6 +25,6 @@ rule report:
     params:
         sessions=report_sessions,
         config=config,
-        workflow_dir=workflow.basedir,
+        workflow_dir=workdir_relative(workflow.basedir),
     script:
         "../scripts/report.py"

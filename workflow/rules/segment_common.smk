@@ -7,7 +7,7 @@ SEG = config["segment"]
 # rule's params, so changing them re-runs segment, not training
 SEGMENT_INFER_KEYS = role_keys(SegmentParams, "infer")
 # the generalist segmenter shipped in resources/ (calflow.segment.pretrain), unless the config names another
-GENERALIST = SEG.get("generalist_model") or str(
+GENERALIST = SEG.get("generalist_model") or workdir_relative(
     Path(workflow.basedir) / "resources" / "segmenter_pretrained.pt"
 )
 
