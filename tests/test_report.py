@@ -362,7 +362,11 @@ def test_rule_report_and_snakemake_report(tmp_path):
     config = {"sessions": "config/sessions.tsv", "seed": 1,
               "demo": {"sim": {"n_frames": 60, "height": 48, "width": 48, "n_cells": 6, "n_targets": 2,
                                "n_pairs": 1}, "w_gain": {"A": 1.0}},
-              "motion": {"patch_size": 24, "overlap": 12, "max_shift": 6, "template_frames": 30, "batch_size": 30}}
+              "motion": {"patch_size": 24, "overlap": 12, "max_shift": 6, "template_frames": 30, "batch_size": 30},
+              # a few seconds of fine-tuning: the default training (for real 512 x 512 sessions; here it
+              # stopped on its plateau after 450 iterations) took ~85 s of this test's ~120, and nothing
+              # the test checks depends on it
+              "segment": {"iterations": 20, "val_every": 10}}
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     d = "results/demo/a1_A"
     (tmp_path / "config" / "sessions.tsv").write_text(

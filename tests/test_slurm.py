@@ -156,6 +156,12 @@ def slurm_run(slurm_cluster, tmp_path_factory):
     config["motion"].update(SPLIT)
     write_workdir(wd, config, TINY_SESSIONS)
     out = _run_recording_jobs(wd, timeout=1200)
+    return wd, out, slurm_jobs(out)
+
+
+def slurm_jobs(out: str) -> list[dict]:
+    """[{rule, session, chunk, local, slurm_id, log}] of every job in a SLURM run's output (Snakemake's
+    job blocks and its submission lines; slurm_id and log are None for a job run on the submit host)."""
     submitted = {int(j): (s, Path(log)) for j, s, log in _SUBMITTED.findall(out)}
     jobs = []
     for m in _BLOCK.finditer(out):
@@ -165,7 +171,7 @@ def slurm_run(slurm_cluster, tmp_path_factory):
         slurm_id, log = submitted.get(jobid, (None, None))
         jobs.append({"rule": m[2], "session": wc[1] if wc else None, "local": bool(m[1]),
                      "slurm_id": slurm_id, "log": log, "chunk": chunk[1] if chunk else None})
-    return wd, out, jobs
+    return jobs
 
 
 def rule_log(wd: Path, job: dict) -> Path:
@@ -189,14 +195,15 @@ def _record_jobs() -> None:
             _RECORDS[rec["JobId"]] = rec
 
 
-def _run_recording_jobs(wd: Path, timeout: int) -> str:
-    """The SLURM run (as smkutil.run_snakemake, which must succeed), recording the jobs every 10 s."""
+def _run_recording_jobs(wd: Path, timeout: int, *targets: str) -> str:
+    """The SLURM run of ``targets`` (default: the workflow's; as smkutil.run_snakemake, which must
+    succeed), recording the jobs every 10 s."""
     import sys
 
     from smkutil import SNAKEFILE
 
     cmd = ["timeout", "-k", "15", str(timeout), sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d",
-           str(wd), "--profile", str(PROFILE), *LOCAL_CLUSTER_ARGS]
+           str(wd), "--profile", str(PROFILE), *LOCAL_CLUSTER_ARGS, *targets]
     out_file = wd.parent / f"{wd.name}.snakemake.out"  # a file: a pipe nobody reads while polling would block
     with open(out_file, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, text=True)
@@ -219,23 +226,16 @@ def scontrol(job_id: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", proc.stdout))
 
 
-@pytest.mark.slow
-@pytest.mark.slurm
-# whichever of the slurm_run tests runs first pays for the fixtures: the local tiny run (unless an
-# earlier test made it) and the SLURM run; 900 s was exceeded at load average 5-9 on 2 cores
-@pytest.mark.timeout(1800)
-def test_every_job_ran_as_a_slurm_job_and_completed(slurm_run, tiny_run):
-    wd, out, jobs = slurm_run
+def assert_ran_as_slurm_jobs(wd: Path, jobs: list[dict], out: str) -> list[dict]:
+    """Every job of a SLURM run in ``wd`` but the workflow's local rules was submitted with sbatch (a
+    SLURM job id of its own) and completed there: state COMPLETED with exit code 0, the rule in the
+    job's comment, ``wd`` as its work dir, its SLURM log kept, and calflow's log of the job naming the
+    SLURM job it ran in. Returns the SLURM jobs."""
     local_rules = {j["rule"] for j in jobs if j["local"]}
-    assert "all" in local_rules and local_rules <= declared_localrules(), f"ran on the submit host: {local_rules}"
+    assert local_rules <= declared_localrules(), f"ran on the submit host: {local_rules}"
     remote = [j for j in jobs if not j["local"]]
-    assert len(remote) >= 8 and all(j["slurm_id"] for j in remote), out[-3000:]
+    assert remote and all(j["slurm_id"] for j in remote), out[-3000:]
     assert len({j["slurm_id"] for j in remote}) == len(remote)
-    assert {j["rule"] for j in jobs} == {r for r, _ in _local_jobs(tiny_run)} - {"motion"} | SPLIT_RULES, \
-        "not every stage ran"
-    assert {j["session"] for j in jobs} == {s for s, _ in TINY_SESSIONS} | {None}
-    assert sorted((j["session"], j["chunk"]) for j in jobs if j["rule"] == "motion_chunk") == [
-        (s, c) for s, _ in sorted(TINY_SESSIONS) for c in "01"]
     for j in remote:
         rec = scontrol(j["slurm_id"])
         assert rec["JobState"] == "COMPLETED" and rec["ExitCode"] == "0:0", (j, rec.get("JobState"))
@@ -245,6 +245,40 @@ def test_every_job_ran_as_a_slurm_job_and_completed(slurm_run, tiny_run):
         log = rule_log(wd, j)
         if log.exists():  # calflow's runner logs where it ran
             assert f"SLURM job {j['slurm_id']} on " in log.read_text(), log
+    return remote
+
+
+def assert_gpu_jobs_got_a_gpu(wd: Path, jobs: list[dict]) -> None:
+    """The SLURM jobs of the rules the profile gives a GPU were granted one (and calflow's log shows
+    CUDA_VISIBLE_DEVICES set); the others have no GPU."""
+    wanted = gpu_rules()
+    for j in jobs:
+        if j["local"]:
+            continue
+        rec = scontrol(j["slurm_id"])
+        if j["rule"] in wanted:
+            assert rec.get("JOB_GRES") == "gpu:1" and "gres:gpu:1" in rec.get("TresPerJob", ""), (j["rule"], rec)
+            log = rule_log(wd, j)
+            if log.exists():
+                assert re.search(r"CUDA_VISIBLE_DEVICES=(?!unset)\S+", log.read_text()), log
+        else:
+            assert rec.get("JOB_GRES") in (None, "(null)"), (j["rule"], rec.get("JOB_GRES"))
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+# whichever of the slurm_run tests runs first pays for the fixtures: the local tiny run (unless an
+# earlier test made it) and the SLURM run; 900 s was exceeded at load average 5-9 on 2 cores
+@pytest.mark.timeout(1800)
+def test_every_job_ran_as_a_slurm_job_and_completed(slurm_run, tiny_run):
+    wd, out, jobs = slurm_run
+    remote = assert_ran_as_slurm_jobs(wd, jobs, out)
+    assert "all" in {j["rule"] for j in jobs if j["local"]} and len(remote) >= 8, out[-3000:]
+    assert {j["rule"] for j in jobs} == {r for r, _ in _local_jobs(tiny_run)} - {"motion"} | SPLIT_RULES, \
+        "not every stage ran"
+    assert {j["session"] for j in jobs} == {s for s, _ in TINY_SESSIONS} | {None}
+    assert sorted((j["session"], j["chunk"]) for j in jobs if j["rule"] == "motion_chunk") == [
+        (s, c) for s, _ in sorted(TINY_SESSIONS) for c in "01"]
 
 
 def _local_jobs(workdir: Path):
@@ -259,21 +293,10 @@ def _local_jobs(workdir: Path):
 @pytest.mark.timeout(1800)
 def test_gpu_requests_are_granted_a_gpu(slurm_run):
     wd, _, jobs = slurm_run
-    wanted = gpu_rules()
-    gpu_jobs = [j for j in jobs if j["rule"] in wanted]
+    gpu_jobs = [j for j in jobs if j["rule"] in gpu_rules()]
     assert {j["rule"] for j in gpu_jobs} >= {"motion_template", "motion_chunk", "train_segmenter", "segment"}, \
         "GPU-requesting jobs missing"
-    for j in jobs:
-        if j["local"]:
-            continue
-        rec = scontrol(j["slurm_id"])
-        if j["rule"] in wanted:
-            assert rec.get("JOB_GRES") == "gpu:1" and "gres:gpu:1" in rec.get("TresPerJob", ""), (j["rule"], rec)
-            log = rule_log(wd, j)
-            if log.exists():
-                assert re.search(r"CUDA_VISIBLE_DEVICES=(?!unset)\S+", log.read_text()), log
-        else:
-            assert rec.get("JOB_GRES") in (None, "(null)"), (j["rule"], rec.get("JOB_GRES"))
+    assert_gpu_jobs_got_a_gpu(wd, jobs)
 
 
 @pytest.mark.slow
@@ -339,3 +362,66 @@ def test_scancel_mid_run_then_rerun_completes_with_the_same_results(slurm_cluste
     proc = run_snakemake(wd, "--profile", str(PROFILE), *LOCAL_CLUSTER_ARGS, target, cores=None, timeout=600)
     assert _SUBMITTED.search(proc.stdout + proc.stderr), "the rerun submitted nothing"
     assert_same_results(tiny_run / "results" / "a1_A", session, subset=True)
+
+
+# segment.network: detr (issue 25), as tests/test_workflow_segment.py's detr test sets it
+DETR = {"network": "detr", "init": "scratch", "queries": 8, "trace_weight": 0.5}
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.timeout(1800)
+def test_detr_segmenter_trains_segments_and_evaluates_on_slurm_as_locally(slurm_cluster, tiny_run, tmp_path):
+    """``segment.network: detr`` through SLURM (issue 25). Two copies of the local tiny run (motion,
+    summary and keyframes made) switch the segmenter to detr and re-make the segmentation evaluation,
+    one through the profile, one locally. On SLURM, training, both sessions' segmentation and
+    evaluation and the summary ran as sbatch jobs that completed (training and segmentation with a
+    GPU); the detr model, its checkpoints and footprints are there, the evaluation JSONs read back,
+    and every weight, array and score equals the local run's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from smkutil import copy_run
+
+    from calflow.checkpoint import load_weights
+    from calflow.io import read_json
+    from calflow.segment.footprints import read_footprints
+    from calflow.segment.store import read_segment_eval, read_segmenter_metrics
+
+    config = tiny_config()
+    config["segment"].update(DETR)
+    target = "results/models/segment_evaluation.json"
+    local, wd = copy_run(tiny_run, tmp_path / "local"), copy_run(tiny_run, tmp_path / "slurm")
+    for d in (local, wd):
+        write_workdir(d, config, TINY_SESSIONS)
+    with ThreadPoolExecutor(1) as pool:  # the local run uses the cores the SLURM jobs leave idle between polls
+        local_run = pool.submit(run_snakemake, local, target)
+        out = _run_recording_jobs(wd, 900, target)
+        local_run.result()
+    jobs = slurm_jobs(out)
+    assert sorted((j["rule"], j["session"]) for j in jobs) == [
+        ("evaluate_segment", "a1_A"), ("evaluate_segment", "a1_B"), ("segment", "a1_A"), ("segment", "a1_B"),
+        ("segment_evaluation", None), ("train_segmenter", None)], out[-3000:]
+    assert_ran_as_slurm_jobs(wd, jobs, out)
+    assert_gpu_jobs_got_a_gpu(wd, jobs)
+
+    r = wd / "results"
+    model = load_weights(r / "models" / "segmenter.pt")  # checks its SHA-256
+    assert model["arch"]["kind"] == "detr" and model["arch"]["queries"] == 8
+    metrics = read_segmenter_metrics(r / "models" / "segmenter_metrics.json")
+    assert metrics["source"] == "trained" and metrics["arch"]["kind"] == "detr", metrics
+    assert metrics["iterations"] == config["segment"]["iterations"] and metrics["completed"], metrics
+    for s, heldout in (("a1_A", False), ("a1_B", True)):
+        fp, attrs = read_footprints(r / s / "footprints.zarr")
+        assert fp.shape[1] == 64 * 64 and attrs["arch"]["kind"] == "detr", attrs
+        ev = read_segment_eval(r / s / "segment_eval.json")
+        assert ev["session"] == s and ev["heldout"] is heldout and 0 <= ev["f1"] <= 1 and ev["n_true"] > 0, ev
+    summary = read_json(r / "models" / "segment_evaluation.json", what="segment_evaluation.json", fix="rerun it",
+                        required=("sessions", "heldout_n_sessions", "training_n_sessions"))
+    assert set(summary["sessions"]) == {"a1_A", "a1_B"}
+    assert summary["heldout_n_sessions"] == 1 and summary["training_n_sessions"] == 1, summary
+
+    compared = assert_same_results(local / "results", r)
+    assert {"models/segmenter.pt", "models/segmenter_checkpoints/best.pt", "models/segmenter_checkpoints/last.pt",
+            "a1_A/footprints.zarr", "a1_B/footprints.zarr"} <= set(compared), compared
+    for rel in ("a1_A/segment_eval.json", "a1_B/segment_eval.json", "models/segment_evaluation.json"):
+        assert json.loads((local / "results" / rel).read_text()) == json.loads((r / rel).read_text()), rel
